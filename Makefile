@@ -1,0 +1,51 @@
+# The two set-up commands of the README:
+#   make app    create .venv, install, build the demo if missing, open the dashboard on it
+#   make test   create .venv, install (and Debian's chromium for the browser test), run the tests
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+DEMO := data/demo.duckdb
+
+.PHONY: app test test-all install bench demo clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt $(STAMP)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(STAMP)
+
+$(DEMO): | $(STAMP)
+	$(BIN)/python -m curation demo --db $(DEMO)
+
+demo: $(DEMO)
+
+app: $(STAMP) $(DEMO)
+	$(BIN)/python -m streamlit run app.py
+
+# chromium is needed by the real-browser test; installed when we are root and it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(DEV_STAMP) browser
+	$(BIN)/python -m pytest -q
+
+test-all: $(DEV_STAMP) browser
+	$(BIN)/python -m pytest -q -m ""
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_store.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,427 @@
+"""Readers for precomputed-embedding inputs -> validated arrays + metadata -> the store.
+
+Three input layouts:
+
+- a metadata table (CSV or Parquet with an id column) plus row-aligned ``.npy`` files
+  (:func:`read_metadata_npy`);
+- one Parquet file, or a folder of them, with list/array embedding columns beside the metadata
+  (:func:`read_parquet_embeddings`);
+- a clip-retrieval output folder: ``img_emb/img_emb_{i}.npy``, ``text_emb/text_emb_{i}.npy``,
+  ``metadata/metadata_{i}.parquet`` (:func:`read_clip_retrieval`).
+
+Every reader validates everything before anything is written (:func:`validate`), and every
+failure is one :class:`~curation.errors.InputError` naming the file, row or column, and the fix.
+:func:`ingest` then writes the dataset atomically, so a failed ingest never changes what was stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from curation import schema as S
+from curation.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 16  # rows per validation chunk: bounded memory on memory-mapped inputs
+
+
+@dataclass
+class IngestInput:
+    """What a reader produces: a samples table and row-aligned vectors, not yet validated.
+
+    Attributes
+    ----------
+    samples : pyarrow.Table
+        ``id`` first, then ``image`` / ``caption`` when present, then metadata columns.
+    vectors : dict
+        {"image": ndarray (n, d_img) or None, "text": ndarray (n, d_txt) or None}.
+    sources : dict
+        {"metadata" | "image" | "text": file name} used in error messages.
+    image_root : Path or None
+        Folder that relative image paths resolve against.
+    """
+
+    samples: object
+    vectors: dict
+    sources: dict = field(default_factory=dict)
+    image_root: Path | None = None
+    source: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+# ---------------------------------------------------------------------------------------------
+def read_table_file(path: str | Path, string_columns=()) -> object:
+    """Read a CSV or Parquet file (or folder of Parquet files) into a pyarrow Table.
+
+    CSV text must be UTF-8: the first invalid byte is reported with its line number. Columns in
+    ``string_columns`` are read as strings (so ids like ``007`` keep their zeros).
+    """
+    import pyarrow as pa
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("file not found.", file=p, fix="check the path.")
+    if p.is_dir() or p.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+        if not files:
+            raise InputError("folder holds no .parquet files.", file=p,
+                             fix="point at a Parquet file or a folder of them.")
+        try:
+            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"cannot read Parquet: {e}", file=p,
+                             fix="check that the file is valid Parquet.") from e
+        _check_utf8_arrow(table, p)
+        return table
+    if p.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        raise InputError(f"unsupported metadata format '{p.suffix}'.", file=p,
+                         fix="use a .csv, .tsv or .parquet file.")
+    raw = p.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"text is not valid UTF-8 (byte 0x{raw[e.start]:02x} at line {line}).", file=p,
+            row=max(line - 2, 0), fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        ) from None
+    if not raw.strip():
+        raise InputError("file is empty.", file=p, fix="export the metadata with a header row.")
+    import pyarrow.csv as pcsv
+
+    header = raw.split(b"\n", 1)[0].decode("utf-8")
+    delim = "\t" if p.suffix.lower() == ".tsv" or ("\t" in header and "," not in header) else ","
+    names = [h.strip().strip('"') for h in header.rstrip("\r").split(delim)]
+    types = {c: pa.string() for c in string_columns if c in names}
+    try:
+        return pcsv.read_csv(
+            pa.py_buffer(raw), parse_options=pcsv.ParseOptions(delimiter=delim, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        )
+    except pa.ArrowInvalid as e:
+        m = re.search(r"[Rr]ow #?(\d+)", str(e))
+        raise InputError(f"cannot parse CSV: {e}", file=p, row=int(m.group(1)) if m else None,
+                         fix="check quoting and the number of fields on that row.") from e
+
+
+def _check_utf8_arrow(table, path) -> None:
+    import pyarrow as pa
+
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid:
+        for name in table.column_names:
+            col = table.column(name)
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                continue
+            for i, v in enumerate(col.cast(pa.large_binary()).to_pylist()):
+                if v is not None:
+                    try:
+                        v.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise InputError("text is not valid UTF-8.", file=path, column=name, row=i,
+                                         fix="re-encode that column as UTF-8.") from None
+        raise
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """Memory-map a 2-D ``.npy`` embedding file (float16/32/64)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("embedding file not found.", file=p, fix="check the path.")
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad header
+        raise InputError(f"not a readable .npy array ({e}).", file=p,
+                         fix="save embeddings with numpy.save as a 2-D float array.") from e
+    if arr.ndim != 2:
+        raise InputError(f"expected a 2-D array (rows x dim), got shape {arr.shape}.", file=p,
+                         fix="reshape to (n_samples, dim) before saving.")
+    if arr.dtype.kind != "f":
+        raise InputError(f"expected floats, got dtype {arr.dtype}.", file=p,
+                         fix="save the embeddings as float32.")
+    return arr
+
+
+def read_metadata_npy(metadata, image_emb=None, text_emb=None, *, id_column=None,
+                      image_column=None, caption_column=None, image_root=None) -> IngestInput:
+    """Metadata table (CSV/Parquet) plus row-aligned ``.npy`` embedding files."""
+    if image_emb is None and text_emb is None:
+        raise InputError("no embeddings given.", file=metadata,
+                         fix="pass --image-emb FILE.npy and/or --text-emb FILE.npy.")
+    cand = [c for c in (id_column, image_column, caption_column) if c] + list(S.ID_CANDIDATES)
+    table = read_table_file(metadata, string_columns=cand + list(S.CAPTION_CANDIDATES))
+    table = standardize_columns(table, metadata, id_column, image_column, caption_column)
+    vectors = {"image": load_npy(image_emb) if image_emb else None,
+               "text": load_npy(text_emb) if text_emb else None}
+    sources = {"metadata": str(metadata), "image": str(image_emb), "text": str(text_emb)}
+    root = Path(image_root) if image_root else Path(metadata).resolve().parent
+    return IngestInput(table, vectors, sources, root, source=f"metadata+npy:{Path(metadata).name}")
+
+
+def read_parquet_embeddings(path, *, image_column=None, text_column=None, id_column=None,
+                            image_path_column=None, caption_column=None,
+                            image_root=None) -> IngestInput:
+    """One Parquet file (or a folder of them) with list/array embedding columns."""
+    if not image_column and not text_column:
+        raise InputError("no embedding column named.", file=path,
+                         fix="pass --image-column NAME and/or --text-column NAME.")
+    table = read_table_file(path)
+    vectors = {}
+    for kind, col in (("image", image_column), ("text", text_column)):
+        if not col:
+            vectors[kind] = None
+            continue
+        if col not in table.column_names:
+            raise InputError("embedding column not found.", file=path, column=col,
+                             fix=f"use one of: {', '.join(table.column_names)}.")
+        vectors[kind] = list_column_to_array(table.column(col), path, col)
+        table = table.drop_columns([col])
+    table = standardize_columns(table, path, id_column, image_path_column, caption_column)
+    root = Path(image_root) if image_root else Path(path).resolve().parent
+    return IngestInput(table, vectors, {"metadata": str(path), "image": f"{path}:{image_column}",
+                                        "text": f"{path}:{text_column}"}, root,
+                       source=f"parquet:{Path(path).name}")
+
+
+def list_column_to_array(col, path, name) -> np.ndarray:
+    """Arrow list / large_list / fixed_size_list column of floats -> (n, d) float array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise InputError(f"expected a list/array of floats, got {t}.", file=path, column=name,
+                         fix="store each embedding as a list<float> value.")
+    if not pa.types.is_floating(t.value_type):
+        raise InputError(f"expected float values, got {t.value_type}.", file=path, column=name,
+                         fix="store embeddings as float32.")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError("missing embedding.", file=path, column=name, row=row,
+                         fix="drop rows without an embedding or compute it.")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0:
+        raise InputError("no rows.", file=path, fix="check that the file holds data.")
+    d = int(lengths[0])
+    bad = np.flatnonzero(lengths != d)
+    if len(bad):
+        raise InputError(f"embedding has {lengths[bad[0]]} values, row 0 has {d}: mixed dimensions.",
+                         file=path, column=name, row=int(bad[0]),
+                         fix="every embedding in a column must have the same length.")
+    if d == 0:
+        raise InputError("embeddings are empty (dimension 0).", file=path, column=name, row=0,
+                         fix="compute the embeddings.")
+    values = pc.list_flatten(col)
+    return values.to_numpy(zero_copy_only=False).reshape(len(col), d)
+
+
+def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInput:
+    """A clip-retrieval output folder: ``img_emb/``, ``text_emb/`` and ``metadata/`` shards."""
+    import pyarrow as pa
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError("folder not found.", file=root, fix="pass the clip-retrieval output folder.")
+
+    def shards(sub, pattern):
+        d = root / sub
+        files = list(d.glob(pattern)) if d.is_dir() else []
+        return sorted(files, key=lambda f: int(re.findall(r"(\d+)", f.stem)[-1])
+                      if re.findall(r"(\d+)", f.stem) else -1)
+
+    meta_files = shards("metadata", "*.parquet")
+    if not meta_files:
+        raise InputError("no metadata/*.parquet shards.", file=root / "metadata",
+                         fix="point at the folder clip-retrieval wrote (it has metadata/, img_emb/, text_emb/).")
+    img_files, txt_files = shards("img_emb", "*.npy"), shards("text_emb", "*.npy")
+    if not img_files and not txt_files:
+        raise InputError("no img_emb/*.npy or text_emb/*.npy shards.", file=root,
+                         fix="run clip-retrieval inference with image and/or text embeddings enabled.")
+    tables = []
+    for i, mf in enumerate(meta_files):
+        t = read_table_file(mf)
+        tables.append(t)
+        for files in (img_files, txt_files):
+            if files:
+                if len(files) != len(meta_files):
+                    raise InputError(f"{len(files)} embedding shards for {len(meta_files)} metadata shards.",
+                                     file=files[0].parent, fix="re-run or remove incomplete shards.")
+                rows = load_npy(files[i]).shape[0]
+                if rows != t.num_rows:
+                    raise InputError(f"shard has {rows} rows, its metadata {mf.name} has {t.num_rows}.",
+                                     file=files[i], fix="re-run the shard; embeddings and metadata must align.")
+    table = pa.concat_tables(tables, promote_options="default")
+    vectors = {"image": np.concatenate([load_npy(f) for f in img_files]) if img_files else None,
+               "text": np.concatenate([load_npy(f) for f in txt_files]) if txt_files else None}
+    if id_column is None and not any(c in table.column_names for c in S.ID_CANDIDATES):
+        # clip-retrieval writes no id: the image path is one when unique, else the row number
+        key = next((c for c in ("image_path", "url") if c in table.column_names), None)
+        if key and table.column(key).null_count == 0 and \
+                len(set(table.column(key).to_pylist())) == table.num_rows:
+            table = table.append_column(S.ID, table.column(key).cast(pa.string()))
+        else:
+            table = table.append_column(S.ID, pa.array([f"{i:09d}" for i in range(table.num_rows)]))
+    table = standardize_columns(table, root / "metadata", id_column, None, None)
+    return IngestInput(table, vectors, {"metadata": str(root / "metadata"), "image": str(root / "img_emb"),
+                                        "text": str(root / "text_emb")},
+                       Path(image_root) if image_root else root, source=f"clip-retrieval:{root.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# standardisation and validation
+# ---------------------------------------------------------------------------------------------
+def standardize_columns(table, file, id_column=None, image_column=None, caption_column=None):
+    """Rename the id / image / caption columns to ``id``, ``image``, ``caption`` and put them first.
+
+    When not named, the first present of :data:`curation.schema.ID_CANDIDATES` (etc.) is used.
+    Metadata columns are kept as they come.
+    """
+    import pyarrow as pa
+
+    names = table.column_names
+    if table.num_rows == 0:
+        raise InputError("no rows.", file=file, fix="check that the file holds data.")
+    if S.ROW in names:
+        raise InputError(f"column name '{S.ROW}' is reserved.", file=file, column=S.ROW,
+                         fix="rename that column.")
+
+    def pick(given, candidates, role, required):
+        if given:
+            if given not in names:
+                raise InputError(f"{role} column not found.", file=file, column=given,
+                                 fix=f"use one of: {', '.join(names)}.")
+            return given
+        found = next((c for c in candidates if c in names), None)
+        if found is None and required:
+            raise InputError(f"no {role} column (looked for {', '.join(candidates)}).", file=file,
+                             fix=f"name it with --id-column; columns are: {', '.join(names)}.")
+        return found
+
+    chosen = {S.ID: pick(id_column, S.ID_CANDIDATES, "id", True),
+              S.IMAGE: pick(image_column, S.IMAGE_CANDIDATES, "image path", False),
+              S.CAPTION: pick(caption_column, S.CAPTION_CANDIDATES, "caption", False)}
+    cols, fields = [], []
+    for std, src in chosen.items():
+        if src is None:
+            continue
+        if src != std and std in names:
+            raise InputError(f"both '{src}' and '{std}' exist; '{src}' was chosen as the {std} column.",
+                             file=file, column=std, fix=f"rename or drop the '{std}' column.")
+        col = table.column(src)
+        if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+            col = col.cast(pa.string())
+        cols.append(col)
+        fields.append(std)
+    used = {v for v in chosen.values() if v}
+    for n in names:
+        if n not in used:
+            cols.append(table.column(n))
+            fields.append(n)
+    return pa.table(cols, names=fields)
+
+
+def validate(inp: IngestInput) -> None:
+    """Check ids and vectors; raise one :class:`InputError` for the first problem found.
+
+    Checks: empty input; missing or duplicate ids; row-count mismatch between each embedding file
+    and the metadata; NaN, inf and all-zero vectors (reported by row and id).
+    """
+    import pyarrow.compute as pc
+
+    t = inp.samples
+    mfile = inp.sources.get("metadata")
+    n = t.num_rows
+    if n == 0:
+        raise InputError("no rows.", file=mfile, fix="check that the file holds data.")
+    ids = t.column(S.ID)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
+    if pc.any(empty).as_py():
+        row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+        raise InputError("missing id.", file=mfile, column=S.ID, row=row,
+                         fix="give every row a unique id.")
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        first = dup.field("values")[0].as_py()
+        rows = np.flatnonzero(pc.equal(ids, first).to_numpy(zero_copy_only=False))
+        raise InputError(f"duplicate id '{first}' (rows {', '.join(map(str, rows[:5]))}); "
+                         f"{len(dup)} id(s) repeat.", file=mfile, column=S.ID, row=int(rows[1]),
+                         fix="make ids unique, or drop the repeated rows.")
+    id_list = None
+    for kind, v in inp.vectors.items():
+        if v is None:
+            continue
+        vfile = inp.sources.get(kind)
+        if v.shape[0] != n:
+            raise InputError(f"{v.shape[0]} embedding rows but the metadata has {n} rows.", file=vfile,
+                             fix=f"embeddings must be row-aligned with {mfile} (one row per sample, same order).")
+        if v.shape[1] == 0:
+            raise InputError("embeddings have dimension 0.", file=vfile, fix="compute the embeddings.")
+        for start in range(0, n, _CHUNK):
+            block = np.asarray(v[start : start + _CHUNK])
+            finite = np.isfinite(block).all(axis=1)
+            nonzero = (block != 0).any(axis=1)
+            if finite.all() and nonzero.all():
+                continue
+            if id_list is None:
+                id_list = ids
+            bad = int(np.flatnonzero(~finite)[0]) if not finite.all() else None
+            if bad is not None:
+                r = start + bad
+                raise InputError(f"{kind} embedding of id '{id_list[r].as_py()}' contains NaN or inf.",
+                                 file=vfile, row=r, fix="recompute that embedding or drop the sample.")
+            r = start + int(np.flatnonzero(~nonzero)[0])
+            raise InputError(f"{kind} embedding of id '{id_list[r].as_py()}' is all zeros.",
+                             file=vfile, row=r, fix="recompute that embedding (all-zero usually means "
+                             "the image or caption failed to load) or drop the sample.")
+
+
+def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=None,
+           shared_space=None, extra_meta=None) -> str:
+    """Validate ``inp`` and write it as the dataset ``db`` atomically. Returns the fingerprint.
+
+    Parameters
+    ----------
+    db : path-like
+        Target ``.duckdb`` file. Existing datasets are refused unless ``replace``.
+    shared_space : bool, optional
+        True when image and text embeddings come from one CLIP-style model (so an image-text
+        cosine means something). Defaults to False: fidelity is then reported as not available.
+    """
+    from curation import store
+
+    db = Path(db)
+    if db.exists() and not replace:
+        raise InputError("dataset already exists.", file=db,
+                         fix="pass --replace to overwrite it, or choose another path; "
+                             "datasets are never merged silently.")
+    validate(inp)
+    dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
+    if shared_space and (dims["image"] is None or dims["image"] != dims["text"]):
+        raise InputError(f"--shared-space given but image dim {dims['image']} != text dim {dims['text']}.",
+                         file=inp.sources.get("image"), fix="drop --shared-space: these come from different encoders.")
+    vectors = {k: (np.ascontiguousarray(v, dtype=np.float32) if v is not None and v.dtype != np.float16
+                   else (np.ascontiguousarray(v) if v is not None else None))
+               for k, v in inp.vectors.items()}
+    root = inp.image_root
+    if root is not None:
+        root = Path(root).resolve()
+        try:
+            root = root.relative_to(db.resolve().parent)
+        except ValueError:
+            pass
+    meta = {"image_model": image_model, "text_model": text_model,
+            "shared_space": bool(shared_space), "source": inp.source,
+            "image_root": str(root) if root is not None else None, **(extra_meta or {})}
+    return store.create_dataset(db, inp.samples, vectors, meta=meta, replace=replace)

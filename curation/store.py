@@ -1,0 +1,447 @@
+"""The dataset store: one DuckDB file per dataset. The only module that imports duckdb.
+
+Layout of a dataset file (names in :mod:`curation.schema`):
+
+- ``samples``: ``row_idx`` (0..N-1, the canonical order), ``id``, ``image``, ``caption`` and the
+  metadata columns as they came.
+- ``embeddings``: ``row_idx``, ``id``, ``image_emb``, ``text_emb``. Each vector is one BLOB of
+  ``dim`` little-endian float32 (or float16) values. DuckDB moves BLOBs to Arrow as one contiguous
+  buffer, so reading 1M x 512 back into numpy is a memcpy per chunk and never builds Python lists;
+  a ``FLOAT[512]`` column measured 11-14 s for the same read (see ``bench/bench_store.py``).
+  Dims and dtypes live in ``dataset_meta``; either kind may be absent.
+- ``dataset_meta``: key/value (JSON): fingerprint, dims, dtypes, models, image root, source.
+- ``runs``: one row per analysis or selection run.
+- Analysis outputs (written by :mod:`curation.analysis`) are plain tables keyed by ``row_idx``.
+
+Writers are atomic. A new or replaced dataset is written to a temporary file beside the target
+and moved over it with ``os.replace``: a failure leaves the previous file untouched, and readers
+that have the old file open keep reading it. Derived tables are written inside one transaction
+(:meth:`Store.write_tables`): either all of them change or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from curation import schema as S
+from curation.errors import CurationError, StateError
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".duckdb"
+
+
+def quote_ident(name: str) -> str:
+    """Quote a column or table name for SQL. Values are never pasted into SQL: they are bound."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def list_datasets(data_dir: str | os.PathLike = "data") -> list[Path]:
+    """Dataset files (``*.duckdb``) under ``data_dir``, sorted by name."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob(f"*{SUFFIX}") if p.is_file())
+
+
+def open_store(path: str | os.PathLike, read_only: bool = True) -> "Store":
+    """Open an existing dataset file. Readers (the app) open read-only."""
+    p = Path(path)
+    if not p.exists():
+        raise CurationError(
+            f"dataset {p} does not exist. Fix: create it with `python -m curation demo --db {p}` "
+            f"or `python -m curation ingest {p} ...`."
+        )
+    return Store(p, read_only=read_only)
+
+
+class Store:
+    """A handle on one dataset file.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.duckdb`` file.
+    read_only : bool
+        Open read-only (several processes may read at once; DuckDB allows one writer process).
+    """
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = True):
+        import duckdb
+
+        self.path = Path(path)
+        self.read_only = read_only
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as e:  # locked by a writer, or not a DuckDB file
+            raise CurationError(f"cannot open dataset {self.path}: {e}") from e
+        self._meta: dict | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.path.name[: -len(SUFFIX)] if self.path.name.endswith(SUFFIX) else self.path.stem
+
+    # -- metadata --------------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        rows = self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def has_table(self, name: str) -> bool:
+        return name in self.tables()
+
+    @property
+    def meta(self) -> dict:
+        """The dataset's key/value metadata (fingerprint, dims, dtypes, models, image root...)."""
+        if self._meta is None:
+            if not self.has_table(S.META):
+                raise StateError(f"{self.path} is not a curation dataset (no {S.META} table).")
+            rows = self.con.execute(f"SELECT key, value FROM {S.META}").fetchall()
+            self._meta = {k: json.loads(v) for k, v in rows}
+        return self._meta
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.meta["n_rows"])
+
+    def dim(self, kind: str) -> int | None:
+        """Embedding dimension of ``kind`` ("image" or "text"), None when absent."""
+        return self.meta.get(f"{kind}_dim")
+
+    def image_root(self) -> Path | None:
+        """Folder that relative image paths resolve against (None: the dataset has no images)."""
+        root = self.meta.get("image_root")
+        if root is None:
+            return None
+        p = Path(root)
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(name, duckdb type) of the samples table, ``row_idx`` left out."""
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? ORDER BY ordinal_position",
+            [S.SAMPLES],
+        ).fetchall()
+        return [(n, t) for n, t in rows if n != S.ROW]
+
+    def metadata_columns(self) -> list[str]:
+        """Metadata columns (everything but id, image and caption)."""
+        return [n for n, _ in self.columns() if n not in (S.ID, S.IMAGE, S.CAPTION)]
+
+    # -- reads -----------------------------------------------------------------------------
+    def samples(self, columns: Iterable[str] | None = None):
+        """The samples table as a pandas DataFrame in ``row_idx`` order.
+
+        Parameters
+        ----------
+        columns : iterable of str, optional
+            Columns to read (``row_idx`` is not returned); all when None. Unknown names raise.
+        """
+        known = [n for n, _ in self.columns()]
+        cols = list(known if columns is None else columns)
+        unknown = [c for c in cols if c not in known]
+        if unknown:
+            raise CurationError(
+                f"unknown column(s) {unknown} in dataset {self.name}; it has: {', '.join(known)}"
+            )
+        sel = ", ".join(quote_ident(c) for c in cols) if cols else "1 AS _dummy"
+        df = self.con.execute(f"SELECT {sel} FROM {S.SAMPLES} ORDER BY {S.ROW}").fetch_df()
+        return df if cols else df.iloc[:, :0]
+
+    def embeddings(self, kind: str) -> np.ndarray | None:
+        """All ``kind`` ("image" or "text") vectors as float32 of shape (n_rows, dim), or None."""
+        return self.vectors((kind,))[kind]
+
+    def vectors(self, kinds: Iterable[str] = S.EMB_KINDS) -> dict[str, np.ndarray | None]:
+        """Several embedding kinds in one scan: {kind: float32 (n_rows, dim) or None}.
+
+        Read through Arrow: each batch's BLOB data buffer is one contiguous run of vectors and is
+        copied into a preallocated array, so no Python object is made per row. One scan for both
+        kinds reads 1M x 512 x 2 in about half the time of two scans (bench/bench_store.py).
+        """
+        kinds = list(kinds)
+        out: dict[str, np.ndarray | None] = {k: None for k in kinds}
+        present = [k for k in kinds if self.dim(k) is not None]
+        if not present:
+            return out
+        n = self.n_rows
+        dtypes = {k: np.dtype(self.meta.get(f"{k}_dtype", "float32")) for k in present}
+        for k in present:
+            out[k] = np.empty((n, self.dim(k)), dtype=dtypes[k])
+        cols = ", ".join(S.emb_column(k) for k in present)
+        reader = self.con.sql(f"SELECT {S.ROW}, {cols} FROM {S.EMBEDDINGS}").to_arrow_reader(1 << 18)
+        rows = np.empty(n, dtype=np.int64)
+        pos = 0
+        for batch in reader:
+            m = batch.num_rows
+            if pos + m > n:
+                raise StateError(f"{self.path}: embeddings table has more rows than samples ({n}).")
+            rows[pos : pos + m] = batch.column(0).to_numpy()
+            for j, k in enumerate(present, start=1):
+                width = self.dim(k) * dtypes[k].itemsize
+                out[k][pos : pos + m] = (
+                    _blobs_to_array(batch.column(j), width).view(dtypes[k]).reshape(m, -1)
+                )
+            pos += m
+        if pos != n:
+            raise StateError(f"{self.path}: embeddings table has {pos} rows, samples has {n}.")
+        if not np.array_equal(rows, np.arange(n)):  # DuckDB keeps insertion order; safety net
+            order = np.argsort(rows, kind="stable")
+            out = {k: (v[order] if v is not None else None) for k, v in out.items()}
+        return {k: (v if v is None or v.dtype == np.float32 else v.astype(np.float32))
+                for k, v in out.items()}
+
+    def read_table(self, name: str, columns: Iterable[str] | None = None):
+        """A derived table as a pandas DataFrame (ordered by row_idx when it has one)."""
+        if not self.has_table(name):
+            raise StateError(f"dataset {self.name} has no table {name!r}.")
+        sel = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
+        cols = {n for n, in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
+        ).fetchall()}
+        order = f" ORDER BY {S.ROW}" if S.ROW in cols else ""
+        return self.con.execute(f"SELECT {sel} FROM {quote_ident(name)}{order}").fetch_df()
+
+    def query_df(self, sql: str, params: list | None = None):
+        """Run a read query written by library code (never user text) with bound parameters."""
+        return self.con.execute(sql, params or []).fetch_df()
+
+    def summary(self) -> dict:
+        """Sizes, columns, embedding models and dims, and which analysis tables exist."""
+        m = self.meta
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "rows": self.n_rows,
+            "fingerprint": m["fingerprint"],
+            "columns": [n for n, _ in self.columns()],
+            "image_dim": m.get("image_dim"),
+            "text_dim": m.get("text_dim"),
+            "image_model": m.get("image_model"),
+            "text_model": m.get("text_model"),
+            "shared_space": bool(m.get("shared_space", False)),
+            "source": m.get("source"),
+            "tables": self.tables(),
+            "size_mb": round(self.path.stat().st_size / 2**20, 1),
+        }
+
+    # -- writes ----------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise CurationError(f"dataset {self.path} is open read-only; open it for writing.")
+
+    def write_tables(self, tables: Mapping[str, object]) -> None:
+        """Create or replace several tables in one transaction: all change, or none does.
+
+        Parameters
+        ----------
+        tables : mapping of name -> pandas DataFrame or pyarrow Table
+        """
+        self._check_writable()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for name, data in tables.items():
+                view = f"_incoming_{uuid.uuid4().hex}"
+                self.con.register(view, data)
+                try:
+                    self.con.execute(
+                        f"CREATE OR REPLACE TABLE {quote_ident(name)} AS SELECT * FROM {view}"
+                    )
+                finally:
+                    self.con.unregister(view)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def record_run(self, kind: str, config: Mapping, timings: Mapping | None = None,
+                   outputs: Mapping | None = None, run_id: str | None = None,
+                   extra_tables: Mapping[str, object] | None = None) -> str:
+        """Record a run (config, input fingerprint, software version, timings) atomically with
+        its output tables. Returns the run id."""
+        import pandas as pd
+
+        from curation import __version__
+
+        self._check_writable()
+        run_id = run_id or f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        row = pd.DataFrame([{
+            "run_id": run_id, "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config": json.dumps(dict(config), sort_keys=True),
+            "fingerprint": self.fingerprint, "version": __version__,
+            "timings": json.dumps(dict(timings or {}), sort_keys=True),
+            "outputs": json.dumps(dict(outputs or {}), sort_keys=True),
+        }])
+        old = self.read_table(S.RUNS) if self.has_table(S.RUNS) else row.iloc[:0]
+        tables = dict(extra_tables or {})
+        tables[S.RUNS] = pd.concat([old, row], ignore_index=True)
+        self.write_tables(tables)
+        return run_id
+
+    def runs(self, kind: str | None = None):
+        """Recorded runs, oldest first (DataFrame; empty when none)."""
+        import pandas as pd
+
+        if not self.has_table(S.RUNS):
+            return pd.DataFrame(columns=["run_id", "kind", "created", "config", "fingerprint",
+                                         "version", "timings", "outputs"])
+        df = self.read_table(S.RUNS)
+        return df if kind is None else df[df["kind"] == kind].reset_index(drop=True)
+
+
+def _blobs_to_array(arr, width: int) -> np.ndarray:
+    """uint8 view (n * width,) of an Arrow (large_)binary / fixed_size_binary array of equal-width
+    values, without per-row Python objects. Raises if a value is null or has another width."""
+    import pyarrow as pa
+
+    n = len(arr)
+    if arr.null_count:
+        raise StateError("embeddings table holds a missing vector; re-ingest the dataset.")
+    bufs = arr.buffers()
+    if pa.types.is_fixed_size_binary(arr.type):
+        begin = arr.offset * width
+    else:
+        off_t = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+        offsets = np.frombuffer(bufs[1], dtype=off_t)[arr.offset : arr.offset + n + 1]
+        if n and not (offsets[-1] - offsets[0] == n * width and np.all(np.diff(offsets) == width)):
+            raise StateError("embeddings table holds vectors of another size than recorded.")
+        begin = int(offsets[0]) if n else 0
+    return np.frombuffer(bufs[2] if not pa.types.is_fixed_size_binary(arr.type) else bufs[1],
+                         dtype=np.uint8, count=n * width, offset=begin)
+
+
+def _vectors_to_arrow(vecs: np.ndarray):
+    """Zero-copy Arrow fixed_size_binary array over a C-contiguous (n, d) float array."""
+    import pyarrow as pa
+
+    vecs = np.ascontiguousarray(vecs)
+    width = vecs.shape[1] * vecs.dtype.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(vecs), [None, pa.py_buffer(vecs.reshape(-1).view(np.uint8))]
+    )
+
+
+def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
+    """Content hash of a dataset: the samples table (Arrow IPC bytes) and every vector byte.
+
+    Two datasets with equal ids, metadata and embeddings have equal fingerprints; any change to a
+    value changes it. blake2b runs at about 1 GB/s, so 1M x 512 x 2 costs about 4 s at ingest.
+    """
+    import pyarrow as pa
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"schema{S.SCHEMA_VERSION}".encode())
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, samples.schema) as w:
+        w.write_table(samples)
+    h.update(sink.getvalue())
+    for kind in S.EMB_KINDS:
+        v = vectors.get(kind)
+        h.update(kind.encode())
+        if v is not None:
+            h.update(str(v.shape).encode() + str(v.dtype).encode())
+            flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
+            step = 1 << 26
+            for i in range(0, len(flat), step):
+                h.update(flat[i : i + step])
+    return h.hexdigest()
+
+
+def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.ndarray | None],
+                   meta: Mapping | None = None, replace: bool = False,
+                   extra_tables: Mapping[str, object] | None = None) -> str:
+    """Write a whole dataset file atomically and return its fingerprint.
+
+    Parameters
+    ----------
+    path : path-like
+        Target ``.duckdb`` file.
+    samples : pyarrow.Table
+        Validated samples with ``id`` (unique, non-null strings) and optional ``image``,
+        ``caption`` and metadata columns, in the canonical row order.
+    vectors : mapping {"image": ndarray (n, d_img) or None, "text": ndarray (n, d_txt) or None}
+        float32 or float16, row-aligned with ``samples``.
+    meta : mapping, optional
+        Extra metadata (models, image_root, shared_space, source...).
+    replace : bool
+        Replace an existing dataset. Without it an existing file is refused (never merged).
+    extra_tables : mapping, optional
+        Further tables to write into the new file (the demo's ground truth).
+
+    The file is built at a temporary path beside the target and moved over it only when complete.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    path = Path(path)
+    if path.exists() and not replace:
+        raise CurationError(
+            f"dataset {path} already exists. Fix: pass --replace to overwrite it, or choose "
+            f"another path; datasets are never merged silently."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = samples.num_rows
+    samples = samples.add_column(0, S.ROW, pa.array(np.arange(n, dtype=np.int64)))
+    fingerprint = compute_fingerprint(samples, vectors)
+    m = dict(meta or {})
+    m.update(fingerprint=fingerprint, n_rows=n, schema_version=S.SCHEMA_VERSION,
+             created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    emb_cols = {S.ROW: samples.column(S.ROW), S.ID: samples.column(S.ID)}
+    for kind in S.EMB_KINDS:
+        v = vectors.get(kind)
+        if v is None:
+            m[f"{kind}_dim"] = None
+            continue
+        if v.dtype not in (np.float32, np.float16):
+            v = v.astype(np.float32)
+        m[f"{kind}_dim"] = int(v.shape[1])
+        m[f"{kind}_dtype"] = str(v.dtype)
+        emb_cols[S.emb_column(kind)] = _vectors_to_arrow(v)
+    emb_table = pa.table(emb_cols)
+    meta_table = pa.table({"key": list(m), "value": [json.dumps(m[k], sort_keys=True) for k in m]})
+
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute("SET preserve_insertion_order = true")
+            for name, data in [(S.SAMPLES, samples), (S.EMBEDDINGS, emb_table), (S.META, meta_table),
+                               *(extra_tables or {}).items()]:
+                con.register("_incoming", data)
+                con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT * FROM _incoming")
+                con.unregister("_incoming")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+            if leftover.exists():
+                leftover.unlink()
+    log.info("wrote dataset %s: %d rows, fingerprint %s", path, n, fingerprint)
+    return fingerprint
