@@ -411,8 +411,7 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     if shared_space and (dims["image"] is None or dims["image"] != dims["text"]):
         raise InputError(f"--shared-space given but image dim {dims['image']} != text dim {dims['text']}.",
                          file=inp.sources.get("image"), fix="drop --shared-space: these come from different encoders.")
-    vectors = {k: (np.ascontiguousarray(v, dtype=np.float32) if v is not None and v.dtype != np.float16
-                   else (np.ascontiguousarray(v) if v is not None else None))
+    vectors = {k: (np.ascontiguousarray(v, dtype=np.float32) if v is not None else None)
                for k, v in inp.vectors.items()}
     root = inp.image_root
     if root is not None:

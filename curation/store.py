@@ -4,12 +4,12 @@ Layout of a dataset file (names in :mod:`curation.schema`):
 
 - ``samples``: ``row_idx`` (0..N-1, the canonical order), ``id``, ``image``, ``caption`` and the
   metadata columns as they came.
-- ``embeddings``: ``row_idx``, ``id``, ``image_emb``, ``text_emb``. Each vector is one BLOB of
-  ``dim`` little-endian float32 (or float16) values. DuckDB moves BLOBs to Arrow as one contiguous
-  buffer, so reading 1M x 512 back into numpy is a memcpy per chunk and never builds Python lists;
-  a ``FLOAT[512]`` column measured 11-14 s for the same read (see ``bench/bench_store.py``).
-  Dims and dtypes live in ``dataset_meta``; either kind may be absent.
-- ``dataset_meta``: key/value (JSON): fingerprint, dims, dtypes, models, image root, source.
+- ``embeddings``: ``row_idx``, ``id``, ``image_emb FLOAT[d_img]``, ``text_emb FLOAT[d_txt]``
+  (either may be absent; the dims may differ). Vectors go in and out through Arrow fixed-size
+  lists, whose values are one contiguous float buffer: numpy arrays are wrapped without a copy on
+  the way in, and read back with one memcpy per batch, never through Python lists. A BLOB-per-vector
+  layout was measured too and ingests 4x slower (``bench/bench_store.py``).
+- ``dataset_meta``: key/value (JSON): fingerprint, dims, models, image root, source.
 - ``runs``: one row per analysis or selection run.
 - Analysis outputs (written by :mod:`curation.analysis`) are plain tables keyed by ``row_idx``.
 
@@ -112,7 +112,7 @@ class Store:
 
     @property
     def meta(self) -> dict:
-        """The dataset's key/value metadata (fingerprint, dims, dtypes, models, image root...)."""
+        """The dataset's key/value metadata (fingerprint, dims, models, image root...)."""
         if self._meta is None:
             if not self.has_table(S.META):
                 raise StateError(f"{self.path} is not a curation dataset (no {S.META} table).")
@@ -180,9 +180,9 @@ class Store:
     def vectors(self, kinds: Iterable[str] = S.EMB_KINDS) -> dict[str, np.ndarray | None]:
         """Several embedding kinds in one scan: {kind: float32 (n_rows, dim) or None}.
 
-        Read through Arrow: each batch's BLOB data buffer is one contiguous run of vectors and is
+        Read through Arrow: each batch's fixed-size-list values are one contiguous float buffer,
         copied into a preallocated array, so no Python object is made per row. One scan for both
-        kinds reads 1M x 512 x 2 in about half the time of two scans (bench/bench_store.py).
+        kinds reads 1M x 512 x 2 in about half the time of two scans.
         """
         kinds = list(kinds)
         out: dict[str, np.ndarray | None] = {k: None for k in kinds}
@@ -190,9 +190,8 @@ class Store:
         if not present:
             return out
         n = self.n_rows
-        dtypes = {k: np.dtype(self.meta.get(f"{k}_dtype", "float32")) for k in present}
         for k in present:
-            out[k] = np.empty((n, self.dim(k)), dtype=dtypes[k])
+            out[k] = np.empty((n, self.dim(k)), dtype=np.float32)
         cols = ", ".join(S.emb_column(k) for k in present)
         reader = self.con.sql(f"SELECT {S.ROW}, {cols} FROM {S.EMBEDDINGS}").to_arrow_reader(1 << 18)
         rows = np.empty(n, dtype=np.int64)
@@ -203,18 +202,14 @@ class Store:
                 raise StateError(f"{self.path}: embeddings table has more rows than samples ({n}).")
             rows[pos : pos + m] = batch.column(0).to_numpy()
             for j, k in enumerate(present, start=1):
-                width = self.dim(k) * dtypes[k].itemsize
-                out[k][pos : pos + m] = (
-                    _blobs_to_array(batch.column(j), width).view(dtypes[k]).reshape(m, -1)
-                )
+                out[k][pos : pos + m] = _fixed_list_to_numpy(batch.column(j), self.dim(k))
             pos += m
         if pos != n:
             raise StateError(f"{self.path}: embeddings table has {pos} rows, samples has {n}.")
         if not np.array_equal(rows, np.arange(n)):  # DuckDB keeps insertion order; safety net
             order = np.argsort(rows, kind="stable")
             out = {k: (v[order] if v is not None else None) for k, v in out.items()}
-        return {k: (v if v is None or v.dtype == np.float32 else v.astype(np.float32))
-                for k, v in out.items()}
+        return out
 
     def read_table(self, name: str, columns: Iterable[str] | None = None):
         """A derived table as a pandas DataFrame (ordered by row_idx when it has one)."""
@@ -314,36 +309,23 @@ class Store:
         return df if kind is None else df[df["kind"] == kind].reset_index(drop=True)
 
 
-def _blobs_to_array(arr, width: int) -> np.ndarray:
-    """uint8 view (n * width,) of an Arrow (large_)binary / fixed_size_binary array of equal-width
-    values, without per-row Python objects. Raises if a value is null or has another width."""
-    import pyarrow as pa
-
-    n = len(arr)
+def _fixed_list_to_numpy(arr, dim: int) -> np.ndarray:
+    """Zero-copy (n, dim) float32 view of an Arrow fixed_size_list<float> array without nulls."""
     if arr.null_count:
         raise StateError("embeddings table holds a missing vector; re-ingest the dataset.")
-    bufs = arr.buffers()
-    if pa.types.is_fixed_size_binary(arr.type):
-        begin = arr.offset * width
-    else:
-        off_t = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-        offsets = np.frombuffer(bufs[1], dtype=off_t)[arr.offset : arr.offset + n + 1]
-        if n and not (offsets[-1] - offsets[0] == n * width and np.all(np.diff(offsets) == width)):
-            raise StateError("embeddings table holds vectors of another size than recorded.")
-        begin = int(offsets[0]) if n else 0
-    return np.frombuffer(bufs[2] if not pa.types.is_fixed_size_binary(arr.type) else bufs[1],
-                         dtype=np.uint8, count=n * width, offset=begin)
+    if arr.type.list_size != dim:
+        raise StateError(f"embeddings have {arr.type.list_size} values, {dim} were recorded.")
+    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), dim)
 
 
 def _vectors_to_arrow(vecs: np.ndarray):
-    """Zero-copy Arrow fixed_size_binary array over a C-contiguous (n, d) float array."""
+    """Zero-copy Arrow fixed_size_list<float32> array over a C-contiguous (n, d) float32 array."""
     import pyarrow as pa
 
-    vecs = np.ascontiguousarray(vecs)
-    width = vecs.shape[1] * vecs.dtype.itemsize
-    return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(width), len(vecs), [None, pa.py_buffer(vecs.reshape(-1).view(np.uint8))]
-    )
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    n, d = vecs.shape
+    values = pa.Array.from_buffers(pa.float32(), n * d, [None, pa.py_buffer(vecs)])
+    return pa.FixedSizeListArray.from_arrays(values, d)
 
 
 def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
@@ -385,7 +367,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         Validated samples with ``id`` (unique, non-null strings) and optional ``image``,
         ``caption`` and metadata columns, in the canonical row order.
     vectors : mapping {"image": ndarray (n, d_img) or None, "text": ndarray (n, d_txt) or None}
-        float32 or float16, row-aligned with ``samples``.
+        Row-aligned with ``samples``; stored as float32 (a memory-mapped float32 file is not copied).
     meta : mapping, optional
         Extra metadata (models, image_root, shared_space, source...).
     replace : bool
@@ -406,6 +388,8 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     n = samples.num_rows
+    vectors = {k: (None if v is None else np.ascontiguousarray(v, dtype=np.float32))
+               for k, v in vectors.items()}
     samples = samples.add_column(0, S.ROW, pa.array(np.arange(n, dtype=np.int64)))
     fingerprint = compute_fingerprint(samples, vectors)
     m = dict(meta or {})
@@ -417,10 +401,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         if v is None:
             m[f"{kind}_dim"] = None
             continue
-        if v.dtype not in (np.float32, np.float16):
-            v = v.astype(np.float32)
         m[f"{kind}_dim"] = int(v.shape[1])
-        m[f"{kind}_dtype"] = str(v.dtype)
         emb_cols[S.emb_column(kind)] = _vectors_to_arrow(v)
     emb_table = pa.table(emb_cols)
     meta_table = pa.table({"key": list(m), "value": [json.dumps(m[k], sort_keys=True) for k in m]})

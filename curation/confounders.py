@@ -1,0 +1,173 @@
+"""Confounder statistics for metadata columns.
+
+For every categorical column (and numeric ones binned into quantiles): its association with the
+prototype clusters (bias-corrected Cramer's V, Bergsma 2013; mutual information) and how well a
+cross-validated linear probe predicts it from the embeddings, against the majority-class rate.
+A column is flagged as a likely confounder when the embeddings predict it clearly better than
+chance (``probe_lift >= lift_threshold``) or it is strongly tied to the clusters
+(``cramers_v >= v_threshold``); label columns are reported but never flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MISSING = "(missing)"
+
+
+def categorize(values, max_levels: int = 50, n_bins: int = 5):
+    """Codes for a metadata column: categories as they are, numbers binned into quantiles.
+
+    Missing values form a level of their own (``(missing)``), never dropped.
+
+    Returns
+    -------
+    codes : ndarray (n,) int or None (None: too many levels to be a confounder)
+    levels : list of str
+    kind : "categorical" | "binned" | "skipped: ..."
+    """
+    import pandas as pd
+
+    s = pd.Series(values)
+    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    if numeric and s.nunique(dropna=True) > max_levels // 5:
+        try:
+            binned = pd.qcut(s, q=n_bins, duplicates="drop")
+        except ValueError:
+            binned = s
+        s = binned.astype(str).where(s.notna(), MISSING)
+        kind = "binned"
+    else:
+        s = s.astype(object).where(s.notna(), MISSING).astype(str)
+        kind = "categorical"
+    levels, codes = np.unique(s.to_numpy(dtype=str), return_inverse=True)
+    if len(levels) > max_levels:
+        return None, [], f"skipped: {len(levels)} distinct values (an identifier or free text?)"
+    if len(levels) < 2:
+        return None, list(levels), "skipped: a single value"
+    return codes.astype(np.int64), [str(x) for x in levels], kind
+
+
+def cramers_v_corrected(a: np.ndarray, b: np.ndarray) -> float:
+    """Bias-corrected Cramer's V (Bergsma 2013) between two code arrays; 0 = independent."""
+    n = len(a)
+    ka, kb = int(a.max()) + 1, int(b.max()) + 1
+    table = np.zeros((ka, kb), np.float64)
+    np.add.at(table, (a, b), 1)
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    r, k = table.shape
+    if r < 2 or k < 2:
+        return 0.0
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    chi2 = ((table - expected) ** 2 / expected).sum()
+    phi2 = chi2 / n
+    phi2c = max(0.0, phi2 - (k - 1) * (r - 1) / (n - 1))
+    rc = r - (r - 1) ** 2 / (n - 1)
+    kc = k - (k - 1) ** 2 / (n - 1)
+    denom = min(kc - 1, rc - 1)
+    return float(np.sqrt(phi2c / denom)) if denom > 0 else 0.0
+
+
+def probe_accuracy(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, *,
+                   folds: int = 3, seed: int = 0) -> tuple[float, float]:
+    """Cross-validated balanced accuracy of a logistic-regression probe from ``Z`` to ``y``,
+    and the same for always predicting the majority class (balanced: 1 / n_classes).
+
+    Folds are grouped by ``groups`` (case ids) when given, so one patient never sits on both sides.
+    Classes with fewer members than folds are merged into one "rare" class first.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.asarray(y)
+    counts = np.bincount(y)
+    rare = counts[y] < folds
+    if rare.any():
+        y = np.where(rare, counts.size, y)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return 0.0, 1.0
+    if groups is not None:
+        cv = GroupKFold(n_splits=folds)
+        split_args = {"groups": groups}
+    else:
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        split_args = {}
+    clf = LogisticRegression(max_iter=300, C=1.0)
+    pred = cross_val_predict(clf, Z, y, cv=cv, **split_args)
+    return float(balanced_accuracy_score(y, pred)), 1.0 / len(classes)
+
+
+def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, label_columns=(),
+                     skip_columns=(), v_threshold: float = 0.3, lift_threshold: float = 0.1,
+                     probe_max: int = 20_000, seed: int = 0, progress=None):
+    """One row per metadata column with its association statistics and the confounder flag.
+
+    Parameters
+    ----------
+    meta : pandas.DataFrame
+        Metadata columns (n rows).
+    clusters : ndarray (n,) int
+        Prototype cluster of each sample.
+    Z : ndarray (n, p)
+        Embedding features for the probe (a PCA of the analysis space is enough).
+    case : ndarray (n,), optional
+        Case/patient ids: probe folds are grouped by them.
+    label_columns : iterable of str
+        Reported with ``role = "label"`` and never flagged.
+    probe_max : int
+        The probe trains on a seeded sample of at most this many rows.
+
+    Returns
+    -------
+    pandas.DataFrame with columns column, role, kind, levels, cramers_v, mutual_info, nmi,
+    probe_accuracy, majority_accuracy, probe_lift, is_confounder, note
+    """
+    import pandas as pd
+    from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
+
+    n = len(meta)
+    rng = np.random.default_rng(seed)
+    sub = np.arange(n) if n <= probe_max else np.sort(rng.choice(n, probe_max, replace=False))
+    groups = None
+    if case is not None:
+        groups = pd.factorize(pd.Series(case).astype(str))[0][sub]
+    rows = []
+    for col in meta.columns:
+        if col in skip_columns:
+            continue
+        codes, levels, kind = categorize(meta[col].to_numpy())
+        role = "label" if col in label_columns else "metadata"
+        row = {"column": col, "role": role, "kind": kind, "levels": len(levels), "cramers_v": np.nan,
+               "mutual_info": np.nan, "nmi": np.nan, "probe_accuracy": np.nan,
+               "majority_accuracy": np.nan, "probe_lift": np.nan, "is_confounder": False, "note": ""}
+        if codes is None:
+            row["note"] = kind
+            row["kind"] = "skipped"
+            rows.append(row)
+            continue
+        row["cramers_v"] = cramers_v_corrected(codes, clusters)
+        row["mutual_info"] = float(mutual_info_score(codes, clusters))
+        row["nmi"] = float(normalized_mutual_info_score(codes, clusters))
+        acc, base = probe_accuracy(Z[sub], codes[sub], groups, seed=seed)
+        row.update(probe_accuracy=acc, majority_accuracy=base, probe_lift=acc - base)
+        flagged = row["probe_lift"] >= lift_threshold or row["cramers_v"] >= v_threshold
+        row["is_confounder"] = bool(flagged and role != "label")
+        if flagged and role == "label":
+            row["note"] = "label column: predictable from the embeddings, as a label should be"
+        elif flagged:
+            why = []
+            if row["probe_lift"] >= lift_threshold:
+                why.append(f"the embeddings predict it ({acc:.2f} balanced accuracy vs {base:.2f} chance)")
+            if row["cramers_v"] >= v_threshold:
+                why.append(f"it is tied to the clusters (Cramer's V {row['cramers_v']:.2f})")
+            row["note"] = "; ".join(why)
+        rows.append(row)
+        if progress:
+            progress(1)
+    return pd.DataFrame(rows)

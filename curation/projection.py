@@ -1,0 +1,93 @@
+"""The 2-D map: PCA fitted on a sample, UMAP fitted on a bounded sample, the rest placed by kNN.
+
+Plain UMAP on all points takes tens of minutes at 1M on 2 cores (and over a minute at 20k), and
+numba compiles it for 60-90 s once per process, so the map is never computed in the app: it is
+computed once per analysis and cached in the store. Here:
+
+1. PCA to ``pca_dims`` fitted on at most ``pca_fit_max`` samples, applied to all rows in chunks;
+2. UMAP to 2-D fitted on at most ``fit_max`` samples (spectral init is fine at that size; at 1M
+   it never finished in 9 minutes);
+3. every other row is placed at the similarity-weighted mean of the 2-D positions of its
+   ``interp_k`` nearest fitted samples in PCA space (exact faiss search), which is about 20x
+   faster than ``umap.transform`` (``bench/bench_analysis.py`` compares both and plain UMAP).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def pca_reduce(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0) -> np.ndarray:
+    """Project rows of ``X`` (n, d) onto the top ``dims`` principal axes (float32 (n, dims)).
+
+    Fitted on a seeded sample of at most ``fit_max`` rows, applied in chunks.
+    """
+    n, d = X.shape
+    dims = min(dims, d, max(n - 1, 1))
+    rng = np.random.default_rng(seed)
+    sample = X if n <= fit_max else X[np.sort(rng.choice(n, fit_max, replace=False))]
+    mean = sample.mean(axis=0)
+    # economy SVD of the centred sample: components are the right singular vectors
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    comp = vt[:dims].astype(np.float32)
+    # fix signs so the result does not depend on the LAPACK build
+    comp *= np.sign(comp[np.arange(dims), np.abs(comp).argmax(axis=1)])[:, None]
+    out = np.empty((n, dims), np.float32)
+    step = 1 << 16
+    for i in range(0, n, step):
+        out[i:i + step] = (X[i:i + step] - mean) @ comp.T
+    return out
+
+
+def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp_k: int = 10,
+             n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0):
+    """2-D map of all rows of ``X`` (n, d).
+
+    Returns
+    -------
+    xy : ndarray (n, 2) float32
+    fitted : ndarray (n,) bool, rows UMAP was fitted on (the others were interpolated)
+    """
+    import umap
+
+    n = len(X)
+    Z = pca_reduce(X, pca_dims, seed=seed)
+    rng = np.random.default_rng(seed)
+    fit_rows = np.arange(n) if n <= fit_max else np.sort(rng.choice(n, fit_max, replace=False))
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(fit_rows) - 1),
+                        min_dist=min_dist, metric="cosine", random_state=seed, n_jobs=1,
+                        init="spectral" if len(fit_rows) > 20 else "random")
+    xy_fit = reducer.fit_transform(Z[fit_rows]).astype(np.float32)
+    xy = np.empty((n, 2), np.float32)
+    xy[fit_rows] = xy_fit
+    fitted = np.zeros(n, bool)
+    fitted[fit_rows] = True
+    rest = np.flatnonzero(~fitted)
+    if len(rest):
+        xy[rest] = interpolate(Z[fit_rows], xy_fit, Z[rest], k=interp_k)
+    return xy, fitted
+
+
+def interpolate(Z_fit: np.ndarray, xy_fit: np.ndarray, Z_new: np.ndarray, k: int = 10) -> np.ndarray:
+    """Place new rows at the similarity-weighted mean 2-D position of their k nearest fitted rows."""
+    import faiss
+
+    def unit(a):
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    index = faiss.IndexFlatIP(Z_fit.shape[1])
+    index.add(unit(Z_fit))
+    k = min(k, len(Z_fit))
+    out = np.empty((len(Z_new), 2), np.float32)
+    step = 1 << 15
+    for i in range(0, len(Z_new), step):
+        s, idx = index.search(unit(Z_new[i:i + step]), k)
+        w = np.exp((s - s[:, :1]) * 20.0)  # soft weights favouring the closest neighbours
+        w /= w.sum(axis=1, keepdims=True)
+        out[i:i + step] = np.einsum("nk,nkd->nd", w, xy_fit[idx])
+    return out

@@ -1,0 +1,174 @@
+"""Prototype curation (CheXficient): spherical k-means, distance bands and farthest-point orders.
+
+All functions are pure: arrays in, arrays out. ``X`` is always a float32 array of shape (n, d)
+with unit rows (see :mod:`curation.spaces`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BAND_CORE, BAND_TAIL, BAND_OUTLIER = "core", "tail", "outlier"
+
+
+def default_k(n: int, k_min: int = 8, k_max: int = 2000) -> int:
+    """About sqrt(n) prototypes, bounded to [k_min, k_max] and never more than n // 5."""
+    return int(max(1, min(k_max, max(k_min, round(math.sqrt(n))), n // 5)))
+
+
+@dataclass
+class Prototypes:
+    """Result of :func:`fit_prototypes`.
+
+    Attributes
+    ----------
+    centroids : ndarray (k, d), unit rows
+    assign : ndarray (n,) int32, the nearest prototype of each sample
+    dist : ndarray (n,) float32, cosine distance (1 - cos) to it
+    second : ndarray (n,) int32, the second-nearest prototype (-1 when k == 1)
+    second_dist : ndarray (n,) float32
+    sizes : ndarray (k,) int64
+    """
+
+    centroids: np.ndarray
+    assign: np.ndarray
+    dist: np.ndarray
+    second: np.ndarray
+    second_dist: np.ndarray
+    sizes: np.ndarray
+
+
+def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
+                   max_train: int = 200_000) -> Prototypes:
+    """Spherical k-means with faiss, trained on at most ``max_train`` samples, then assigning all.
+
+    Parameters
+    ----------
+    X : ndarray (n, d), float32, unit rows
+    k : int
+        Number of prototypes (``1 <= k <= n``).
+    seed : int
+        Seeds the training sample and faiss' initialisation: same seed, same result.
+    """
+    import faiss
+
+    n, d = X.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in [1, n={n}]")
+    rng = np.random.default_rng(seed)
+    train = X if n <= max_train else X[np.sort(rng.choice(n, max_train, replace=False))]
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, verbose=False,
+                      max_points_per_centroid=max(256, math.ceil(len(train) / k)))
+    km.train(np.ascontiguousarray(train))
+    cent = km.centroids.astype(np.float32)
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexFlatIP(d)
+    index.add(cent)
+    kk = min(2, k)
+    sims = np.empty((n, kk), np.float32)
+    ids = np.empty((n, kk), np.int64)
+    step = 1 << 16
+    for i in range(0, n, step):
+        sims[i:i + step], ids[i:i + step] = index.search(X[i:i + step], kk)
+    assign = ids[:, 0].astype(np.int32)
+    sizes = np.bincount(assign, minlength=k)
+    second = ids[:, 1].astype(np.int32) if kk == 2 else np.full(n, -1, np.int32)
+    second_dist = (1 - sims[:, 1]) if kk == 2 else np.full(n, np.inf, np.float32)
+    return Prototypes(cent, assign, (1 - sims[:, 0]).astype(np.float32), second,
+                      second_dist.astype(np.float32), sizes)
+
+
+def cluster_percentiles(assign: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Percentile (0-100) of each sample's distance within its own cluster.
+
+    The nearest member gets 0, the farthest 100 (a singleton gets 0). Ties break by row order,
+    so the result is deterministic.
+    """
+    n = len(assign)
+    order = np.lexsort((np.arange(n), dist, assign))  # by cluster, then distance, then row
+    a_sorted = assign[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(a_sorted)) + 1]
+    sizes = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, sizes)
+    denom = np.repeat(np.maximum(sizes - 1, 1), sizes)
+    pct = np.empty(n, np.float32)
+    pct[order] = 100.0 * rank / denom
+    return pct
+
+
+def bands(pct: np.ndarray, core_pct: float = 85.0, tail_pct: float = 95.0) -> np.ndarray:
+    """CheXficient's bands: core (<= core_pct), tail (core_pct, tail_pct], outlier (> tail_pct)."""
+    if not 0 <= core_pct <= tail_pct <= 100:
+        raise ValueError(f"need 0 <= core_pct ({core_pct}) <= tail_pct ({tail_pct}) <= 100")
+    out = np.full(len(pct), BAND_CORE, dtype=object)
+    out[pct > core_pct] = BAND_TAIL
+    out[pct > tail_pct] = BAND_OUTLIER
+    return out
+
+
+def fps_order(X: np.ndarray, start: int, exact_max: int = 2000,
+              rest_key: np.ndarray | None = None) -> np.ndarray:
+    """Greedy farthest-point permutation of the rows of ``X`` (cosine distance).
+
+    The first ``min(exact_max, n)`` entries are exact greedy FPS starting at ``start``: the
+    first m of them are exactly FPS with m picks, for every m. Beyond ``exact_max`` the rest is
+    ordered by ``rest_key`` descending (default: the distance to the picked set at that point),
+    which costs nothing more: FPS over a whole huge cluster is n^2 d.
+
+    Returns
+    -------
+    ndarray (n,) of row indices into ``X``
+    """
+    n = len(X)
+    if n == 0:
+        return np.empty(0, np.int64)
+    m = min(exact_max, n)
+    order = np.empty(n, np.int64)
+    picked = np.zeros(n, bool)
+    mind = np.full(n, np.inf, np.float32)
+    cur = start
+    for i in range(m):
+        order[i] = cur
+        picked[cur] = True
+        d = 1.0 - X @ X[cur]
+        np.minimum(mind, d, out=mind)
+        mind[picked] = -np.inf
+        cur = int(np.argmax(mind))
+    if m < n:
+        rest = np.flatnonzero(~picked)
+        key = mind[rest] if rest_key is None else rest_key[rest]
+        order[m:] = rest[np.lexsort((rest, -key))]
+    return order
+
+
+def fps_ranks(X: np.ndarray, assign: np.ndarray, dist: np.ndarray, eligible: np.ndarray,
+              exact_max: int = 2000, progress=None) -> np.ndarray:
+    """Within each cluster, the FPS rank of every eligible (core) sample; -1 elsewhere.
+
+    FPS starts at the member nearest the prototype (the most typical sample), then spreads out.
+    """
+    rank = np.full(len(assign), -1, np.int32)
+    members = _members(assign, eligible)
+    for c, rows in members.items():
+        start = int(np.argmin(dist[rows]))
+        order = fps_order(X[rows], start, exact_max)
+        rank[rows[order]] = np.arange(len(rows), dtype=np.int32)
+        if progress:
+            progress(len(rows))
+    return rank
+
+
+def _members(assign: np.ndarray, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """{cluster: sorted row indices} for the rows in ``mask`` (all when None)."""
+    rows = np.arange(len(assign)) if mask is None else np.flatnonzero(mask)
+    a = assign[rows]
+    order = np.argsort(a, kind="stable")
+    rows, a = rows[order], a[order]
+    cuts = np.flatnonzero(np.diff(a)) + 1
+    return {int(g[0]): r for g, r in zip(np.split(a, cuts), np.split(rows, cuts)) if len(r)}

@@ -1,0 +1,88 @@
+"""A real browser: start the app, open it in headless Chromium, check the page renders.
+
+Needs Debian's `chromium` (installed by `make test` when run as root); skipped without it.
+The screenshots are saved under test-artifacts/ for a person to look at.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it)")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_db, tmp_path_factory):
+    d = tmp_path_factory.mktemp("browser-data")
+    shutil.copy(demo_db, d / "demo.duckdb")
+    shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
+    port = _free_port()
+    env = dict(os.environ, CURATION_DATA_DIR=str(d))
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                             "--server.port", str(port), "--server.address", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the app did not start: " + proc.stdout.read1().decode(errors="replace"))
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (no browser download: executable_path is given)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def render(browser, url: str, name: str, wait_for: str) -> str:
+    """Open ``url``, wait until ``wait_for`` text shows, save test-artifacts/<name>.png, return the text."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+        page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # let charts finish drawing before the screenshot
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
+        return page.inner_text("body")
+    finally:
+        page.close()
+
+
+def test_overview_renders_in_chromium(browser, app_url):
+    text = render(browser, app_url, "overview", "Samples")
+    assert "Overview" in text and "4,000" in text, text[-2000:]
