@@ -74,7 +74,7 @@ def phase(name: str, folder: Path) -> dict:
     elif name == "read_blob":
         import duckdb
         con = duckdb.connect(str(folder / "blob.duckdb"), read_only=True)
-        n = con.sql("SELECT count(*) FROM embeddings").fetchone()[0]
+        n = con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
         out = {k: np.empty((n, 512), np.float32) for k in ("image_emb", "text_emb")}
         pos = 0
         for b in con.sql("SELECT image_emb, text_emb FROM embeddings").to_arrow_reader(1 << 18):
@@ -111,7 +111,10 @@ def main() -> None:
         res = {}
         for name in ("ingest", "read", "ingest_blob", "read_blob", "npy"):
             out = subprocess.run([sys.executable, __file__, "--phase", name, "--folder", tmp],
-                                 capture_output=True, text=True, check=True).stdout
+                                 capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"phase {name} failed:\n{out.stderr}")
+            out = out.stdout
             res[name] = json.loads(out.strip().splitlines()[-1])
         size = {k: (folder / f"{k}.duckdb").stat().st_size / 2**30 for k in ("curation", "blob")}
     print(f"\n{'phase':<34}{'seconds':>9}{'peak GB':>9}")

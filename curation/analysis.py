@@ -59,8 +59,8 @@ class AnalysisConfig:
         Band edges as within-cluster distance percentiles (CheXficient: 85 / 95).
     fps_exact_max : int
         Exact farthest-point picks per cluster; the rest is ordered by distance to the picked set.
-    knn_k, boundary_margin : int, float
-        kNN size and the margin below which the second-nearest cluster is searched too.
+    knn_k, knn_probes : int
+        kNN size, and how many nearest prototype clusters each sample searches (exactly).
     dedup_eps : float
         Near-duplicates: cosine > 1 - eps (changeable later from the stored kNN graph).
     map_fit_max : int
@@ -76,14 +76,14 @@ class AnalysisConfig:
     tail_pct: float = 95.0
     fps_exact_max: int = 2000
     knn_k: int = 10
-    boundary_margin: float = 0.05
+    knn_probes: int = 4
     dedup_eps: float = 0.05
     map_fit_max: int = 20_000
     map_pca_dims: int = 50
     hdbscan_min_cluster_size: int | None = None
     confounder_v: float = 0.3
     confounder_lift: float = 0.1
-    probe_max: int = 20_000
+    probe_max: int = 5_000
     version: int = CONFIG_VERSION
 
     def to_json(self) -> str:
@@ -112,8 +112,8 @@ class AnalysisConfig:
             raise CurationError("need 0 <= core_pct <= tail_pct <= 100.")
         if not 0 < self.dedup_eps < 1:
             raise CurationError("dedup_eps must be in (0, 1).")
-        if self.knn_k < 1:
-            raise CurationError("knn_k must be at least 1.")
+        if self.knn_k < 1 or self.knn_probes < 1:
+            raise CurationError("knn_k and knn_probes must be at least 1.")
 
 
 def run_id_for(config: AnalysisConfig, fingerprint: str) -> str:
@@ -272,6 +272,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                 "prototype": np.arange(k), "size": protos.sizes,
                 "centroid": [c.tobytes() for c in protos.centroids]})
             timings["prototypes"] = time.perf_counter() - t
+            prog("prototypes", n, n)
 
         if "density" in steps:
             t = time.perf_counter()
@@ -281,10 +282,14 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                 done[0] += m
                 prog("density", done[0], n)
 
-            nbr, sim = D.knn_within_clusters(
-                X, out["prototype"].to_numpy(), out["second_prototype"].to_numpy(),
-                out["proto_dist"].to_numpy(), out["second_dist"].to_numpy(), k=config.knn_k,
-                boundary_margin=config.boundary_margin, progress=knn_prog)
+            if "prototypes" in steps:
+                centroids = protos.centroids
+            else:
+                pt = store.read_table(names["prototypes"])
+                centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
+            probes = P.nearest_prototypes(X, centroids, config.knn_probes)
+            nbr, sim = D.knn_within_clusters(X, out["prototype"].to_numpy(), probes, k=config.knn_k,
+                                             progress=knn_prog)
             dens = D.knn_density(sim)
             case = _case_codes(store)
             group, is_dup = D.duplicate_groups(nbr, sim, config.dedup_eps, case=case,

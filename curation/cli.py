@@ -121,7 +121,88 @@ def cmd_info(a) -> int:
     return 0
 
 
-COMMANDS = [_add_demo, _add_ingest, _add_info]
+def _add_analyze(sub):
+    from curation.analysis import STEPS
+
+    p = sub.add_parser(
+        "analyze", help="prototypes, density, duplicates, map, quality and confounder statistics",
+        description="Analyse a dataset and cache the results in it as a run (same config = same run).")
+    p.add_argument("db")
+    p.add_argument("--space", default="joint", choices=["joint", "image", "text"],
+                   help="embedding space (default: %(default)s)")
+    p.add_argument("--k", type=int, help="number of prototypes (default: about sqrt(N))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of: %(default)s")
+    p.add_argument("--core-pct", type=float, default=85.0, help="core band edge percentile (default: 85)")
+    p.add_argument("--tail-pct", type=float, default=95.0, help="tail band edge percentile (default: 95)")
+    p.add_argument("--dedup-eps", type=float, default=0.05, help="duplicate if cosine > 1 - eps (default: 0.05)")
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours for density (default: 10)")
+    p.add_argument("--map-fit-max", type=int, default=20_000,
+                   help="UMAP is fitted on at most this many samples (default: %(default)s)")
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(a) -> int:
+    from tqdm import tqdm
+
+    from curation import analysis
+
+    cfg = analysis.AnalysisConfig(space=a.space, k=a.k, seed=a.seed, core_pct=a.core_pct,
+                                  tail_pct=a.tail_pct, dedup_eps=a.dedup_eps, knn_k=a.knn_k,
+                                  map_fit_max=a.map_fit_max)
+    bars: dict = {}
+
+    def progress(step, done, total):
+        bar = bars.get(step)
+        if bar is None:
+            for other in bars.values():  # one bar at a time: steps run one after another
+                other.close()
+            bar = bars[step] = tqdm(total=total, desc=f"{step:<12}", unit="row" if total > 10 else "step",
+                                    leave=True, file=sys.stderr, mininterval=0.5)
+        bar.update(done - bar.n)
+
+    run_id = analysis.analyze(a.db, cfg, steps=[s.strip() for s in a.steps.split(",") if s.strip()],
+                              progress=progress)
+    for bar in bars.values():
+        bar.close()
+    print(_analysis_report(a.db, run_id))
+    return 0
+
+
+def _analysis_report(db, run_id) -> str:
+    from curation import analysis, store
+
+    with store.open_store(db) as s:
+        df, cfg = analysis.load(s, run_id)
+        run = s.runs("analysis").set_index("run_id").loc[run_id]
+        timings = json.loads(run["timings"])
+        outputs = json.loads(run["outputs"])
+        lines = [f"analysis run {run_id} on {s.name} ({len(df):,} samples, space {cfg['space']}, "
+                 f"k={outputs['k']})"]
+        if "band" in df:
+            b = df["band"].value_counts()
+            lines.append(f"  bands: core {b.get('core', 0):,}, tail {b.get('tail', 0):,}, "
+                         f"outlier {b.get('outlier', 0):,}")
+        if "dup_group" in df:
+            groups = df.loc[df["dup_group"] >= 0, "dup_group"].nunique()
+            lines.append(f"  near-duplicate groups: {groups:,} ({int(df['is_dup'].sum()):,} samples "
+                         f"would be dropped at eps={cfg['dedup_eps']})")
+        if "hdbscan_label" in df:
+            lines.append(f"  HDBSCAN clusters: {df['hdbscan_label'].max() + 1:,}, noise "
+                         f"{(df['hdbscan_label'] < 0).mean():.1%}")
+        if "fidelity" in df:
+            lines.append(f"  fidelity: {timings.get('fidelity_reason', '')}")
+        tables = outputs["tables"]
+        if s.has_table(tables["confounders"]):
+            conf = s.read_table(tables["confounders"])
+            flagged = conf.loc[conf["is_confounder"], "column"].tolist()
+            lines.append(f"  likely confounders: {', '.join(flagged) if flagged else 'none'}")
+        lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()
+                                               if isinstance(v, float)))
+    return "\n".join(lines)
+
+
+COMMANDS = [_add_demo, _add_ingest, _add_info, _add_analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,7 +105,7 @@ def probe_accuracy(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None = Non
 
 def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, label_columns=(),
                      skip_columns=(), v_threshold: float = 0.3, lift_threshold: float = 0.1,
-                     probe_max: int = 20_000, seed: int = 0, progress=None):
+                     probe_max: int = 5_000, seed: int = 0, progress=None):
     """One row per metadata column with its association statistics and the confounder flag.
 
     Parameters

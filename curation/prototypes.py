@@ -84,6 +84,20 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
                       second_dist.astype(np.float32), sizes)
 
 
+def nearest_prototypes(X: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
+    """The ``p`` nearest prototypes of each row (n, p) int64, nearest first (exact, faiss)."""
+    import faiss
+
+    p = min(p, len(centroids))
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty((len(X), p), np.int64)
+    step = 1 << 16
+    for i in range(0, len(X), step):
+        out[i:i + step] = index.search(X[i:i + step], p)[1]
+    return out
+
+
 def cluster_percentiles(assign: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """Percentile (0-100) of each sample's distance within its own cluster.
 

@@ -28,3 +28,19 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def analyzed_db(demo_db, tmp_path_factory) -> Path:
+    """A copy of the demo with one full default analysis (UMAP's numba compile makes this the
+    slowest fixture: about a minute, once per session)."""
+    import shutil
+
+    from curation import analysis
+
+    d = tmp_path_factory.mktemp("analyzed")
+    path = d / "demo.duckdb"
+    shutil.copy(demo_db, path)
+    shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
+    analysis.analyze(path, analysis.AnalysisConfig())
+    return path

@@ -1,0 +1,196 @@
+"""The analysis on the demo's ground truth, and the pure algorithms on data with known answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation import CurationError, analysis, density, prototypes, store
+from curation.confounders import cramers_v_corrected
+
+from conftest import MEDPIX
+
+
+def _pairs(groups):
+    out = set()
+    for key, idx in pd.Series(np.arange(len(groups))).groupby(groups):
+        if key >= 0 and len(idx) > 1:
+            idx = sorted(idx)
+            out |= {(a, b) for i, a in enumerate(idx) for b in idx[i + 1:]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(analyzed_db):
+    with store.open_store(analyzed_db) as s:
+        df, cfg = analysis.load(s)
+        truth = s.read_table("demo_truth")
+        run = analysis.latest_run(s)
+        conf = analysis.load_table(s, run, "confounders").set_index("column")
+    return df, cfg, truth, conf
+
+
+def test_planted_near_duplicates_found(result):
+    df, _, truth, _ = result
+    found, planted = _pairs(df["dup_group"].to_numpy()), _pairs(truth["dup_group"].to_numpy())
+    precision = len(found & planted) / len(found)
+    recall = len(found & planted) / len(planted)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    # one representative kept per group, never all members dropped
+    groups = df[df.dup_group >= 0].groupby("dup_group").is_dup
+    assert (groups.sum() == groups.size() - 1).all()
+
+
+def test_smallest_clusters_land_in_the_tail(result):
+    df, _, truth, _ = result
+    smallest = truth.cluster_size <= np.sort(truth.cluster_size.unique())[4]  # 5 rarest clusters
+    rare_end = (df.band != "core") | (df.tail_score >= 0.9)
+    assert rare_end[smallest].mean() >= 2.5 * rare_end.mean(), (rare_end[smallest].mean(), rare_end.mean())
+
+
+def test_mismatched_pairs_in_bottom_decile_of_fidelity(result):
+    df, _, truth, _ = result
+    mm = truth.is_mismatched.to_numpy()
+    assert (df.fidelity_score[mm] < 0.1).mean() >= 0.95
+    assert (df.consistency_score[mm] < 0.1).mean() >= 0.9
+
+
+def test_planted_confounders_flagged_random_columns_not(result):
+    *_, conf = result
+    assert conf.loc["site", "is_confounder"] and conf.loc["scanner", "is_confounder"]
+    for col in ("sex", "age", "view"):
+        assert not conf.loc[col, "is_confounder"], conf.loc[col]
+        assert abs(conf.loc[col, "probe_lift"]) < 0.05 and conf.loc[col, "cramers_v"] < 0.1
+    assert conf.loc["finding", "role"] == "label" and not conf.loc["finding", "is_confounder"]
+    assert conf.loc["age", "kind"] == "binned"
+    assert "case_id" not in conf.index
+
+
+def test_bands_and_fps_ranks(result):
+    df, cfg, _, _ = result
+    assert set(df.band) == {"core", "tail", "outlier"}
+    assert (df.loc[df.band == "core", "proto_pct"] <= cfg["core_pct"]).all()
+    assert (df.loc[df.band == "outlier", "proto_pct"] > cfg["tail_pct"]).all()
+    core = df[df.band == "core"]
+    # fps ranks are a permutation 0..m-1 within each cluster's core, -1 elsewhere
+    for _, g in core.groupby("prototype"):
+        assert sorted(g.fps_rank) == list(range(len(g)))
+    assert (df.loc[df.band != "core", "fps_rank"] == -1).all()
+    assert df[["map_x", "map_y"]].notna().all().all() and df.glosh_score.between(0, 1).all()
+
+
+def test_same_config_same_run_new_config_new_run(analyzed_db, result):
+    df, _, _, _ = result
+    cfg = analysis.AnalysisConfig()
+    again = analysis.analyze(analyzed_db, cfg, steps=["prototypes", "density"])
+    with store.open_store(analyzed_db) as s:
+        assert again == analysis.latest_run(s)
+        df2, _ = analysis.load(s, again)
+    pd.testing.assert_frame_equal(df, df2)  # identical, map and quality columns kept too
+    other = analysis.analyze(analyzed_db, analysis.AnalysisConfig(k=12), steps=["prototypes"])
+    with store.open_store(analyzed_db) as s:
+        assert other != again and set(s.runs("analysis").run_id) >= {again, other}
+        assert analysis.load(s, other)[0].prototype.nunique() == 12
+        assert analysis.load(s, again)[0].prototype.nunique() == df.prototype.nunique()
+
+
+def test_a_step_needs_its_input_step(analyzed_db):
+    with pytest.raises(CurationError, match="prototypes"):
+        analysis.analyze(analyzed_db, analysis.AnalysisConfig(k=7), steps=["density"])
+    with pytest.raises(CurationError, match="unknown step"):
+        analysis.analyze(analyzed_db, analysis.AnalysisConfig(), steps=["nope"])
+
+
+def test_knn_recall_against_exact(analyzed_db, result):
+    df, _, _, _ = result
+    """The demo's isotropic blobs are the worst case for a partition-based search: recall grows
+    with the probes, and the density ranking (what the tail score uses) stays close to exact."""
+    from scipy.stats import spearmanr
+
+    from curation.analysis import _features
+
+    with store.open_store(analyzed_db) as s:
+        X, _ = _features(s, s.n_rows)
+        run = analysis.run_id_for(analysis.AnalysisConfig(), s.fingerprint)
+        pt = analysis.load_table(s, run, "prototypes")
+    cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
+    q = np.random.default_rng(0).choice(len(X), 300, replace=False)
+    exact, exact_sim = density.exact_knn(X, 10, q)
+    recalls = []
+    for p in (1, 4, 12):
+        nbr, sim = density.knn_within_clusters(X, df.prototype.to_numpy(),
+                                               prototypes.nearest_prototypes(X, cent, p), k=10)
+        recalls.append(density.recall_at_k(nbr[q], exact))
+        if p == 4:
+            assert recalls[-1] >= 0.75
+            assert spearmanr(density.knn_density(sim)[q], exact_sim.mean(1)).statistic >= 0.95
+    assert recalls[0] < recalls[1] < recalls[2] and recalls[2] >= 0.9, recalls
+
+
+def test_fps_prefix_is_exact_greedy_fps():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((60, 5)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    order = prototypes.fps_order(X, start=3, exact_max=60)
+    # brute force greedy FPS for every prefix
+    picked = [3]
+    for _ in range(59):
+        d = np.min(1 - X @ X[picked].T, axis=1)
+        d[picked] = -np.inf
+        picked.append(int(np.argmax(d)))
+    assert order.tolist() == picked
+    capped = prototypes.fps_order(X, start=3, exact_max=10)
+    assert capped[:10].tolist() == picked[:10] and sorted(capped) == list(range(60))
+
+
+def test_duplicate_threshold_and_case_rule():
+    # 4 samples: 0~1 very close (same case), 2~3 very close (different cases)
+    nbr = np.array([[1], [0], [3], [2]])
+    sim = np.array([[0.99], [0.99], [0.97], [0.97]], np.float32)
+    g, dup = density.duplicate_groups(nbr, sim, eps=0.05, keep_key=np.array([0.1, 0.2, 0.0, 0.0]))
+    assert g.tolist() == [1, 1, 2, 2] and dup.tolist() == [True, False, False, True]
+    g, _ = density.duplicate_groups(nbr, sim, eps=0.02)
+    assert g.tolist() == [0, 0, -1, -1]
+    g, _ = density.duplicate_groups(nbr, sim, eps=0.05, case=np.array([7, 7, 8, 9]))
+    assert g.tolist() == [0, 0, -1, -1]
+
+
+def test_cluster_percentiles_and_default_k():
+    assign = np.array([0, 0, 0, 1, 1])
+    dist = np.array([0.3, 0.1, 0.2, 0.5, 0.4])
+    assert prototypes.cluster_percentiles(assign, dist).tolist() == [100, 0, 50, 100, 0]
+    assert prototypes.default_k(20_000) == 141 and prototypes.default_k(100) == 10 and prototypes.default_k(30) == 6
+    assert prototypes.default_k(10**8) == 2000
+
+
+def test_cramers_v():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, 5000)
+    assert cramers_v_corrected(a, a) == pytest.approx(1.0)
+    assert cramers_v_corrected(a, rng.integers(0, 4, 5000)) < 0.03
+
+
+def test_config_json_round_trip_and_bad_keys():
+    cfg = analysis.AnalysisConfig(k=5, space="image")
+    import json
+
+    assert analysis.AnalysisConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(CurationError, match="unknown"):
+        analysis.AnalysisConfig.from_dict({"kk": 3})
+
+
+def test_no_analysis_yet_is_a_clear_error(demo_db):
+    with store.open_store(demo_db) as s, pytest.raises(CurationError, match="curation analyze"):
+        analysis.load(s)
+
+
+@pytest.mark.skipif(not MEDPIX.is_dir(), reason="MedPix sample not present")
+def test_medpix_analysis_runs(tmp_path, run_cli):
+    db = tmp_path / "medpix.duckdb"
+    assert run_cli("ingest", db, "--metadata", MEDPIX / "metadata.csv", "--image-emb",
+                   MEDPIX / "image_mobilenetv2.npy", "--text-emb", MEDPIX / "text_minilm.npy")[0] == 0
+    code, out, err = run_cli("analyze", db)
+    assert code == 0, err
+    assert "different encoders" in out and "likely confounders" in out
+    with store.open_store(db) as s:
+        df, _ = analysis.load(s)
+        assert df.fidelity.isna().all() and df.consistency.notna().all()
