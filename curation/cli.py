@@ -202,7 +202,165 @@ def _analysis_report(db, run_id) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = [_add_demo, _add_ingest, _add_info, _add_analyze]
+def _add_select(sub):
+    from curation.manifest import FORMATS
+    from curation.selection import MODES, OUTLIER_POLICIES
+
+    p = sub.add_parser(
+        "select", help="select a budgeted subset and export its manifest",
+        description="Select a subset under a budget and write the manifest, its sidecar "
+                    "(<stem>.sidecar.json) and the dropped samples (<stem>.dropped.parquet). "
+                    "`select --from SIDECAR --out PATH` reproduces an earlier export.")
+    p.add_argument("db", nargs="?", help="dataset file (not needed with --from)")
+    p.add_argument("--from", dest="from_sidecar", help="reproduce the selection a sidecar describes")
+    p.add_argument("--config", help="a SelectionConfig JSON file (flags below override it)")
+    p.add_argument("--budget", help="a count (5000) or a fraction of the pool (0.25)")
+    p.add_argument("--confounders", help="comma-separated metadata columns to stratify by")
+    p.add_argument("--mode", choices=MODES, help="allocation across strata (default: proportional)")
+    p.add_argument("--temper", type=float, help="for --mode tempered: 0 = proportional, 1 = balanced")
+    p.add_argument("--tail-core-ratio", type=float, help="tail picks per core pick (default: 0.44)")
+    p.add_argument("--outliers", choices=OUTLIER_POLICIES, help="outlier policy (default: drop)")
+    p.add_argument("--dedup-eps", type=float, help="near-duplicate threshold (default: 0.05)")
+    p.add_argument("--no-dedup", action="store_true", help="keep near-duplicates")
+    p.add_argument("--gate", action="append", default=[],
+                   help="quality gate AXIS:min=S or AXIS:top=Q, e.g. fidelity:top=0.9 (repeatable)")
+    p.add_argument("--filter", action="append", default=[],
+                   help='metadata filter "COLUMN OP VALUE", e.g. "modality == CT" or "age >= 18" (repeatable)')
+    p.add_argument("--seed", type=int, help="seed of the random baseline (default: 0)")
+    p.add_argument("--analysis-run", help="analysis run id (default: the latest)")
+    p.add_argument("--out", required=True, help="manifest path, e.g. data/subset.parquet")
+    p.add_argument("--format", choices=FORMATS, help="manifest format (default: from --out's suffix, else parquet)")
+    p.set_defaults(func=cmd_select)
+
+
+def _parse_budget(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise CurationError(f"--budget {text!r} is not a number. Fix: a count (5000) or a fraction (0.25).") from None
+    return int(v) if v > 1 and v == int(v) else v
+
+
+def _parse_gate(text):
+    from curation.selection import Gate
+
+    try:
+        axis, rule = text.split(":", 1)
+        key, value = rule.split("=", 1)
+        value = float(value)
+    except ValueError:
+        raise CurationError(f"--gate {text!r}: expected AXIS:min=S or AXIS:top=Q (e.g. fidelity:top=0.9).") from None
+    if key not in ("min", "top"):
+        raise CurationError(f"--gate {text!r}: use min= or top=.")
+    return Gate(axis=axis, min_score=value if key == "min" else None, top_q=value if key == "top" else None)
+
+
+def _parse_filter(text):
+    import re
+
+    from curation.selection import OPERATORS, Filter
+
+    ops = sorted(OPERATORS, key=len, reverse=True)
+    m = re.match(r"^\s*(.+?)\s+(" + "|".join(re.escape(o) for o in ops) + r")(?:\s+(.*))?$", text)
+    if not m:
+        raise CurationError(f"--filter {text!r}: expected \"COLUMN OP VALUE\" with OP one of {', '.join(OPERATORS)}.")
+    col, op, raw = m.group(1), m.group(2), m.group(3)
+    value = None
+    if raw is not None:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = [v.strip() for v in raw.split(",")] if op in ("in", "not in") else raw
+    elif op not in ("is null", "not null"):
+        raise CurationError(f"--filter {text!r}: the operator {op} needs a value.")
+    return Filter(column=col, op=op, value=value)
+
+
+def _config_from_args(a, base):
+    from dataclasses import replace
+
+    changes = {}
+    if a.budget is not None:
+        changes["budget"] = _parse_budget(a.budget)
+    if a.confounders is not None:
+        changes["confounders"] = tuple(c.strip() for c in a.confounders.split(",") if c.strip())
+    for name in ("mode", "temper", "tail_core_ratio", "outliers", "dedup_eps", "seed"):
+        if getattr(a, name) is not None:
+            changes[name] = getattr(a, name)
+    if a.no_dedup:
+        changes["dedup_eps"] = None
+    if a.gate:
+        changes["gates"] = tuple(_parse_gate(g) for g in a.gate)
+    if a.filter:
+        changes["filters"] = tuple(_parse_filter(f) for f in a.filter)
+    return replace(base, **changes)
+
+
+def cmd_select(a) -> int:
+    from curation import analysis, manifest, metrics, selection, store
+    from curation.selection import SelectionConfig
+
+    if a.from_sidecar:
+        side = manifest.read_sidecar(a.from_sidecar)
+        db = a.db or side["dataset"]["path"]
+        cfg = SelectionConfig.from_dict(side["config"])
+        run_id = side["analysis_run"]
+        fmt = a.format or side.get("format", "parquet")
+    else:
+        if not a.db:
+            raise CurationError("select needs a dataset (DB) or --from SIDECAR.")
+        db = a.db
+        base = SelectionConfig()
+        if a.config:
+            try:
+                base = SelectionConfig.from_json(Path(a.config).read_text())
+            except OSError as e:
+                raise CurationError(f"cannot read --config {a.config}: {e}") from e
+        elif a.budget is None:
+            raise CurationError("--budget is required (a count such as 5000 or a fraction such as 0.25).")
+        cfg = _config_from_args(a, base)
+        run_id = a.analysis_run
+        suffix = Path(a.out).suffix.lower().lstrip(".")
+        fmt = a.format or {"csv": "csv", "jsonl": "jsonl", "tsv": "openclip"}.get(suffix, "parquet")
+    with store.open_store(db) as s:
+        if a.from_sidecar:
+            manifest.check_fingerprint(s, side)
+        run_id = run_id or analysis.latest_run(s)
+        inp = selection.load_inputs(s, run_id)
+        res = selection.select(inp, cfg)
+        ctx = metrics.ImpactContext(inp, columns=cfg.confounders or _flagged(s, run_id),
+                                    label=s.meta.get("label_column"))
+        impact = ctx.compare(res.selected, cfg.seed)
+        side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
+                                   impact=impact.to_dict(orient="index"))
+    try:
+        with store.open_store(db, read_only=False) as s:
+            s.record_run("selection", cfg.to_dict(), outputs={"manifest": str(Path(a.out).resolve()),
+                                                              "sha256": side_out["manifest"]["sha256"],
+                                                              "analysis_run": run_id})
+    except CurationError as e:  # the app may hold the file open; the export itself is complete
+        print(f"note: selection not recorded in the dataset's runs ({e})", file=sys.stderr)
+    sm = res.summary
+    print(f"selected {sm['selected']:,} of {sm['pool']:,} (budget {sm['budget']:,}, eligible {sm['eligible']:,})"
+          + (f"; short by {sm['shortfall']:,}: not enough eligible samples" if sm["shortfall"] else ""))
+    print("reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sm["reasons"].items())))
+    print(impact.round(4).to_string())
+    print(f"wrote {a.out} ({fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), "
+          f"{manifest.paths_for(a.out)['sidecar'].name}, {manifest.paths_for(a.out)['dropped'].name}")
+    return 0
+
+
+def _flagged(s, run_id) -> list[str]:
+    from curation import analysis
+
+    try:
+        conf = analysis.load_table(s, run_id, "confounders")
+    except CurationError:
+        return []
+    return conf.loc[conf["is_confounder"], "column"].tolist()
+
+
+COMMANDS = [_add_demo, _add_ingest, _add_info, _add_analyze, _add_select]
 
 
 def build_parser() -> argparse.ArgumentParser:

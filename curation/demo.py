@@ -110,7 +110,9 @@ def generate(spec: DemoSpec = DemoSpec()):
     site_dirs = _unit(rng.standard_normal((len(SITES), d)))
     all_scanners = sorted({s for v in SCANNERS.values() for s in v})
     scanner_dirs = _unit(rng.standard_normal((len(all_scanners), d)))
-    combos = [(REGIONS[i % len(REGIONS)], FINDINGS[(i * 7) % len(FINDINGS)]) for i in range(k)]
+    # distinct (region, finding) per cluster for up to len(REGIONS) * len(FINDINGS) clusters
+    combos = [(REGIONS[i % len(REGIONS)], FINDINGS[(13 * (i // len(REGIONS)) + i) % len(FINDINGS)])
+              for i in range(k)]
     cluster_mod = rng.integers(0, len(MODALITIES), k)
     cluster_site = np.arange(k) % len(SITES)  # preferred site of each cluster
 

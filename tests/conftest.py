@@ -44,3 +44,15 @@ def analyzed_db(demo_db, tmp_path_factory) -> Path:
     shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
     analysis.analyze(path, analysis.AnalysisConfig())
     return path
+
+
+@pytest.fixture
+def analyzed_copy(analyzed_db, tmp_path) -> Path:
+    """A private copy of the analysed demo (for tests that write to it); images are linked."""
+    import shutil
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    shutil.copy(analyzed_db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
+    return d / "demo.duckdb"

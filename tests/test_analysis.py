@@ -78,7 +78,8 @@ def test_bands_and_fps_ranks(result):
     assert df[["map_x", "map_y"]].notna().all().all() and df.glosh_score.between(0, 1).all()
 
 
-def test_same_config_same_run_new_config_new_run(analyzed_db, result):
+def test_same_config_same_run_new_config_new_run(analyzed_copy, result):
+    analyzed_db = analyzed_copy
     df, _, _, _ = result
     cfg = analysis.AnalysisConfig()
     again = analysis.analyze(analyzed_db, cfg, steps=["prototypes", "density"])
@@ -93,11 +94,11 @@ def test_same_config_same_run_new_config_new_run(analyzed_db, result):
         assert analysis.load(s, again)[0].prototype.nunique() == df.prototype.nunique()
 
 
-def test_a_step_needs_its_input_step(analyzed_db):
+def test_a_step_needs_its_input_step(analyzed_copy):
     with pytest.raises(CurationError, match="prototypes"):
-        analysis.analyze(analyzed_db, analysis.AnalysisConfig(k=7), steps=["density"])
+        analysis.analyze(analyzed_copy, analysis.AnalysisConfig(k=7), steps=["density"])
     with pytest.raises(CurationError, match="unknown step"):
-        analysis.analyze(analyzed_db, analysis.AnalysisConfig(), steps=["nope"])
+        analysis.analyze(analyzed_copy, analysis.AnalysisConfig(), steps=["nope"])
 
 
 def test_knn_recall_against_exact(analyzed_db, result):

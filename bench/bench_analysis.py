@@ -1,0 +1,157 @@
+"""Full analysis (joint space over 512-d image + 512-d text) at 100k or 1M rows, step by step,
+against the obvious alternatives in the same run.
+
+    python bench/bench_analysis.py [--rows 100000] [--skip-alternatives]
+
+Phases run in separate processes so each peak memory (ru_maxrss) is its own:
+- ``analyze``: curation's full default analysis (the numba compile of UMAP included);
+- ``exact_knn``: faiss IndexFlatIP (exact, brute force) for a query sample, its time scaled to
+  all N queries, and the recall@10 that curation's IVF-style search reaches against it;
+- ``umap``: plain umap-learn on all points of a ``--umap-rows`` sample against curation's map
+  (fit on ``map_fit_max`` + kNN interpolation) at the same size;
+- ``hdbscan``: scikit-learn's HDBSCAN against the hdbscan package on the same 2-D layout.
+Targets (DESIGN section 7): 100k in < 2 min, 1M in < 15 min with peak memory < 8 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def peak_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def phase(name: str, db: Path, args) -> dict:
+    from curation import analysis, store
+
+    if name == "make":
+        from curation import demo
+        k = max(40, int(np.sqrt(args.rows) / 2))
+        spec = demo.DemoSpec(n_rows=args.rows, dim=512, n_clusters=k, min_cluster=15)
+        t = time.perf_counter()
+        demo.build(db, spec, images=False)
+        return {"seconds": time.perf_counter() - t, "peak_gb": peak_gb(), "true_clusters": k}
+    if name == "analyze":
+        t = time.perf_counter()
+        run = analysis.analyze(db, analysis.AnalysisConfig())
+        total = time.perf_counter() - t
+        with store.open_store(db) as s:
+            timings = json.loads(s.runs("analysis").set_index("run_id").loc[run, "timings"])
+        timings = {k: v for k, v in timings.items() if isinstance(v, float)}
+        return {"seconds": total, "steps": timings, "peak_gb": peak_gb(), "run": run}
+    with store.open_store(db) as s:
+        df, _ = analysis.load(s)
+        X, _ = analysis._features(s, s.n_rows)
+        run = analysis.latest_run(s)
+        pt = analysis.load_table(s, run, "prototypes")
+    if name == "exact_knn":
+        from curation import density, prototypes
+        q = np.random.default_rng(0).choice(len(X), args.queries, replace=False)
+        t = time.perf_counter()
+        exact, _ = density.exact_knn(X, 10, q)
+        exact_s = (time.perf_counter() - t) * len(X) / len(q)
+        cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
+        out = {"exact_all_seconds_est": exact_s, "recall": {}}
+        for p in (1, 2, 4, 8):
+            t = time.perf_counter()
+            nbr, _ = density.knn_within_clusters(X, df.prototype.to_numpy(),
+                                                 prototypes.nearest_prototypes(X, cent, p), k=10)
+            out["recall"][p] = (density.recall_at_k(nbr[q], exact), time.perf_counter() - t)
+        return out
+    if name == "umap":
+        import umap
+
+        from curation import projection
+        m = min(args.umap_rows, len(X))
+        rows = np.sort(np.random.default_rng(0).choice(len(X), m, replace=False))
+        Xs = np.ascontiguousarray(X[rows])
+        projection.umap_map(Xs[:500], fit_max=500)  # compile numba once, outside both timings
+        t = time.perf_counter()
+        projection.umap_map(Xs, fit_max=20_000)
+        ours = time.perf_counter() - t
+        Z = projection.pca_reduce(Xs, 50)
+        t = time.perf_counter()
+        umap.UMAP(n_components=2, metric="cosine", random_state=0, n_jobs=1).fit_transform(Z)
+        plain = time.perf_counter() - t
+        return {"rows": m, "ours": ours, "plain": plain}
+    if name == "hdbscan":
+        import hdbscan
+        from sklearn.cluster import HDBSCAN
+        m = min(args.hdbscan_rows, len(df))
+        xy = df[["map_x", "map_y"]].to_numpy()[:m].astype(np.float64)
+        mcs = max(10, m // 1000)
+        t = time.perf_counter()
+        hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=10, core_dist_n_jobs=2).fit(xy)
+        pkg = time.perf_counter() - t
+        t = time.perf_counter()
+        HDBSCAN(min_cluster_size=mcs, min_samples=10, n_jobs=2).fit(xy)
+        skl = time.perf_counter() - t
+        return {"rows": m, "hdbscan_pkg": pkg, "sklearn": skl}
+    raise ValueError(name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--umap-rows", type=int, default=50_000)
+    ap.add_argument("--hdbscan-rows", type=int, default=100_000)
+    ap.add_argument("--skip-alternatives", action="store_true")
+    ap.add_argument("--phase")
+    ap.add_argument("--db")
+    a = ap.parse_args()
+    if a.phase:
+        print(json.dumps(phase(a.phase, Path(a.db), a)))
+        return
+    phases = ["make", "analyze"] + ([] if a.skip_alternatives else ["exact_knn", "umap", "hdbscan"])
+    res = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        for name in phases:
+            p = subprocess.run([sys.executable, __file__, "--phase", name, "--db", str(db), *sys.argv[1:]],
+                               capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"phase {name} failed:\n{p.stderr[-3000:]}")
+            res[name] = json.loads(p.stdout.strip().splitlines()[-1])
+            print(f"[{name} done]", flush=True)
+    an = res["analyze"]
+    print(f"\nfull analysis of {a.rows:,} x (512 + 512), joint space, 2 cores "
+          f"(synthetic clustered data, {res['make']['true_clusters']} planted clusters)")
+    print(f"{'step':<14}{'seconds':>9}")
+    for k, v in an["steps"].items():
+        print(f"{k:<14}{v:>9.1f}")
+    target = 120 if a.rows <= 100_000 else 900
+    print(f"{'TOTAL':<14}{an['seconds']:>9.1f}   (target < {target} s)   peak memory {an['peak_gb']:.2f} GB")
+    if "exact_knn" in res:
+        e = res["exact_knn"]
+        print(f"\nkNN (k=10): exact faiss flat over all {a.rows:,} queries ~ {e['exact_all_seconds_est']:.0f} s "
+              f"(measured on {a.queries} queries)")
+        for p, (rec, secs) in e["recall"].items():
+            print(f"  curation, {p} probe(s): {secs:6.1f} s, recall@10 {rec:.3f}, "
+                  f"{e['exact_all_seconds_est'] / secs:5.1f}x faster than exact")
+    if "umap" in res:
+        u = res["umap"]
+        print(f"\nmap of {u['rows']:,} points: curation {u['ours']:.1f} s vs plain umap-learn {u['plain']:.1f} s "
+              f"({u['plain'] / u['ours']:.1f}x)")
+    if "hdbscan" in res:
+        h = res["hdbscan"]
+        print(f"HDBSCAN on {h['rows']:,} 2-D points: hdbscan package {h['hdbscan_pkg']:.1f} s vs "
+              f"scikit-learn {h['sklearn']:.1f} s ({h['sklearn'] / h['hdbscan_pkg']:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

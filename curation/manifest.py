@@ -1,0 +1,171 @@
+"""Export a selection: the manifest a training job reads, its sidecar, and the dropped samples.
+
+Formats: Parquet (default), CSV, JSONL, and open_clip's training CSV (``filepath`` and ``title``,
+tab-separated, as ``open_clip``'s ``--csv-separator`` default expects). Beside the manifest
+``<stem>.sidecar.json`` (schema and software version, dataset fingerprint, analysis run, the
+config, counts, impact metrics, the manifest's content hash) and ``<stem>.dropped.parquet``
+(every pool sample not selected, with its reason).
+
+Every file is written to a temporary name in the target folder and renamed into place, so no
+half-written manifest ever exists at the target path. The manifest depends only on the dataset
+and the config: the same inputs give byte-identical files, and ``--from SIDECAR`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from curation.errors import CurationError, StateError
+
+SIDECAR_VERSION = 1
+FORMATS = ("parquet", "csv", "jsonl", "openclip")
+
+
+def paths_for(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    stem = out.name.split(".")[0] if out.suffix else out.name
+    return {"manifest": out, "sidecar": out.with_name(f"{stem}.sidecar.json"),
+            "dropped": out.with_name(f"{stem}.dropped.parquet")}
+
+
+def build_frames(store, inp, result, run_id: str):
+    """(kept, dropped) DataFrames: kept in rank order with the scores the decision used."""
+    import pandas as pd
+
+    from curation import analysis
+    from curation import schema as S
+
+    base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION) if c in [n for n, _ in store.columns()]]
+    base = store.samples(base_cols)
+    root = store.image_root()
+    df, _ = analysis.load(store, run_id)
+    n = inp.n
+    frame = pd.DataFrame({
+        "id": base[S.ID].astype(str),
+        "image": base[S.IMAGE] if S.IMAGE in base else None,
+        "image_path": ([str((root / p).resolve()) if isinstance(p, str) and root is not None else p
+                        for p in base[S.IMAGE]] if S.IMAGE in base else None),
+        "caption": base[S.CAPTION] if S.CAPTION in base else None,
+        "rank": result.rank(n),
+        "reason": result.reason.astype(str),
+        "detail": result.detail.astype(str),
+        "stratum": np.asarray(result.stratum_labels, dtype=object)[result.stratum],
+        "prototype": inp.prototype.astype(np.int64),
+        "band": inp.band.astype(str),
+        "fps_rank": inp.fps_rank.astype(np.int64),
+        "proto_dist": inp.proto_dist.astype(np.float64),
+        "tail_score": inp.tail_score.astype(np.float64),
+    })
+    for axis, v in inp.scores.items():
+        frame[f"{axis}_score"] = v
+    kept = frame.iloc[result.selected].reset_index(drop=True)
+    dropped_rows = np.setdiff1d(np.arange(n), result.selected)
+    dropped = frame.iloc[dropped_rows].drop(columns=["rank"]).reset_index(drop=True)
+    return kept, dropped
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_table(df, path: Path, fmt: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="zstd")
+    elif fmt == "csv":
+        df.to_csv(path, index=False, lineterminator="\n")
+    elif fmt == "jsonl":
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif fmt == "openclip":
+        if df["image_path"].isna().any():
+            raise CurationError("the open_clip format needs an image path for every sample; this dataset "
+                                "has samples without one. Fix: use --format parquet.")
+        out = df[["image_path", "caption"]].rename(columns={"image_path": "filepath", "caption": "title"})
+        out["title"] = out["title"].fillna("").str.replace(r"[\t\r\n]+", " ", regex=True)
+        out.to_csv(path, index=False, sep="\t", lineterminator="\n")
+    else:
+        raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "parquet",
+           impact: dict | None = None) -> dict:
+    """Write manifest, dropped file and sidecar atomically; return the sidecar as a dict."""
+    from curation import __version__
+
+    if fmt not in FORMATS:
+        raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
+    p = paths_for(out)
+    kept, dropped = build_frames(store, inp, result, run_id)
+    _atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
+    _atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
+    sidecar = {
+        "sidecar_version": SIDECAR_VERSION, "software_version": __version__,
+        "dataset": {"name": store.name, "path": str(store.path.resolve()), "fingerprint": store.fingerprint},
+        "analysis_run": run_id, "config": cfg.to_dict(), "format": fmt,
+        "manifest": {"file": p["manifest"].name, "sha256": file_hash(p["manifest"]), "rows": len(kept)},
+        "dropped": {"file": p["dropped"].name, "rows": len(dropped)},
+        "summary": {k: v for k, v in result.summary.items() if k != "strata"},
+        "strata": result.summary["strata"],
+        "impact": impact or {},
+    }
+    _atomic_write(p["sidecar"], lambda t: t.write_text(json.dumps(sidecar, indent=2, sort_keys=True,
+                                                                  default=_json_default) + "\n"))
+    return sidecar
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if np.isnan(o) else float(o)
+    raise TypeError(type(o))
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """Load a sidecar; old sidecar versions keep loading, unknown newer ones are refused."""
+    p = Path(path)
+    if not p.is_file():
+        raise CurationError(f"sidecar {p} not found. Fix: pass the <stem>.sidecar.json written by `select`.")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CurationError(f"sidecar {p} is not valid JSON: {e}") from e
+    v = data.get("sidecar_version")
+    if not isinstance(v, int) or v > SIDECAR_VERSION:
+        raise CurationError(f"sidecar {p} has version {v!r}; this tool reads up to {SIDECAR_VERSION}. "
+                            f"Fix: upgrade curation.")
+    for key in ("dataset", "config", "analysis_run"):
+        if key not in data:
+            raise CurationError(f"sidecar {p} lacks '{key}'. Fix: re-export the selection.")
+    return data
+
+
+def check_fingerprint(store, sidecar: dict) -> None:
+    want = sidecar["dataset"]["fingerprint"]
+    if store.fingerprint != want:
+        raise StateError(f"dataset {store.path} has changed since this selection was exported "
+                         f"(fingerprint {store.fingerprint}, the sidecar expects {want}); the manifest "
+                         f"cannot be reproduced from it. Fix: use the dataset the sidecar names.")

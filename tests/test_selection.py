@@ -1,0 +1,181 @@
+"""Selection invariants, allocation modes on the demo's planted confounders, reasons, config JSON."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from curation import CurationError, selection, store
+from curation.metrics import ImpactContext, tvd
+from curation.selection import Filter, Gate, SelectionConfig, select
+
+
+@pytest.fixture(scope="module")
+def inp(analyzed_db):
+    from curation import analysis
+
+    with store.open_store(analyzed_db) as s:
+        run = analysis.run_id_for(analysis.AnalysisConfig(), s.fingerprint)
+        i = selection.load_inputs(s, run)
+        i.truth = s.read_table("demo_truth")
+    return i
+
+
+def test_exact_budget_nested_and_deterministic(inp):
+    cfg = SelectionConfig(budget=0.25, confounders=("site",))
+    a = select(inp, cfg)
+    assert len(a.selected) == 1000 == a.summary["selected"]
+    assert np.array_equal(a.selected, select(inp, cfg).selected)
+    previous = set()
+    for b in (10, 100, 250, 999, 1000, 2000):
+        sel = set(select(inp, replace(cfg, budget=b)).selected.tolist())
+        assert len(sel) == b and previous <= sel
+        previous = sel
+    assert np.array_equal(a.selected, a.order[:1000])
+
+
+def test_default_is_chexficient(inp):
+    res = select(inp, SelectionConfig(budget=1000))
+    band = inp.band[res.selected]
+    assert set(band) <= {"core", "tail"}  # outliers dropped
+    _, is_dup = inp.duplicates(0.05)
+    assert not is_dup[res.selected].any()
+    assert abs((band == "tail").mean() - 0.44 / 1.44) < 0.02  # the tail:core ratio
+    # the core picks of each cluster are a prefix of its FPS order
+    sel = np.zeros(inp.n, bool)
+    sel[res.selected] = True
+    for c in np.unique(inp.prototype):
+        core = (inp.prototype == c) & (inp.band == "core") & ~is_dup
+        ranks = np.sort(inp.fps_rank[core & sel])
+        eligible_ranks = np.sort(inp.fps_rank[core])
+        assert np.array_equal(ranks, eligible_ranks[: len(ranks)])
+    # round-robin over clusters: every prototype is covered at this budget
+    assert len(np.unique(inp.prototype[res.selected])) == len(np.unique(inp.prototype))
+
+
+def test_every_sample_has_a_reason(inp):
+    res = select(inp, SelectionConfig(budget=500, gates=(Gate("fidelity", top_q=0.9),)))
+    assert (res.reason != "").all()
+    counts = res.summary["reasons"]
+    assert sum(counts.values()) == inp.n
+    assert counts["kept_core_fps"] + counts["kept_tail"] == 500
+    dup = np.flatnonzero(res.reason == selection.DROP_DUP)
+    group, _ = inp.duplicates(0.05)
+    for r in dup[:20]:
+        assert res.detail[r] == f"duplicate of {inp.ids[group[r]]}"
+        assert res.reason[group[r]] != selection.DROP_DUP  # the representative is never a duplicate
+    gated = res.reason == selection.DROP_GATE
+    assert gated.sum() > 0 and "fidelity score" in res.detail[np.flatnonzero(gated)[0]]
+    # the planted mismatched pairs do not pass a 90% fidelity gate
+    assert not np.isin(np.flatnonzero(inp.truth.is_mismatched), res.selected).any()
+
+
+def test_proportional_keeps_confounders_close_to_the_pool(inp):
+    res = select(inp, SelectionConfig(budget=0.25, confounders=("site", "scanner")))
+    for col in ("site", "scanner"):
+        codes, levels = np.unique(inp.meta[col].astype(str), return_inverse=True)
+        assert tvd(levels[res.selected], levels, len(codes)) < 0.02
+    unstratified = select(inp, SelectionConfig(budget=0.25))
+    codes, levels = np.unique(inp.meta["site"].astype(str), return_inverse=True)
+    assert tvd(levels[unstratified.selected], levels, len(codes)) > tvd(levels[res.selected], levels, len(codes))
+
+
+def test_balanced_quotas_are_equal_and_water_filled(inp):
+    res = select(inp, SelectionConfig(budget=400, confounders=("site",), mode="balanced"))
+    counts = [s["selected"] for s in res.summary["strata"]]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == 400
+    # sex has a tiny "(missing)" stratum: it gives all it has, the others share the rest equally
+    res = select(inp, SelectionConfig(budget=1500, confounders=("sex",), mode="balanced"))
+    st = {s["stratum"]: s for s in res.summary["strata"]}
+    assert st["(missing)"]["selected"] == st["(missing)"]["eligible"] < 100
+    assert abs(st["F"]["selected"] - st["M"]["selected"]) <= 1
+    assert sum(s["selected"] for s in st.values()) == 1500
+
+
+def test_tempered_lies_between(inp):
+    def share_of_smallest(mode, temper=0.5):
+        r = select(inp, SelectionConfig(budget=600, confounders=("scanner",), mode=mode, temper=temper))
+        s = min(r.summary["strata"], key=lambda x: x["pool"])
+        return s["selected"]
+    p, t, b = share_of_smallest("proportional"), share_of_smallest("tempered"), share_of_smallest("balanced")
+    assert p < t < b
+    assert share_of_smallest("tempered", 0.0) == p and share_of_smallest("tempered", 1.0) == b
+
+
+def test_outlier_policies(inp):
+    first = select(inp, SelectionConfig(budget=50, outliers="keep_first"))
+    assert (inp.band[first.selected] == "outlier").all()
+    last = select(inp, SelectionConfig(budget=inp.n, outliers="keep_last"))
+    bands = inp.band[last.selected]
+    assert (bands[-(bands == "outlier").sum():] == "outlier").all()
+
+
+def test_filters_and_missing_values(inp):
+    res = select(inp, SelectionConfig(budget=100, filters=(Filter("site", "==", "site_A"),
+                                                          Filter("age", ">=", 40))))
+    assert (inp.meta.site.to_numpy()[res.selected] == "site_A").all()
+    assert (inp.meta.age.to_numpy()[res.selected] >= 40).all()
+    assert (res.reason == selection.DROP_FILTER).sum() > 0
+    res = select(inp, SelectionConfig(budget=100, filters=(Filter("sex", "is null"),)))
+    assert inp.meta.sex.isna().to_numpy()[res.selected].all()
+
+
+def test_shortfall_when_too_few_eligible(inp):
+    res = select(inp, SelectionConfig(budget=100, filters=(Filter("sex", "is null"),)))
+    assert res.summary["shortfall"] == 100 - res.summary["eligible"] > 0
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (SelectionConfig(confounders=("nope",)), "unknown confounder column 'nope'"),
+    (SelectionConfig(budget=10**9), "larger than the pool"),
+    (SelectionConfig(budget=-3), "positive"),
+    (SelectionConfig(budget=2.5), "neither a whole count"),
+    (SelectionConfig(mode="fair"), "unknown mode"),
+    (SelectionConfig(tail_core_ratio=-1), "tail_core_ratio"),
+    (SelectionConfig(gates=(Gate("fidelity", top_q=1.5),)), "within [0, 1]"),
+    (SelectionConfig(gates=(Gate("beauty", top_q=0.5),)), "unknown quality axis"),
+    (SelectionConfig(filters=(Filter("nope", "==", 1),)), "unknown column 'nope'"),
+    (SelectionConfig(filters=(Filter("age", "~", 1),)), "unknown filter operator"),
+    (SelectionConfig(filters=(Filter("age", ">", "old"),)), "numeric"),
+])
+def test_bad_configs(inp, cfg, message):
+    with pytest.raises(CurationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        select(inp, cfg)
+
+
+def test_unavailable_axis_is_named(inp):
+    inp2 = replace(inp, unavailable={"fidelity": "not available: different encoders"},
+                   scores={k: v for k, v in inp.scores.items() if k != "fidelity"}, _dup_cache={})
+    with pytest.raises(CurationError, match="different encoders"):
+        select(inp2, SelectionConfig(gates=(Gate("fidelity", top_q=0.5),)))
+
+
+def test_config_json_round_trip():
+    cfg = SelectionConfig(budget=5000, confounders=("site", "sex"), mode="tempered", temper=0.3,
+                          gates=(Gate("fidelity", top_q=0.8),), filters=(Filter("age", ">=", 18),),
+                          dedup_eps=None, outliers="keep_last", seed=4)
+    assert SelectionConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(CurationError, match="unknown selection config key"):
+        SelectionConfig.from_dict({"budget": 3, "colour": "red"})
+    with pytest.raises(CurationError, match="version 99"):
+        SelectionConfig.from_dict({"version": 99})
+
+
+def test_budget_fraction_rounds_to_nearest():
+    assert SelectionConfig(budget=0.25).budget_count(4001) == 1000
+    assert SelectionConfig(budget=1.0).budget_count(10) == 10
+    assert SelectionConfig(budget=1).budget_count(10) == 1
+
+
+def test_impact_against_random(inp):
+    res = select(inp, SelectionConfig(budget=0.25, confounders=("site",)))
+    ctx = ImpactContext(inp, columns=("site",), label="finding")
+    table = ctx.compare(res.selected, seed=0)
+    assert table.loc["size", "subset"] == table.loc["size", "random"] == 1000
+    assert table.loc["duplicate_rate", "subset"] == 0 < table.loc["duplicate_rate", "random"]
+    assert table.loc["rare_cluster_coverage", "subset"] >= table.loc["rare_cluster_coverage", "random"]
+    assert table.loc["sparse_share", "subset"] > table.loc["sparse_share", "random"]
+    curve = ctx.coverage_curve(res.order, seed=0)
+    sel = curve[(curve.which == "selection") & (curve.metric == "cluster_coverage")]
+    assert sel.coverage.is_monotonic_increasing and sel.coverage.iloc[-1] == 1.0
