@@ -34,7 +34,7 @@ def paths_for(out: str | Path) -> dict[str, Path]:
             "dropped": out.with_name(f"{stem}.dropped.parquet")}
 
 
-def build_frames(store, inp, result, run_id: str):
+def build_frames(store, inp, result, cfg, run_id: str):
     """(kept, dropped) DataFrames: kept in rank order with the scores the decision used."""
     import pandas as pd
 
@@ -54,7 +54,7 @@ def build_frames(store, inp, result, run_id: str):
         "caption": base[S.CAPTION] if S.CAPTION in base else None,
         "rank": result.rank(n),
         "reason": result.reason.astype(str),
-        "detail": result.detail.astype(str),
+        "detail": result.details(inp, cfg).astype(str),
         "stratum": np.asarray(result.stratum_labels, dtype=object)[result.stratum],
         "prototype": inp.prototype.astype(np.int64),
         "band": inp.band.astype(str),
@@ -118,7 +118,7 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
     if fmt not in FORMATS:
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
     p = paths_for(out)
-    kept, dropped = build_frames(store, inp, result, run_id)
+    kept, dropped = build_frames(store, inp, result, cfg, run_id)
     _atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
     _atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
     sidecar = {

@@ -17,6 +17,12 @@ def random_order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed + 7919).permutation(n)
 
 
+def _cached_random(ctx, seed: int) -> np.ndarray:
+    if seed not in ctx._random:
+        ctx._random[seed] = random_order(ctx.n, seed)
+    return ctx._random[seed]
+
+
 def _codes(series) -> tuple[np.ndarray, int]:
     import pandas as pd
 
@@ -60,6 +66,8 @@ class ImpactContext:
         self.is_dup = inp.duplicates(dedup_eps)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
         self.cols = {c: _codes(inp.meta[c]) for c in columns}
+        self._random: dict = {}
+        self._pool: dict | None = None
         self.label = None
         if label:
             codes, k = _codes(inp.meta[label])
@@ -88,8 +96,10 @@ class ImpactContext:
         """A DataFrame: one row per metric, columns ``subset``, ``random`` (same size), ``pool``."""
         import pandas as pd
 
-        rnd = random_order(self.n, seed)[: len(selected)]
-        a, b, p = self.impact(selected), self.impact(rnd), self.impact(np.arange(self.n))
+        rnd = _cached_random(self, seed)[: len(selected)]
+        if self._pool is None:
+            self._pool = self.impact(np.arange(self.n))
+        a, b, p = self.impact(selected), self.impact(rnd), self._pool
         return pd.DataFrame({"subset": a, "random": b, "pool": p})
 
     def coverage_curve(self, order: np.ndarray, seed: int, points: int = 50):
@@ -101,7 +111,7 @@ class ImpactContext:
 
         budgets = np.unique(np.linspace(1, self.n, points).astype(int))
         frames = []
-        for name, ordr in (("selection", order), ("random", random_order(self.n, seed))):
+        for name, ordr in (("selection", order), ("random", _cached_random(self, seed))):
             first = np.full(self.k, np.iinfo(np.int64).max)
             cl = self.prototype[ordr]
             # first position at which each cluster appears in the order

@@ -22,6 +22,16 @@ def inp(analyzed_db):
     return i
 
 
+def test_cache_gives_the_same_result(inp):
+    cache = {}
+    cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
+    a = select(inp, cfg, cache=cache)
+    b = select(inp, replace(cfg, budget=900), cache=cache)
+    assert len(cache) == 1 and np.array_equal(b.selected[:300], a.selected)
+    assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
+    assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
+
+
 def test_exact_budget_nested_and_deterministic(inp):
     cfg = SelectionConfig(budget=0.25, confounders=("site",))
     a = select(inp, cfg)
@@ -55,18 +65,20 @@ def test_default_is_chexficient(inp):
 
 
 def test_every_sample_has_a_reason(inp):
-    res = select(inp, SelectionConfig(budget=500, gates=(Gate("fidelity", top_q=0.9),)))
-    assert (res.reason != "").all()
+    cfg = SelectionConfig(budget=500, gates=(Gate("fidelity", top_q=0.9),))
+    res = select(inp, cfg)
+    detail = res.details(inp, cfg)
+    assert (res.code >= 0).all() and (detail[~np.isin(res.reason, [selection.KEPT_CORE, selection.KEPT_TAIL])] != "").all()
     counts = res.summary["reasons"]
     assert sum(counts.values()) == inp.n
     assert counts["kept_core_fps"] + counts["kept_tail"] == 500
     dup = np.flatnonzero(res.reason == selection.DROP_DUP)
     group, _ = inp.duplicates(0.05)
     for r in dup[:20]:
-        assert res.detail[r] == f"duplicate of {inp.ids[group[r]]}"
+        assert detail[r] == f"duplicate of {inp.ids[group[r]]}"
         assert res.reason[group[r]] != selection.DROP_DUP  # the representative is never a duplicate
     gated = res.reason == selection.DROP_GATE
-    assert gated.sum() > 0 and "fidelity score" in res.detail[np.flatnonzero(gated)[0]]
+    assert gated.sum() > 0 and "fidelity score" in detail[np.flatnonzero(gated)[0]]
     # the planted mismatched pairs do not pass a 90% fidelity gate
     assert not np.isin(np.flatnonzero(inp.truth.is_mismatched), res.selected).any()
 
