@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from curation import store
+from pages import _shared
 
 DATA_DIR = Path(os.environ.get("CURATION_DATA_DIR", "data"))
 
@@ -31,5 +32,13 @@ st.session_state["dataset_path"] = (
     str(DATA_DIR / f"{st.session_state['dataset']}{store.SUFFIX}") if st.session_state.get("dataset") else None
 )
 
-pages = [st.Page("pages/overview.py", title="Overview", default=True)]
+_shared.init_state()
+pages = [
+    st.Page("pages/overview.py", title="Overview", default=True),
+    st.Page("pages/map.py", title="Map", url_path="map"),
+    st.Page("pages/long_tail.py", title="Long tail", url_path="long_tail"),
+    st.Page("pages/confounders.py", title="Confounders", url_path="confounders"),
+    st.Page("pages/quality.py", title="Quality", url_path="quality"),
+    st.Page("pages/select.py", title="Select & export", url_path="select"),
+]
 st.navigation(pages).run()

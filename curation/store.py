@@ -140,6 +140,14 @@ class Store:
         p = Path(root)
         return p if p.is_absolute() else (self.path.parent / p)
 
+    def resolve_image(self, value) -> Path:
+        """The file of an ``image`` value, which must lie inside the image root.
+
+        Raises :class:`CurationError` when the dataset has no image root, the path escapes it
+        (``..``, an absolute path elsewhere, a symlink out), or the file is missing.
+        """
+        return resolve_image(self.image_root(), value)
+
     def columns(self) -> list[tuple[str, str]]:
         """(name, duckdb type) of the samples table, ``row_idx`` left out."""
         rows = self.con.execute(
@@ -307,6 +315,21 @@ class Store:
                                          "version", "timings", "outputs"])
         df = self.read_table(S.RUNS)
         return df if kind is None else df[df["kind"] == kind].reset_index(drop=True)
+
+
+def resolve_image(root: Path | None, value) -> Path:
+    """``root / value`` resolved, refused when it leaves ``root`` or does not exist."""
+    if root is None:
+        raise CurationError("this dataset has no image root (it was ingested without images).")
+    if not isinstance(value, str) or not value:
+        raise CurationError("this sample has no image path.")
+    base = Path(root).resolve()
+    p = (base / value).resolve()
+    if p != base and base not in p.parents:
+        raise CurationError(f"image path {value!r} leaves the dataset's image root {base}; refused.")
+    if not p.is_file():
+        raise CurationError(f"image file {p} is missing.")
+    return p
 
 
 def _fixed_list_to_numpy(arr, dim: int) -> np.ndarray:

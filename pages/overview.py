@@ -1,31 +1,12 @@
-"""Overview: the dataset's size, columns, embedding models and dims, and stored tables."""
-
-from pathlib import Path
+"""Overview: the dataset's size, columns, embedding models and dims, and the analysis status."""
 
 import streamlit as st
 
-from curation import CurationError, store
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def load_summary(path: str, mtime: float) -> dict:
-    with store.open_store(path) as s:
-        summary = s.summary()
-        summary["preview"] = s.samples().head(20)
-        summary["meta_columns"] = s.metadata_columns()
-    return summary
-
+from curation import CurationError, analysis
+from pages import _shared
 
 st.title("Overview")
-path = st.session_state.get("dataset_path")
-if not path:
-    st.info("No dataset yet. Run `python -m curation demo` to build the synthetic demo.")
-    st.stop()
-try:
-    info = load_summary(path, Path(path).stat().st_mtime)
-except (CurationError, OSError) as e:
-    st.error(f"Cannot open {path}: {e}")
-    st.stop()
+path, info = _shared.current()
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Samples", f"{info['rows']:,}")
@@ -40,10 +21,39 @@ if info["shared_space"]:
 else:
     st.warning("Image and text embeddings come from different encoders: image-text fidelity "
                "is not available (the joint space is still built from both).")
+
+st.subheader("Analysis")
+if info["run_id"]:
+    run = info["run"]
+    st.write(f"Latest run `{info['run_id']}`: k = {run['outputs']['k']} prototypes in the "
+             f"{run['config']['space']} space, steps {', '.join(run['outputs']['steps'])}.")
+    st.dataframe({k: [round(v, 1)] for k, v in run["timings"].items() if isinstance(v, float)},
+                 hide_index=True)
+else:
+    st.info("No analysis yet: prototypes, density, duplicates, the map, quality and confounder "
+            "statistics are computed once and cached in the dataset.")
+space_options = ["joint", "image", "text"] if info["image_dim"] and info["text_dim"] else \
+    (["image"] if info["image_dim"] else ["text"])
+space = st.selectbox("Space", space_options, key="ov_space")
+if st.button("Run analysis" if not info["run_id"] else "Run analysis again", key="ov_run"):
+    bar = st.progress(0.0, text="starting")
+    steps = list(analysis.STEPS)
+
+    def progress(step, done, total):
+        i = steps.index(step) if step in steps else 0
+        frac = (i + (done / total if total else 1)) / len(steps)
+        bar.progress(min(frac, 1.0), text=f"{step}: {done:,} / {total:,}")
+
+    try:
+        analysis.analyze(path, analysis.AnalysisConfig(space=space), progress=progress)
+    except CurationError as e:
+        st.error(str(e))
+    else:
+        bar.progress(1.0, text="done")
+        st.cache_data.clear()
+        st.rerun()
+
 st.subheader("Columns")
 st.write(", ".join(info["columns"]))
-st.subheader("First rows")
-# st.dataframe renders cell values as text, never as HTML
-st.dataframe(info["preview"], hide_index=True)
 st.subheader("Stored tables")
 st.write(", ".join(info["tables"]))

@@ -1,26 +1,37 @@
-"""The app through streamlit.testing.v1.AppTest: every page renders on the demo without exceptions."""
+"""The app through streamlit.testing.v1.AppTest: every page on the demo, knobs set by key,
+shown counts equal to select(), export equal to the CLI's, and bad states as messages."""
 
+import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from curation import analysis, selection, store
+from curation.selection import Gate, SelectionConfig
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pages/quality.py", "pages/select.py"]
 
 
-@pytest.fixture
-def data_dir(demo_db, tmp_path, monkeypatch):
+def _data_dir(tmp_path, monkeypatch, db):
     d = tmp_path / "data"
     d.mkdir()
-    shutil.copy(demo_db, d / "demo.duckdb")
-    shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
+    shutil.copy(db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(db.parent / "demo_images")
     monkeypatch.setenv("CURATION_DATA_DIR", str(d))
     return d
 
 
-def _run(page=None):
-    at = AppTest.from_file(APP, default_timeout=60)
+@pytest.fixture
+def data_dir(analyzed_db, tmp_path, monkeypatch):
+    return _data_dir(tmp_path, monkeypatch, analyzed_db)
+
+
+def _app(page=None):
+    at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     if page:
         at.switch_page(page).run()
@@ -28,14 +39,100 @@ def _run(page=None):
     return at
 
 
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
 def test_overview_shows_the_demo_summary(data_dir):
-    at = _run()
+    at = _app()
     assert at.title[0].value == "Overview"
     assert [m.value for m in at.metric][:3] == ["4,000", "64", "64"]
     assert at.sidebar.selectbox[0].value == "demo"
+    assert any("Latest run" in md.value for md in at.markdown)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(data_dir, page):
+    at = _app(page)
+    assert not at.error, [e.value for e in at.error]
+    if page != "pages/confounders.py":
+        assert at.get("vega_lite_chart"), "no chart on the page"
+
+
+def _inputs(db):
+    with store.open_store(db) as s:
+        return selection.load_inputs(s, analysis.latest_run(s))
+
+
+def test_select_page_counts_match_select(data_dir):
+    at = _app("pages/select.py")
+    at.slider(key="sel_budget").set_value(0.1).run()
+    at.multiselect(key="sel_confounders").set_value(["site"]).run()
+    at.selectbox(key="sel_mode").set_value("balanced").run()
+    at.slider(key="sel_gate_fidelity").set_value(0.9).run()
+    assert not at.exception
+    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(
+        budget=0.1, confounders=("site",), mode="balanced", gates=(Gate("fidelity", top_q=0.9),)))
+    assert _metric(at, "Selected") == f"{len(res.selected):,}" == "400"
+    assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
+    assert at.query_params["budget"] in ("0.1", ["0.1"]) and at.query_params["confounders"] in ("site", ["site"])
+
+
+def test_export_from_the_page_equals_the_cli(data_dir, run_cli, tmp_path):
+    at = _app("pages/select.py")
+    at.slider(key="sel_budget").set_value(0.2).run()
+    at.multiselect(key="sel_confounders").set_value(["scanner"]).run()
+    at.text_input(key="exp_name").set_value("fromapp").run()
+    at.button(key="exp_go").click().run()
+    assert not at.exception and not at.error
+    page_file = data_dir / "exports" / "fromapp.parquet"
+    code, _, err = run_cli("select", data_dir / "demo.duckdb", "--budget", "0.2", "--confounders", "scanner",
+                           "--out", tmp_path / "cli.parquet")
+    assert code == 0, err
+    sha = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+    assert sha(page_file) == sha(tmp_path / "cli.parquet")
+
+
+def test_url_state_is_restored(data_dir):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["budget"] = "0.05"
+    at.query_params["mode"] = "tempered"
+    at.run()
+    at.switch_page("pages/select.py").run()
+    assert at.slider(key="sel_budget").value == 0.05 and at.selectbox(key="sel_mode").value == "tempered"
+    assert _metric(at, "Selected") == "200"
+
+
+def test_a_config_that_selects_nothing_is_a_message(data_dir):
+    at = _app("pages/select.py")
+    at.selectbox(key="sel_filter_col").set_value("age").run()
+    at.selectbox(key="sel_filter_op").set_value(">").run()
+    at.text_input(key="sel_filter_value").set_value("1000").run()
+    assert not at.exception
+    assert any("selects nothing" in w.value for w in at.warning)
+
+
+def test_no_analysis_yet_is_a_message(demo_db, tmp_path, monkeypatch):
+    _data_dir(tmp_path, monkeypatch, demo_db)
+    for page in PAGES:
+        at = _app(page)
+        assert any("no analysis yet" in w.value for w in at.warning), page
+
+
+def test_missing_image_is_a_message(analyzed_db, tmp_path, monkeypatch):
+    d = tmp_path / "data"
+    d.mkdir()
+    shutil.copy(analyzed_db, d / "demo.duckdb")
+    (d / "demo_images").mkdir()  # the thumbnails are gone
+    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
+    at = _app("pages/long_tail.py")
+    assert any("missing" in c.value for c in at.caption)
 
 
 def test_no_dataset_is_a_message_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATION_DATA_DIR", str(tmp_path))
-    at = _run()
+    at = _app()
     assert any("curation demo" in w.value for w in at.sidebar.warning)
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception

@@ -30,10 +30,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_db, tmp_path_factory):
+def app_url(analyzed_db, tmp_path_factory):
     d = tmp_path_factory.mktemp("browser-data")
-    shutil.copy(demo_db, d / "demo.duckdb")
-    shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
+    shutil.copy(analyzed_db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
     port = _free_port()
     env = dict(os.environ, CURATION_DATA_DIR=str(d))
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
@@ -75,7 +75,7 @@ def render(browser, url: str, name: str, wait_for: str) -> str:
     try:
         page.goto(url, wait_until="domcontentloaded", timeout=60_000)
         page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
-        page.wait_for_timeout(1500)  # let charts finish drawing before the screenshot
+        page.wait_for_timeout(3000)  # let charts finish drawing before the screenshot
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
         return page.inner_text("body")
@@ -86,3 +86,14 @@ def render(browser, url: str, name: str, wait_for: str) -> str:
 def test_overview_renders_in_chromium(browser, app_url):
     text = render(browser, app_url, "overview", "Samples")
     assert "Overview" in text and "4,000" in text, text[-2000:]
+
+
+def test_map_renders_in_chromium(browser, app_url):
+    text = render(browser, f"{app_url}/map", "map", "Colour by")
+    assert "samples; heatmap of all" in text
+    assert "Colour by" in text
+
+
+def test_select_page_renders_in_chromium(browser, app_url):
+    text = render(browser, f"{app_url}/select?budget=0.1&confounders=site", "select", "Impact")
+    assert "Selected" in text and "400" in text, text[:3000]

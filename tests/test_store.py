@@ -108,3 +108,21 @@ def test_list_datasets(tmp_path):
     store.create_dataset(tmp_path / "b.duckdb", _samples(10), {"image": np.ones((10, 4), np.float32)})
     store.create_dataset(tmp_path / "a.duckdb", _samples(10), {"image": np.ones((10, 4), np.float32)})
     assert [p.name for p in store.list_datasets(tmp_path)] == ["a.duckdb", "b.duckdb"]
+
+
+def test_resolve_image_stays_inside_the_root(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.png").write_bytes(b"png")
+    (tmp_path / "secret.txt").write_text("no")
+    assert store.resolve_image(root, "a/x.png") == (root / "a" / "x.png").resolve()
+    for bad in ("../secret.txt", str(tmp_path / "secret.txt"), "a/../../secret.txt"):
+        with pytest.raises(CurationError, match="leaves"):
+            store.resolve_image(root, bad)
+    (root / "link.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(CurationError, match="leaves"):
+        store.resolve_image(root, "link.txt")
+    with pytest.raises(CurationError, match="missing"):
+        store.resolve_image(root, "a/none.png")
+    with pytest.raises(CurationError, match="no image root"):
+        store.resolve_image(None, "a/x.png")

@@ -1,0 +1,34 @@
+"""Confounders: association of each metadata column with the clusters and the embeddings, the
+per-cluster distributions, and choosing the columns the selection stratifies by."""
+
+import streamlit as st
+
+from curation import charts
+from pages import _shared
+
+st.title("Confounders")
+path, info = _shared.current()
+run_id = _shared.require_analysis(info)
+conf = info["confounders"]
+if conf is None:
+    st.warning("The analysis has no confounder statistics: run the `confounders` step.")
+    st.stop()
+st.write("Bias-corrected Cramér's V and mutual information against the prototype clusters, and a "
+         "cross-validated linear probe from the embeddings (balanced accuracy against chance). "
+         "Flagged: predictable from the embeddings, or tied to the clusters.")
+show = conf[["column", "role", "kind", "levels", "cramers_v", "nmi", "probe_accuracy", "majority_accuracy",
+             "probe_lift", "is_confounder", "note"]]
+st.dataframe(show.round(3), hide_index=True)
+
+usable = conf.loc[conf["kind"] != "skipped", "column"].tolist()
+flagged = _shared.flagged_columns(info)
+if not st.session_state["sel_confounders"] and flagged and not st.session_state.get("conf_touched"):
+    st.caption(f"Suggested: {', '.join(flagged)}")
+st.session_state["sel_confounders"] = [c for c in st.session_state["sel_confounders"] if c in usable]
+st.multiselect("Stratify the selection by", usable, key="sel_confounders",
+               on_change=lambda: st.session_state.update(conf_touched=True))
+
+df = _shared.analysis_frame(path, info["fingerprint"], run_id)
+col = st.selectbox("Distribution by cluster of", usable, key="conf_col") if usable else None
+if col:
+    st.altair_chart(charts.stacked_share_chart(df, col), width="stretch")

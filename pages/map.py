@@ -1,0 +1,55 @@
+"""Map: the 2-D UMAP layout as a binned density heatmap with a bounded sample of points on top,
+coloured by cluster, density, band, metadata or selection status; brush a region to see its rows."""
+
+import streamlit as st
+
+from curation import charts
+from pages import _shared
+
+st.title("Map")
+path, info = _shared.current()
+run_id = _shared.require_analysis(info)
+df = _shared.analysis_frame(path, info["fingerprint"], run_id)
+if "map_x" not in df.columns:
+    st.warning("The analysis has no map yet: run the `map` step (`python -m curation analyze DB --steps map`).")
+    st.stop()
+
+numeric = ["knn_density", "tail_score", "glosh_score", "proto_dist", "fidelity_score", "consistency_score"]
+categorical = ["prototype", "hdbscan_label", "band", "selection"] + info["meta_columns"]
+options = [c for c in categorical + numeric if c == "selection" or c in df.columns]
+color = st.selectbox("Colour by", options, key="map_color")
+max_points = st.slider("Points drawn (a sample; the heatmap shows all)", 2_000, 50_000, 15_000,
+                       step=1_000, key="map_points")
+
+view = df[["id", "caption", "image", "map_x", "map_y"] + [c for c in options if c in df.columns and c != "selection"]]
+always = None
+if color == "selection":
+    bundle, cfg, res = _shared.run_selection(path, info)
+    sel = _shared.selected_mask(len(df), res.selected)
+    view = view.assign(selection=["selected" if s else "not selected" for s in sel])
+    always = sel
+    st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
+is_cat = color in categorical
+pts = charts.sample_points(view, max_points, always=always)
+if is_cat and color != "selection":
+    pts = pts.assign(**{color: pts[color].astype(str)})
+bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
+chart = charts.map_chart(bins, pts[["map_x", "map_y", color, "id"]], color, categorical=is_cat,
+                         tooltip=["id", color])
+event = st.altair_chart(chart, width="stretch", on_select="rerun", key="map_chart")
+st.caption(f"{len(df):,} samples; heatmap of all, {len(pts):,} points drawn. Drag on the map to "
+           "select a region.")
+
+region = None
+if event and event.get("selection"):
+    region = event["selection"].get("region")
+rows = _shared.rows_in_region(df, region)
+if len(rows):
+    st.subheader(f"{len(rows):,} samples in the region")
+    cols = [c for c in ["id", "caption", "prototype", "band", "tail_score", "hdbscan_label"] if c in rows]
+    st.dataframe(rows[cols].head(500), hide_index=True)
+    st.write("Examples")
+    grid = st.columns(6)
+    for i, (_, r) in enumerate(rows.head(12).iterrows()):
+        with grid[i % 6]:
+            _shared.show_image(info["image_root"], r.get("image"), r.get("caption"))
