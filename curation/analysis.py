@@ -193,7 +193,11 @@ def _space(F: np.ndarray, slices: dict, space: str) -> np.ndarray:
     return _half(F, slices, space)
 
 
-def _half(F, slices, kind) -> np.ndarray:
+def _half(F, slices, kind, copy: bool = True) -> np.ndarray:
+    """One modality's unit vectors: a contiguous copy, or (``copy=False``) a view of F whose rows
+    have norm 1/sqrt(2) in the joint layout (the quality functions normalise chunk by chunk)."""
+    if not copy:
+        return F[:, slices[kind]]
     part = np.ascontiguousarray(F[:, slices[kind]])
     if len(slices) == 2:
         part *= np.float32(np.sqrt(2))
@@ -229,154 +233,164 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     prog = progress or (lambda step, done, total: None)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    with open_store(db, read_only=False) as store:
+    # Read everything, then close the connection: DuckDB's buffer pool would otherwise keep a
+    # second copy of the vectors in memory for the whole run (4 GB at 1M x 1024).
+    t = time.perf_counter()
+    prog("load", 0, 1)
+    with open_store(db) as store:
         n = store.n_rows
         config.validate(n)
-        run_id = run_id_for(config, store.fingerprint)
+        fingerprint = store.fingerprint
+        ds_meta = dict(store.meta)
+        run_id = run_id_for(config, fingerprint)
         names = table_names(run_id)
         out = (store.read_table(names["samples"]) if store.has_table(names["samples"])
                else pd.DataFrame({S.ROW: np.arange(n)}))
-        for s in steps:
-            need = REQUIRES.get(s)
-            if need and need not in steps and "prototype" not in out.columns:
-                raise CurationError(f"step '{s}' needs the '{need}' step of this config first. "
-                                    f"Fix: add it (--steps {need},{s}) or run all steps.")
-        tables: dict[str, object] = {}
-
-        t = time.perf_counter()
-        prog("load", 0, 1)
+        proto_table = (store.read_table(names["prototypes"])
+                       if "density" in steps and "prototypes" not in steps and store.has_table(names["prototypes"])
+                       else None)
+        case = _case_codes(store) if "density" in steps else None
+        meta = store.samples(store.metadata_columns()) if "confounders" in steps else None
         F, slices = _features(store, n)
-        X = _space(F, slices, config.space)
-        timings["load"] = time.perf_counter() - t
-        prog("load", 1, 1)
-        k = config.k or P.default_k(n)
+    for s in steps:
+        need = REQUIRES.get(s)
+        if need and need not in steps and "prototype" not in out.columns:
+            raise CurationError(f"step '{s}' needs the '{need}' step of this config first. "
+                                f"Fix: add it (--steps {need},{s}) or run all steps.")
+    tables: dict[str, object] = {}
+
+    X = _space(F, slices, config.space)
+    timings["load"] = time.perf_counter() - t
+    prog("load", 1, 1)
+    k = config.k or P.default_k(n)
+
+    if "prototypes" in steps:
+        t = time.perf_counter()
+        prog("prototypes", 0, n)
+        protos = P.fit_prototypes(X, k, seed=config.seed, niter=config.kmeans_iters,
+                                  max_train=config.kmeans_train_max)
+        pct = P.cluster_percentiles(protos.assign, protos.dist)
+        band = P.bands(pct, config.core_pct, config.tail_pct)
+        done = [0]
+
+        def fps_prog(m):
+            done[0] += m
+            prog("prototypes", done[0], n)
+
+        fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, config.fps_exact_max,
+                          progress=fps_prog)
+        out = out.assign(prototype=protos.assign, second_prototype=protos.second,
+                         proto_dist=protos.dist, second_dist=protos.second_dist, proto_pct=pct, band=band, fps_rank=fps)
+        tables[names["prototypes"]] = pd.DataFrame({
+            "prototype": np.arange(k), "size": protos.sizes,
+            "centroid": [c.tobytes() for c in protos.centroids]})
+        timings["prototypes"] = time.perf_counter() - t
+        prog("prototypes", n, n)
+
+    if "density" in steps:
+        t = time.perf_counter()
+        done = [0]
+
+        def knn_prog(m):
+            done[0] += m
+            prog("density", done[0], n)
 
         if "prototypes" in steps:
-            t = time.perf_counter()
-            prog("prototypes", 0, n)
-            protos = P.fit_prototypes(X, k, seed=config.seed, niter=config.kmeans_iters,
-                                      max_train=config.kmeans_train_max)
-            pct = P.cluster_percentiles(protos.assign, protos.dist)
-            band = P.bands(pct, config.core_pct, config.tail_pct)
-            done = [0]
+            centroids = protos.centroids
+        else:
+            centroids = np.stack([np.frombuffer(b, np.float32) for b in proto_table["centroid"]])
+        probes = P.nearest_prototypes(X, centroids, config.knn_probes)
+        nbr, sim = D.knn_within_clusters(X, out["prototype"].to_numpy(), probes, k=config.knn_k,
+                                         progress=knn_prog)
+        dens = D.knn_density(sim)
+        group, is_dup = D.duplicate_groups(nbr, sim, config.dedup_eps, case=case,
+                                           keep_key=out["proto_dist"].to_numpy())
+        out = out.assign(knn_density=dens, tail_score=D.tail_score(dens), dup_group=group,
+                         is_dup=is_dup)
+        tables[names["knn"]] = pd.DataFrame({S.ROW: np.arange(n), "nbr": list(nbr.astype(np.int32)),
+                                             "sim": list(sim)})
+        timings["density"] = time.perf_counter() - t
 
-            def fps_prog(m):
-                done[0] += m
-                prog("prototypes", done[0], n)
+    if "map" in steps:
+        t = time.perf_counter()
+        prog("map", 0, 2)
+        xy, fitted = M.umap_map(X, fit_max=config.map_fit_max, pca_dims=config.map_pca_dims,
+                                seed=config.seed)
+        prog("map", 1, 2)
+        labels, glosh = D.hdbscan_glosh(xy, config.hdbscan_min_cluster_size)
+        out = out.assign(map_x=xy[:, 0], map_y=xy[:, 1], map_fitted=fitted, hdbscan_label=labels,
+                         glosh_score=glosh)
+        prog("map", 2, 2)
+        timings["map"] = time.perf_counter() - t
 
-            fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, config.fps_exact_max,
-                              progress=fps_prog)
-            out = out.assign(prototype=protos.assign, second_prototype=protos.second,
-                             proto_dist=protos.dist, second_dist=protos.second_dist, proto_pct=pct, band=band, fps_rank=fps)
-            tables[names["prototypes"]] = pd.DataFrame({
-                "prototype": np.arange(k), "size": protos.sizes,
-                "centroid": [c.tobytes() for c in protos.centroids]})
-            timings["prototypes"] = time.perf_counter() - t
-            prog("prototypes", n, n)
-
-        if "density" in steps:
-            t = time.perf_counter()
-            done = [0]
-
-            def knn_prog(m):
-                done[0] += m
-                prog("density", done[0], n)
-
-            if "prototypes" in steps:
-                centroids = protos.centroids
+    if "quality" in steps:
+        t = time.perf_counter()
+        prog("quality", 0, 2)
+        shared = bool(ds_meta.get("shared_space"))
+        if "image" in slices and "text" in slices:
+            # views, not copies: at 1M x 512 a copy of each half would add 4 GB to the peak
+            img, txt = _half(F, slices, "image", copy=False), _half(F, slices, "text", copy=False)
+            fid, reason = Q.fidelity(img, txt, shared)
+            prog("quality", 1, 2)
+            if config.space == "image" and "prototype" in out.columns:
+                img_assign = out["prototype"].to_numpy()
             else:
-                pt = store.read_table(names["prototypes"])
-                centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
-            probes = P.nearest_prototypes(X, centroids, config.knn_probes)
-            nbr, sim = D.knn_within_clusters(X, out["prototype"].to_numpy(), probes, k=config.knn_k,
-                                             progress=knn_prog)
-            dens = D.knn_density(sim)
-            case = _case_codes(store)
-            group, is_dup = D.duplicate_groups(nbr, sim, config.dedup_eps, case=case,
-                                               keep_key=out["proto_dist"].to_numpy())
-            out = out.assign(knn_density=dens, tail_score=D.tail_score(dens), dup_group=group,
-                             is_dup=is_dup)
-            tables[names["knn"]] = pd.DataFrame({S.ROW: np.arange(n), "nbr": list(nbr.astype(np.int32)),
-                                                 "sim": list(sim)})
-            timings["density"] = time.perf_counter() - t
+                img_assign = P.fit_prototypes(img, k, seed=config.seed, niter=config.kmeans_iters,
+                                              max_train=config.kmeans_train_max).assign
+            del img
+            cons = Q.consistency(txt, img_assign)
+            del txt
+            out = out.assign(consistency=cons, consistency_score=Q.rank_score(cons))
+        else:
+            fid, reason = None, "not available: the dataset lacks image or text embeddings"
+            out = out.assign(consistency=np.nan, consistency_score=np.nan)
+        if fid is None:
+            out = out.assign(fidelity=np.nan, fidelity_score=np.nan)
+        else:
+            out = out.assign(fidelity=fid, fidelity_score=Q.rank_score(fid))
+        timings["quality"] = time.perf_counter() - t
+        timings["fidelity_reason"] = reason or "available"
+        prog("quality", 2, 2)
 
-        if "map" in steps:
-            t = time.perf_counter()
-            prog("map", 0, 2)
-            xy, fitted = M.umap_map(X, fit_max=config.map_fit_max, pca_dims=config.map_pca_dims,
-                                    seed=config.seed)
-            prog("map", 1, 2)
-            labels, glosh = D.hdbscan_glosh(xy, config.hdbscan_min_cluster_size)
-            out = out.assign(map_x=xy[:, 0], map_y=xy[:, 1], map_fitted=fitted, hdbscan_label=labels,
-                             glosh_score=glosh)
-            prog("map", 2, 2)
-            timings["map"] = time.perf_counter() - t
+    if "confounders" in steps:
+        t = time.perf_counter()
+        meta_cols = list(meta.columns)
+        case_col = ds_meta.get("case_column")
+        label = ds_meta.get("label_column")
+        rng = np.random.default_rng(config.seed)
+        sub = np.arange(n) if n <= config.probe_max else np.sort(
+            rng.choice(n, config.probe_max, replace=False))
+        Z = np.zeros((n, 1), np.float32)
+        Z_sub = M.pca_reduce(X[sub], 64, seed=config.seed)
+        if n <= config.probe_max:
+            Z = Z_sub
+        else:  # the probe only reads the sampled rows
+            Z = np.zeros((n, Z_sub.shape[1]), np.float32)
+            Z[sub] = Z_sub
+        done = [0]
 
-        if "quality" in steps:
-            t = time.perf_counter()
-            prog("quality", 0, 2)
-            shared = bool(store.meta.get("shared_space"))
-            if "image" in slices and "text" in slices:
-                img, txt = _half(F, slices, "image"), _half(F, slices, "text")
-                fid, reason = Q.fidelity(img, txt, shared)
-                prog("quality", 1, 2)
-                if config.space == "image" and "prototype" in out.columns:
-                    img_assign = out["prototype"].to_numpy()
-                else:
-                    img_assign = P.fit_prototypes(img, k, seed=config.seed, niter=config.kmeans_iters,
-                                                  max_train=config.kmeans_train_max).assign
-                del img
-                cons = Q.consistency(txt, img_assign)
-                del txt
-                out = out.assign(consistency=cons, consistency_score=Q.rank_score(cons))
-            else:
-                fid, reason = None, "not available: the dataset lacks image or text embeddings"
-                out = out.assign(consistency=np.nan, consistency_score=np.nan)
-            if fid is None:
-                out = out.assign(fidelity=np.nan, fidelity_score=np.nan)
-            else:
-                out = out.assign(fidelity=fid, fidelity_score=Q.rank_score(fid))
-            timings["quality"] = time.perf_counter() - t
-            timings["fidelity_reason"] = reason or "available"
-            prog("quality", 2, 2)
+        def conf_prog(m):
+            done[0] += m
+            prog("confounders", done[0], len(meta_cols))
 
-        if "confounders" in steps:
-            t = time.perf_counter()
-            meta_cols = store.metadata_columns()
-            meta = store.samples(meta_cols)
-            case_col = store.meta.get("case_column")
-            label = store.meta.get("label_column")
-            rng = np.random.default_rng(config.seed)
-            sub = np.arange(n) if n <= config.probe_max else np.sort(
-                rng.choice(n, config.probe_max, replace=False))
-            Z = np.zeros((n, 1), np.float32)
-            Z_sub = M.pca_reduce(X[sub], 64, seed=config.seed)
-            if n <= config.probe_max:
-                Z = Z_sub
-            else:  # the probe only reads the sampled rows
-                Z = np.zeros((n, Z_sub.shape[1]), np.float32)
-                Z[sub] = Z_sub
-            done = [0]
+        table = C.confounder_table(
+            meta, out["prototype"].to_numpy(), Z,
+            case=meta[case_col].to_numpy() if case_col in meta.columns else None,
+            label_columns=[label] if label else [], skip_columns=[case_col] if case_col else [],
+            v_threshold=config.confounder_v, lift_threshold=config.confounder_lift,
+            probe_max=config.probe_max, seed=config.seed, progress=conf_prog)
+        tables[names["confounders"]] = table
+        timings["confounders"] = time.perf_counter() - t
 
-            def conf_prog(m):
-                done[0] += m
-                prog("confounders", done[0], len(meta_cols))
-
-            table = C.confounder_table(
-                meta, out["prototype"].to_numpy(), Z,
-                case=meta[case_col].to_numpy() if case_col in meta.columns else None,
-                label_columns=[label] if label else [], skip_columns=[case_col] if case_col else [],
-                v_threshold=config.confounder_v, lift_threshold=config.confounder_lift,
-                probe_max=config.probe_max, seed=config.seed, progress=conf_prog)
-            tables[names["confounders"]] = table
-            timings["confounders"] = time.perf_counter() - t
-
-        del F, X
-        tables[names["samples"]] = out
-        timings["total"] = time.perf_counter() - t_all
-        outputs = {"tables": names, "k": int(k), "steps": steps, "n": n}
+    del F, X
+    tables[names["samples"]] = out
+    timings["total"] = time.perf_counter() - t_all
+    outputs = {"tables": names, "k": int(k), "steps": steps, "n": n}
+    with open_store(db, read_only=False) as store:
+        if store.fingerprint != fingerprint:
+            raise StateError(f"dataset {db} changed during the analysis; nothing was written. Fix: run it again.")
         store.record_run("analysis", json.loads(config.to_json()), timings, outputs, run_id=run_id,
-                         extra_tables=tables)
+                     extra_tables=tables)
     log.info("analysis %s done in %.1f s", run_id, timings["total"])
     return run_id
 

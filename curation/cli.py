@@ -360,7 +360,57 @@ def _flagged(s, run_id) -> list[str]:
     return conf.loc[conf["is_confounder"], "column"].tolist()
 
 
-COMMANDS = [_add_demo, _add_ingest, _add_info, _add_analyze, _add_select]
+def _add_evaluate(sub):
+    from curation.selection import MODES
+
+    p = sub.add_parser(
+        "evaluate", help="linear probe on the curated subset vs random subsets of the same size",
+        description="Select on the training rows, train a logistic-regression probe for --label on the "
+                    "subset and on --random random subsets of the same size, and score all on the same "
+                    "held-out rows (the split column's test/val/dev rows, else a case-grouped 20%%).")
+    p.add_argument("db")
+    p.add_argument("--label", required=True, help="label column to predict")
+    p.add_argument("--config", help="a SelectionConfig JSON file (flags below override it)")
+    p.add_argument("--budget", help="a count or a fraction of the training rows (default: 0.25)")
+    p.add_argument("--confounders", help="comma-separated columns to stratify by")
+    p.add_argument("--mode", choices=MODES)
+    p.add_argument("--split-column", help="column naming the split (default: 'split' when present)")
+    p.add_argument("--random", type=int, default=5, help="random subsets to compare with (default: 5)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--analysis-run", help="analysis run id (default: the latest)")
+    p.set_defaults(func=cmd_evaluate, temper=None, tail_core_ratio=None, outliers=None, dedup_eps=None,
+                   no_dedup=False, gate=[], filter=[])
+
+
+def cmd_evaluate(a) -> int:
+    from curation import analysis, metrics, selection, store
+    from curation.projection import pca_reduce
+    from curation.selection import SelectionConfig
+
+    base = SelectionConfig()
+    if a.config:
+        base = SelectionConfig.from_json(Path(a.config).read_text())
+    cfg = _config_from_args(a, base)
+    with store.open_store(a.db) as s:
+        run_id = a.analysis_run or analysis.latest_run(s)
+        inp = selection.load_inputs(s, run_id)
+        space = json.loads(s.runs("analysis").set_index("run_id").loc[run_id, "config"])["space"]
+        F, slices = analysis._features(s, s.n_rows)
+        X = analysis._space(F, slices, space)
+        split = a.split_column or ("split" if "split" in inp.meta.columns else None)
+    Z = pca_reduce(X, 64, seed=cfg.seed)
+    del F, X
+    res = metrics.evaluate(inp, Z, a.label, cfg, split_column=split, n_random=a.random)
+    print(f"label {a.label}: {res['n_train']:,} training rows, {res['n_test']:,} held out "
+          f"({'split column ' + split if split else 'case-grouped random 20%'}); subset of {res['budget']:,}; "
+          f"{len(res['random'])} random subsets of the same size")
+    print(f"rare classes ({len(res['rare_classes'])}): {', '.join(res['rare_classes'][:10])}"
+          + (" ..." if len(res["rare_classes"]) > 10 else ""))
+    print(res["summary"].round(4).to_string(index=False))
+    return 0
+
+
+COMMANDS = [_add_demo, _add_ingest, _add_info, _add_analyze, _add_select, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

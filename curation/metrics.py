@@ -122,3 +122,110 @@ class ImpactContext:
                 cov = np.searchsorted(f, budgets, side="left") / mask.sum()
                 frames.append(pd.DataFrame({"budget": budgets, "coverage": cov, "which": name, "metric": metric}))
         return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# offline evaluation: a linear probe trained on the subset vs on random subsets of the same size
+HELDOUT_WORDS = ("test", "val", "dev", "holdout", "heldout")
+
+
+def heldout_split(meta, split_column: str | None, case=None, seed: int = 0, frac: float = 0.2):
+    """Boolean held-out mask: rows whose split names a test/validation set when a split column is
+    given; otherwise a seeded group split by case id (or by row) holding out ``frac``."""
+    n = len(meta)
+    if split_column:
+        s = meta[split_column].astype(str).str.lower()
+        mask = s.str.contains("|".join(HELDOUT_WORDS)).to_numpy()
+        if 0 < mask.sum() < n:
+            return mask
+    from sklearn.model_selection import GroupShuffleSplit
+
+    groups = case if case is not None else np.arange(n)
+    _, test = next(GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed).split(np.zeros(n), groups=groups))
+    mask = np.zeros(n, bool)
+    mask[test] = True
+    return mask
+
+
+def probe_scores(Z_train, y_train, Z_test, y_test, classes, rare) -> dict:
+    """Macro AUC (one-vs-rest), balanced accuracy and recall on the rare classes of a logistic
+    probe trained on (Z_train, y_train) and tested on (Z_test, y_test)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
+
+    clf = LogisticRegression(max_iter=500)
+    clf.fit(Z_train, y_train)
+    proba = np.zeros((len(Z_test), len(classes)))
+    proba[:, clf.classes_] = clf.predict_proba(Z_test)
+    pred = proba.argmax(axis=1)
+    present = np.unique(y_test)
+    try:
+        auc = roc_auc_score(y_test, proba[:, present] / np.maximum(proba[:, present].sum(1, keepdims=True), 1e-12),
+                            multi_class="ovr", average="macro", labels=present)
+    except ValueError:
+        auc = float("nan")
+    rare_present = [c for c in rare if c in set(present)]
+    rare_recall = float(recall_score(y_test, pred, labels=rare_present, average="macro", zero_division=0)) \
+        if rare_present else float("nan")
+    return {"macro_auc": float(auc), "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
+            "rare_class_recall": rare_recall}
+
+
+def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, split_column=None,
+             n_random: int = 5, progress=None):
+    """Curated subset vs ``n_random`` random subsets of the same size, by a linear probe on ``label``.
+
+    The selection runs on the training rows only (held-out rows are filtered out of the pool), the
+    budget is taken relative to the training rows, and every probe is scored on the same held-out
+    rows. Rare classes: the classes holding the smallest 10% of training samples.
+
+    Returns
+    -------
+    dict with "curated" (scores), "random" (list of scores), "summary" (DataFrame: metric, curated,
+    random mean, random std, difference), "n_train", "n_test", "budget".
+    """
+    import pandas as pd
+    from dataclasses import replace
+
+    from curation.selection import Filter, select
+
+    if label not in inp.meta.columns:
+        raise CurationErrorLazy(f"unknown label column {label!r}. Fix: use one of: {', '.join(inp.meta.columns)}.")
+    codes, labels = pd.factorize(inp.meta[label].astype(str), sort=True)
+    test = heldout_split(inp.meta, split_column, inp.case, seed=cfg.seed)
+    train_rows = np.flatnonzero(~test)
+    b = cfg.budget
+    count = int(round(b * len(train_rows))) if b <= 1 and not (isinstance(b, int) and b == 1) else int(b)
+    count = min(count, len(train_rows))
+    marker = "__train__"
+    meta = inp.meta.assign(**{marker: np.where(test, "heldout", "train")})
+    inp_t = replace(inp, meta=meta, _dup_cache=inp._dup_cache, _column_cache={})
+    cfg_t = replace(cfg, budget=count, filters=tuple(cfg.filters) + (Filter(marker, "==", "train"),))
+    res = select(inp_t, cfg_t)
+    sizes = np.bincount(codes[train_rows], minlength=len(labels))
+    order = np.argsort(sizes, kind="stable")
+    cum = np.cumsum(sizes[order])
+    rare = order[: int(np.searchsorted(cum, 0.1 * len(train_rows))) + 1].tolist()
+    Zte, yte = features[test], codes[test]
+    curated = probe_scores(features[res.selected], codes[res.selected], Zte, yte, labels, rare)
+    if progress:
+        progress(1, n_random + 1)
+    rnd = []
+    for i in range(n_random):
+        rows = np.random.default_rng(cfg.seed + 1000 + i).choice(train_rows, len(res.selected), replace=False)
+        rnd.append(probe_scores(features[rows], codes[rows], Zte, yte, labels, rare))
+        if progress:
+            progress(i + 2, n_random + 1)
+    r = pd.DataFrame(rnd)
+    summary = pd.DataFrame({"metric": list(curated), "curated": list(curated.values()),
+                            "random_mean": r.mean().to_numpy(), "random_std": r.std(ddof=1).to_numpy()})
+    summary["difference"] = summary.curated - summary.random_mean
+    return {"curated": curated, "random": rnd, "summary": summary, "n_train": int(len(train_rows)),
+            "n_test": int(test.sum()), "budget": int(len(res.selected)),
+            "rare_classes": [str(labels[c]) for c in rare]}
+
+
+def CurationErrorLazy(msg):  # noqa: N802 - keeps this module's imports light
+    from curation.errors import CurationError
+
+    return CurationError(msg)

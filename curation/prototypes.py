@@ -50,7 +50,7 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
 
     Parameters
     ----------
-    X : ndarray (n, d), float32, unit rows
+    X : ndarray (n, d), float32; rows are normalised chunk by chunk (a view is fine)
     k : int
         Number of prototypes (``1 <= k <= n``).
     seed : int
@@ -62,10 +62,12 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, n={n}]")
     rng = np.random.default_rng(seed)
-    train = X if n <= max_train else X[np.sort(rng.choice(n, max_train, replace=False))]
+    # X may be a view (one half of the joint array): only the sample and each chunk are copied
+    train = np.ascontiguousarray(X if n <= max_train else X[np.sort(rng.choice(n, max_train, replace=False))],
+                                 dtype=np.float32)
     km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=max(256, math.ceil(len(train) / k)))
-    km.train(np.ascontiguousarray(train))
+    km.train(train)
     cent = km.centroids.astype(np.float32)
     cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     index = faiss.IndexFlatIP(d)
@@ -75,7 +77,9 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     ids = np.empty((n, kk), np.int64)
     step = 1 << 16
     for i in range(0, n, step):
-        sims[i:i + step], ids[i:i + step] = index.search(X[i:i + step], kk)
+        chunk = np.ascontiguousarray(X[i:i + step], dtype=np.float32)
+        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
+        sims[i:i + step], ids[i:i + step] = index.search(chunk, kk)
     assign = ids[:, 0].astype(np.int32)
     sizes = np.bincount(assign, minlength=k)
     second = ids[:, 1].astype(np.int32) if kk == 2 else np.full(n, -1, np.int32)

@@ -38,24 +38,34 @@ def fidelity(image: np.ndarray | None, text: np.ndarray | None, shared_space: bo
     return out, None
 
 
-def consistency(text: np.ndarray, image_assign: np.ndarray) -> np.ndarray:
+def consistency(text: np.ndarray, image_assign: np.ndarray, step: int = 1 << 16) -> np.ndarray:
     """Cosine of each caption's vector with the mean caption vector of its image cluster (self
-    excluded). Singletons get 0.
+    excluded). Singletons get 0. Works on views (e.g. one half of the joint array) in chunks, so it
+    never copies all of ``text``.
 
     Parameters
     ----------
-    text : ndarray (n, d_txt)
+    text : ndarray (n, d_txt), any row norms (rows are normalised here)
     image_assign : ndarray (n,) int, image-space prototype of each sample
     """
-    t = normalize(text)
+    from scipy.sparse import csr_matrix
+
+    n = len(text)
     k = int(image_assign.max()) + 1
-    sums = np.zeros((k, t.shape[1]), np.float64)
-    np.add.at(sums, image_assign, t)
+    sums = np.zeros((k, text.shape[1]), np.float64)
+    for i in range(0, n, step):
+        t = normalize(text[i:i + step])
+        a = image_assign[i:i + step]
+        onehot = csr_matrix((np.ones(len(a)), (a, np.arange(len(a)))), shape=(k, len(a)))
+        sums += onehot @ t
     counts = np.bincount(image_assign, minlength=k)
-    others = sums[image_assign] - t  # leave the sample itself out
-    norms = np.linalg.norm(others, axis=1)
-    cos = np.einsum("nd,nd->n", t, others) / np.maximum(norms, 1e-12)
-    return np.where(counts[image_assign] > 1, cos, 0.0).astype(np.float32)
+    out = np.empty(n, np.float32)
+    for i in range(0, n, step):
+        t = normalize(text[i:i + step])
+        others = sums[image_assign[i:i + step]] - t  # leave the sample itself out
+        norms = np.linalg.norm(others, axis=1)
+        out[i:i + step] = np.einsum("nd,nd->n", t, others) / np.maximum(norms, 1e-12)
+    return np.where(counts[image_assign] > 1, out, 0.0).astype(np.float32)
 
 
 def rank_score(x: np.ndarray) -> np.ndarray:

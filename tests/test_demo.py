@@ -1,7 +1,6 @@
 """The demo generator: deterministic, and its ground truth is what the README says is planted."""
 
 import numpy as np
-import pytest
 
 from curation import demo, store
 

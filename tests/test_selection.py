@@ -1,6 +1,5 @@
 """Selection invariants, allocation modes on the demo's planted confounders, reasons, config JSON."""
 
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -191,3 +190,18 @@ def test_impact_against_random(inp):
     curve = ctx.coverage_curve(res.order, seed=0)
     sel = curve[(curve.which == "selection") & (curve.metric == "cluster_coverage")]
     assert sel.coverage.is_monotonic_increasing and sel.coverage.iloc[-1] == 1.0
+
+
+def test_evaluate_curated_beats_random_on_rare_classes(analyzed_copy, run_cli):
+    code, out, err = run_cli("evaluate", analyzed_copy, "--label", "finding", "--budget", "0.25", "--random", "5")
+    assert code == 0, err
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in out.splitlines()
+            if line.strip().startswith(("macro_auc", "balanced_accuracy", "rare_class_recall"))}
+    curated, random_mean, random_std, diff = rows["rare_class_recall"]
+    assert curated > random_mean, out
+    assert "held out (split column split)" in out
+
+
+def test_evaluate_unknown_label(analyzed_copy, run_cli):
+    code, _, err = run_cli("evaluate", analyzed_copy, "--label", "nope")
+    assert code == 2 and "unknown label column 'nope'" in err
