@@ -46,6 +46,9 @@ test-all: $(DEV_STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_analysis.py
+	$(BIN)/python bench/bench_selection.py
+	$(BIN)/python bench/bench_app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -93,7 +93,7 @@ def phase(name: str, db: Path, args) -> dict:
         exact_s = (time.perf_counter() - t) * len(X) / len(q)
         cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
         out = {"exact_all_seconds_est": exact_s, "recall": {}}
-        for p in (1, 2, 4, 8):
+        for p in (int(x) for x in args.probes.split(",")):
             t = time.perf_counter()
             nbr, _ = density.knn_within_clusters(X, df.prototype.to_numpy(),
                                                  prototypes.nearest_prototypes(X, cent, p), k=10)
@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--umap-rows", type=int, default=50_000)
     ap.add_argument("--hdbscan-rows", type=int, default=100_000)
+    ap.add_argument("--probes", default="1,2,4,8", help="probe counts whose recall is measured")
     ap.add_argument("--skip-alternatives", action="store_true")
     ap.add_argument("--phase")
     ap.add_argument("--db")

@@ -159,7 +159,8 @@ def load_table(store, run_id: str, which: str):
 def _features(store, n: int):
     """All present kinds, each half L2-normalised, side by side; joint-scaled when both present.
 
-    Filled one kind at a time, so the peak is this array plus one kind (not both plus it).
+    Each kind is read straight into its columns of F and normalised in chunks, so the peak is
+    F itself (4 GB at 1M x (512 + 512)), not F plus copies.
     Returns (F, slices) with slices = {kind: slice of F's columns}.
     """
     from curation.spaces import normalize
@@ -171,9 +172,10 @@ def _features(store, n: int):
     F = np.empty((n, sum(dims)), np.float32)
     slices, off = {}, 0
     for kind, d in zip(kinds, dims):
-        v = store.embeddings(kind)
-        normalize(v, out=F[:, off:off + d])
-        del v
+        part = F[:, off:off + d]
+        store.vectors([kind], out={kind: part})  # read straight into F: no second copy
+        for i in range(0, n, 1 << 16):
+            part[i:i + (1 << 16)] = normalize(part[i:i + (1 << 16)])
         slices[kind] = slice(off, off + d)
         off += d
     if len(kinds) == 2:
@@ -246,17 +248,17 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         names = table_names(run_id)
         out = (store.read_table(names["samples"]) if store.has_table(names["samples"])
                else pd.DataFrame({S.ROW: np.arange(n)}))
+        for s in steps:
+            need = REQUIRES.get(s)
+            if need and need not in steps and "prototype" not in out.columns:
+                raise CurationError(f"step '{s}' needs the '{need}' step of this config first. "
+                                    f"Fix: add it (--steps {need},{s}) or run all steps.")
         proto_table = (store.read_table(names["prototypes"])
                        if "density" in steps and "prototypes" not in steps and store.has_table(names["prototypes"])
                        else None)
         case = _case_codes(store) if "density" in steps else None
         meta = store.samples(store.metadata_columns()) if "confounders" in steps else None
         F, slices = _features(store, n)
-    for s in steps:
-        need = REQUIRES.get(s)
-        if need and need not in steps and "prototype" not in out.columns:
-            raise CurationError(f"step '{s}' needs the '{need}' step of this config first. "
-                                f"Fix: add it (--steps {need},{s}) or run all steps.")
     tables: dict[str, object] = {}
 
     X = _space(F, slices, config.space)
@@ -307,8 +309,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                                            keep_key=out["proto_dist"].to_numpy())
         out = out.assign(knn_density=dens, tail_score=D.tail_score(dens), dup_group=group,
                          is_dup=is_dup)
-        tables[names["knn"]] = pd.DataFrame({S.ROW: np.arange(n), "nbr": list(nbr.astype(np.int32)),
-                                             "sim": list(sim)})
+        tables[names["knn"]] = _knn_table(nbr, sim)
         timings["density"] = time.perf_counter() - t
 
     if "map" in steps:
@@ -393,6 +394,29 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                      extra_tables=tables)
     log.info("analysis %s done in %.1f s", run_id, timings["total"])
     return run_id
+
+
+def _knn_table(nbr: np.ndarray, sim: np.ndarray):
+    """The kNN graph as an Arrow table of fixed-size lists (no per-row Python objects)."""
+    import pyarrow as pa
+
+    def fixed(a, typ):
+        a = np.ascontiguousarray(a)
+        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=typ), a.shape[1])
+
+    return pa.table({S.ROW: np.arange(len(nbr)), "nbr": fixed(nbr.astype(np.int32), pa.int32()),
+                     "sim": fixed(sim.astype(np.float32), pa.float32())})
+
+
+def load_knn(store, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The stored kNN graph: (nbr (n, k) int64, sim (n, k) float32), read through Arrow."""
+    t = store.read_arrow(table_names(run_id)["knn"], ["nbr", "sim"])
+    out = []
+    for name, dtype in (("nbr", np.int64), ("sim", np.float32)):
+        col = t.column(name).combine_chunks()
+        k = col.type.list_size
+        out.append(col.flatten().to_numpy().reshape(len(col), k).astype(dtype))
+    return out[0], out[1]
 
 
 def _case_codes(store) -> np.ndarray | None:

@@ -553,9 +553,7 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     if missing:
         raise CurationError(f"analysis {run_id} lacks {missing}. Fix: run `python -m curation analyze "
                             f"{store.path}` with the prototypes and density steps.")
-    knn = analysis.load_table(store, run_id, "knn")
-    nbr = np.stack(knn["nbr"].to_numpy()).astype(np.int64)
-    sim = np.stack(knn["sim"].to_numpy()).astype(np.float32)
+    nbr, sim = analysis.load_knn(store, run_id)
     meta = store.samples(store.metadata_columns())
     ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
     scores, unavailable = {}, {}

@@ -81,7 +81,10 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            # readers stream: a small buffer pool keeps DuckDB from holding a second copy of the
+            # vectors while numpy holds the first
+            config = {"memory_limit": "1GB"} if read_only else {}
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as e:  # locked by a writer, or not a DuckDB file
             raise CurationError(f"cannot open dataset {self.path}: {e}") from e
         self._meta: dict | None = None
@@ -185,7 +188,8 @@ class Store:
         """All ``kind`` ("image" or "text") vectors as float32 of shape (n_rows, dim), or None."""
         return self.vectors((kind,))[kind]
 
-    def vectors(self, kinds: Iterable[str] = S.EMB_KINDS) -> dict[str, np.ndarray | None]:
+    def vectors(self, kinds: Iterable[str] = S.EMB_KINDS,
+                out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray | None]:
         """Several embedding kinds in one scan: {kind: float32 (n_rows, dim) or None}.
 
         Read through Arrow: each batch's fixed-size-list values are one contiguous float buffer,
@@ -193,13 +197,15 @@ class Store:
         kinds reads 1M x 512 x 2 in about half the time of two scans.
         """
         kinds = list(kinds)
+        out_arrays = out
         out: dict[str, np.ndarray | None] = {k: None for k in kinds}
         present = [k for k in kinds if self.dim(k) is not None]
         if not present:
             return out
         n = self.n_rows
+        given = dict(out_arrays or {})
         for k in present:
-            out[k] = np.empty((n, self.dim(k)), dtype=np.float32)
+            out[k] = given[k] if k in given else np.empty((n, self.dim(k)), dtype=np.float32)
         cols = ", ".join(S.emb_column(k) for k in present)
         reader = self.con.sql(f"SELECT {S.ROW}, {cols} FROM {S.EMBEDDINGS}").to_arrow_reader(1 << 18)
         rows = np.empty(n, dtype=np.int64)
@@ -216,7 +222,9 @@ class Store:
             raise StateError(f"{self.path}: embeddings table has {pos} rows, samples has {n}.")
         if not np.array_equal(rows, np.arange(n)):  # DuckDB keeps insertion order; safety net
             order = np.argsort(rows, kind="stable")
-            out = {k: (v[order] if v is not None else None) for k, v in out.items()}
+            for v in out.values():
+                if v is not None:
+                    v[...] = v[order]  # in place: a caller's preallocated view is filled too
         return out
 
     def read_table(self, name: str, columns: Iterable[str] | None = None):
@@ -229,6 +237,13 @@ class Store:
         ).fetchall()}
         order = f" ORDER BY {S.ROW}" if S.ROW in cols else ""
         return self.con.execute(f"SELECT {sel} FROM {quote_ident(name)}{order}").fetch_df()
+
+    def read_arrow(self, name: str, columns: Iterable[str] | None = None):
+        """A table as a pyarrow Table (row_idx order when it has one), without pandas."""
+        if not self.has_table(name):
+            raise StateError(f"dataset {self.name} has no table {name!r}.")
+        sel = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
+        return self.con.sql(f"SELECT {sel} FROM {quote_ident(name)} ORDER BY {S.ROW}").to_arrow_table()
 
     def query_df(self, sql: str, params: list | None = None):
         """Run a read query written by library code (never user text) with bound parameters."""

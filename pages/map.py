@@ -1,6 +1,7 @@
 """Map: the 2-D UMAP layout as a binned density heatmap with a bounded sample of points on top,
 coloured by cluster, density, band, metadata or selection status; brush a region to see its rows."""
 
+import numpy as np
 import streamlit as st
 
 from curation import charts
@@ -21,21 +22,21 @@ color = st.selectbox("Colour by", options, key="map_color")
 max_points = st.slider("Points drawn (a sample; the heatmap shows all)", 2_000, 50_000, 15_000,
                        step=1_000, key="map_points")
 
-view = df[["id", "caption", "image", "map_x", "map_y"] + [c for c in options if c in df.columns and c != "selection"]]
 always = None
 if color == "selection":
     bundle, cfg, res = _shared.run_selection(path, info)
-    sel = _shared.selected_mask(len(df), res.selected)
-    view = view.assign(selection=["selected" if s else "not selected" for s in sel])
-    always = sel
+    always = _shared.selected_mask(len(df), res.selected)
     st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
 is_cat = color in categorical
-pts = charts.sample_points(view, max_points, always=always)
-if is_cat and color != "selection":
-    pts = pts.assign(**{color: pts[color].astype(str)})
+# sample first, then build the (small) frame the browser receives
+sampled = charts.sample_points(df[["map_x"]], max_points, always=always).index
+pts = df.loc[sampled, ["id", "map_x", "map_y"]]
+if color == "selection":
+    pts["selection"] = np.where(always[sampled], "selected", "not selected")
+else:
+    pts[color] = df.loc[sampled, color].astype(str) if is_cat else df.loc[sampled, color]
 bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
-chart = charts.map_chart(bins, pts[["map_x", "map_y", color, "id"]], color, categorical=is_cat,
-                         tooltip=["id", color])
+chart = charts.map_chart(bins, pts, color, categorical=is_cat, tooltip=["id", color])
 event = st.altair_chart(chart, width="stretch", on_select="rerun", key="map_chart")
 st.caption(f"{len(df):,} samples; heatmap of all, {len(pts):,} points drawn. Drag on the map to "
            "select a region.")
@@ -46,7 +47,7 @@ if event and event.get("selection"):
 rows = _shared.rows_in_region(df, region)
 if len(rows):
     st.subheader(f"{len(rows):,} samples in the region")
-    cols = [c for c in ["id", "caption", "prototype", "band", "tail_score", "hdbscan_label"] if c in rows]
+    cols = [c for c in ["id", "caption", "prototype", "band", "tail_score", "hdbscan_label"] if c in rows.columns]
     st.dataframe(rows[cols].head(500), hide_index=True)
     st.write("Examples")
     grid = st.columns(6)

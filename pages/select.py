@@ -4,6 +4,7 @@ the budget-vs-coverage curve, the subset on the map, and export (download and un
 import json
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from curation import CurationError, charts, manifest, store
@@ -75,8 +76,9 @@ df = _shared.analysis_frame(path, info["fingerprint"], run_id)
 if "map_x" in df:
     st.subheader("The subset on the map")
     sel = _shared.selected_mask(len(df), res.selected)
-    view = df[["id", "map_x", "map_y"]].assign(selection=["selected" if s else "not selected" for s in sel])
-    pts = charts.sample_points(view, 10_000, always=sel)
+    sampled = charts.sample_points(df[["map_x"]], 10_000, always=sel).index
+    pts = df.loc[sampled, ["id", "map_x", "map_y"]].assign(
+        selection=np.where(sel[sampled], "selected", "not selected"))
     bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
     st.altair_chart(charts.map_chart(bins, pts, "selection", categorical=True, tooltip=["id"], height=420),
                     width="stretch")
