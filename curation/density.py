@@ -69,7 +69,7 @@ def _search_block(X, q_rows, db_rows, k, nbr, sim) -> None:
     """Exact top-k of X[q_rows] against X[db_rows], merged into nbr/sim (self excluded)."""
     db = X[db_rows]
     kk = min(k, len(db_rows))
-    step = max(1, (1 << 25) // max(len(db_rows), 1))  # about 128 MB of similarities at a time
+    step = max(1, (1 << 23) // max(len(db_rows), 1))  # 32 MB of similarities (+ index temporaries)
     for i in range(0, len(q_rows), step):
         q = q_rows[i:i + step]
         s = X[q] @ db.T
@@ -119,13 +119,9 @@ def knn_density(sim: np.ndarray) -> np.ndarray:
 
 def tail_score(density: np.ndarray) -> np.ndarray:
     """Long-tail score in [0, 1]: 1 - the density's percentile rank (1 = the sparsest sample)."""
-    n = len(density)
-    if n < 2:
-        return np.zeros(n, np.float32)
-    order = np.lexsort((np.arange(n), density))
-    rank = np.empty(n, np.float64)
-    rank[order] = np.arange(n)
-    return (1.0 - rank / (n - 1)).astype(np.float32)
+    from curation.quality import rank_score
+
+    return (1.0 - rank_score(density)).astype(np.float32)
 
 
 def duplicate_groups(nbr: np.ndarray, sim: np.ndarray, eps: float = 0.05, *,

@@ -56,12 +56,9 @@ class ImpactContext:
         self.n = inp.n
         self.prototype = inp.prototype
         self.k = int(inp.prototype.max()) + 1
-        sizes = np.bincount(inp.prototype, minlength=self.k)
-        # rare prototypes: the smallest clusters that together hold 10% of the pool
-        order = np.argsort(sizes, kind="stable")
-        cum = np.cumsum(sizes[order])
-        self.rare = np.zeros(self.k, bool)
-        self.rare[order[: max(1, int(np.searchsorted(cum, 0.1 * self.n)) + 1)]] = True
+        from curation.prototypes import rare_clusters
+
+        self.rare = rare_clusters(np.bincount(inp.prototype, minlength=self.k))
         self.sparse = inp.tail_score >= 0.9  # the 10% lowest-density samples
         self.is_dup = inp.duplicates(dedup_eps)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
@@ -202,10 +199,9 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     inp_t = replace(inp, meta=meta, _dup_cache=inp._dup_cache, _column_cache={})
     cfg_t = replace(cfg, budget=count, filters=tuple(cfg.filters) + (Filter(marker, "==", "train"),))
     res = select(inp_t, cfg_t)
-    sizes = np.bincount(codes[train_rows], minlength=len(labels))
-    order = np.argsort(sizes, kind="stable")
-    cum = np.cumsum(sizes[order])
-    rare = order[: int(np.searchsorted(cum, 0.1 * len(train_rows))) + 1].tolist()
+    from curation.prototypes import rare_clusters
+
+    rare = np.flatnonzero(rare_clusters(np.bincount(codes[train_rows], minlength=len(labels)))).tolist()
     Zte, yte = features[test], codes[test]
     curated = probe_scores(features[res.selected], codes[res.selected], Zte, yte, labels, rare)
     if progress:

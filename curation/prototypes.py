@@ -102,6 +102,16 @@ def nearest_prototypes(X: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarr
     return out
 
 
+def rare_clusters(sizes: np.ndarray, frac: float = 0.1) -> np.ndarray:
+    """Boolean mask of the smallest clusters that together hold (just over) ``frac`` of the
+    samples: the "rare" end of the long tail that coverage metrics and pages report."""
+    order = np.argsort(sizes, kind="stable")
+    cum = np.cumsum(sizes[order])
+    rare = np.zeros(len(sizes), bool)
+    rare[order[: int(np.searchsorted(cum, frac * cum[-1])) + 1]] = True
+    return rare
+
+
 def cluster_percentiles(assign: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """Percentile (0-100) of each sample's distance within its own cluster.
 

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from curation import charts
+from curation import charts, prototypes
 from pages import _shared
 
 st.title("Long tail")
@@ -13,9 +13,7 @@ df = _shared.analysis_frame(path, info["fingerprint"], run_id)
 
 sizes = np.bincount(df.prototype.to_numpy())
 order = np.argsort(sizes, kind="stable")
-cum = np.cumsum(sizes[order])
-rare = np.zeros(len(sizes), bool)
-rare[order[: int(np.searchsorted(cum, 0.1 * len(df))) + 1]] = True
+rare = prototypes.rare_clusters(sizes)
 c1, c2, c3 = st.columns(3)
 c1.metric("Prototype clusters", f"{len(sizes):,}")
 c2.metric("Rare clusters (hold 10% of samples)", f"{rare.sum():,}")

@@ -97,3 +97,10 @@ def test_map_renders_in_chromium(browser, app_url):
 def test_select_page_renders_in_chromium(browser, app_url):
     text = render(browser, f"{app_url}/select?budget=0.1&confounders=site", "select", "Impact")
     assert "Selected" in text and "400" in text, text[:3000]
+
+
+@pytest.mark.parametrize("page, wait_for", [("long_tail", "Rarest clusters"), ("confounders", "Stratify"),
+                                            ("quality", "Reward model")])
+def test_other_pages_render_in_chromium(browser, app_url, page, wait_for):
+    text = render(browser, f"{app_url}/{page}", page, wait_for)
+    assert wait_for in text
