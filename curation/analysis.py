@@ -414,8 +414,10 @@ def load_knn(store, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for name, dtype in (("nbr", np.int64), ("sim", np.float32)):
         col = t.column(name).combine_chunks()
-        k = col.type.list_size
-        out.append(col.flatten().to_numpy().reshape(len(col), k).astype(dtype))
+        flat = col.flatten().to_numpy()
+        if len(col) and len(flat) % len(col):
+            raise StateError(f"the kNN table of {run_id} is damaged. Fix: run the density step again.")
+        out.append(flat.reshape(len(col), -1).astype(dtype))
     return out[0], out[1]
 
 

@@ -129,9 +129,12 @@ def require_analysis(info: dict) -> str:
     return info["run_id"]
 
 
-@st.cache_data(max_entries=4, show_spinner="Reading the analysis...")
+@st.cache_resource(max_entries=4, show_spinner="Reading the analysis...")
 def analysis_frame(path: str, fingerprint: str, run_id: str):
-    """Per-sample analysis results joined with id, image, caption and metadata (row order)."""
+    """Per-sample analysis results joined with id, image, caption and metadata (row order).
+
+    A shared resource, not cache_data: cache_data would unpickle a copy of a 1M-row frame on
+    every rerun (about 0.5 s). Pages only read it."""
     with store.open_store(path) as s:
         df, _ = analysis.load(s, run_id)
         base = s.samples()

@@ -51,6 +51,7 @@ if st.button("Run analysis" if not info["run_id"] else "Run analysis again", key
     else:
         bar.progress(1.0, text="done")
         st.cache_data.clear()
+        st.cache_resource.clear()
         st.rerun()
 
 st.subheader("Columns")
