@@ -91,8 +91,8 @@ def histogram(values: np.ndarray, title: str, rules: dict | None = None, bins: i
     v = values[np.isfinite(values)]
     h, e = np.histogram(v, bins=bins)
     df = pd.DataFrame({"x0": e[:-1], "x1": e[1:], "count": h})
-    chart = alt.Chart(df).mark_bar().encode(x=alt.X("x0:Q", title=title), x2="x1:Q",
-                                            y=alt.Y("count:Q", title="samples"))
+    chart = alt.Chart(df).mark_rect().encode(x=alt.X("x0:Q", title=title), x2="x1:Q",
+                                             y=alt.Y("count:Q", title="samples"), y2=alt.datum(0))
     if rules:
         r = pd.DataFrame({"x": list(rules.values()), "rule": list(rules.keys())})
         chart = chart + alt.Chart(r).mark_rule(color="crimson", strokeWidth=2).encode(

@@ -6,7 +6,7 @@ SCHEMA_VERSION = 1
 
 # Tables of a dataset file (data/<name>.duckdb).
 SAMPLES = "samples"          # id, image, caption, metadata columns as given
-EMBEDDINGS = "embeddings"    # row_idx, id, image_emb FLOAT[d_img], text_emb FLOAT[d_txt]
+EMBEDDINGS = "embeddings"    # row_idx, image_emb FLOAT[d_img], text_emb FLOAT[d_txt] (ids: samples)
 META = "dataset_meta"        # key, value (JSON text): fingerprint, dims, models, image root...
 RUNS = "runs"                # run_id, kind, created, config JSON, input fingerprint, version, timings
 TRUTH = "demo_truth"         # ground truth of the generated demo only

@@ -4,7 +4,7 @@ Layout of a dataset file (names in :mod:`curation.schema`):
 
 - ``samples``: ``row_idx`` (0..N-1, the canonical order), ``id``, ``image``, ``caption`` and the
   metadata columns as they came.
-- ``embeddings``: ``row_idx``, ``id``, ``image_emb FLOAT[d_img]``, ``text_emb FLOAT[d_txt]``
+- ``embeddings``: ``row_idx``, ``image_emb FLOAT[d_img]``, ``text_emb FLOAT[d_txt]``
   (either may be absent; the dims may differ). Vectors go in and out through Arrow fixed-size
   lists, whose values are one contiguous float buffer: numpy arrays are wrapped without a copy on
   the way in, and read back with one memcpy per batch, never through Python lists. A BLOB-per-vector
@@ -207,7 +207,7 @@ class Store:
         for k in present:
             out[k] = given[k] if k in given else np.empty((n, self.dim(k)), dtype=np.float32)
         cols = ", ".join(S.emb_column(k) for k in present)
-        reader = self.con.sql(f"SELECT {S.ROW}, {cols} FROM {S.EMBEDDINGS}").to_arrow_reader(1 << 18)
+        reader = self.con.sql(f"SELECT {S.ROW}, {cols} FROM {S.EMBEDDINGS}").to_arrow_reader(1 << 16)
         rows = np.empty(n, dtype=np.int64)
         pos = 0
         for batch in reader:
@@ -433,7 +433,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
     m = dict(meta or {})
     m.update(fingerprint=fingerprint, n_rows=n, schema_version=S.SCHEMA_VERSION,
              created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    emb_cols = {S.ROW: samples.column(S.ROW), S.ID: samples.column(S.ID)}
+    emb_cols = {S.ROW: samples.column(S.ROW)}  # ids live in samples; row_idx joins them
     for kind in S.EMB_KINDS:
         v = vectors.get(kind)
         if v is None:
