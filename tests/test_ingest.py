@@ -262,4 +262,4 @@ def test_medpix_ingests_with_one_command(tmp_path, run_cli):
         assert s.n_rows == 2050 and s.dim("image") == 1280 and s.dim("text") == 384
         assert s.meta["case_column"] == "case_id" and s.meta["shared_space"] is False
         assert {"modality", "plane", "sex", "age", "split"} <= set(s.metadata_columns())
-        assert s.image_root() == MEDPIX
+        assert s.image_root().resolve() == MEDPIX.resolve()
