@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from curation.errors import CurationError
 from curation.selection import MISSING, SelectionInputs
 
 
@@ -187,7 +188,7 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     from curation.selection import Filter, select
 
     if label not in inp.meta.columns:
-        raise CurationErrorLazy(f"unknown label column {label!r}. Fix: use one of: {', '.join(inp.meta.columns)}.")
+        raise CurationError(f"unknown label column {label!r}. Fix: use one of: {', '.join(inp.meta.columns)}.")
     codes, labels = pd.factorize(inp.meta[label].astype(str), sort=True)
     test = heldout_split(inp.meta, split_column, inp.case, seed=cfg.seed)
     train_rows = np.flatnonzero(~test)
@@ -219,9 +220,3 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     return {"curated": curated, "random": rnd, "summary": summary, "n_train": int(len(train_rows)),
             "n_test": int(test.sum()), "budget": int(len(res.selected)),
             "rare_classes": [str(labels[c]) for c in rare]}
-
-
-def CurationErrorLazy(msg):  # noqa: N802 - keeps this module's imports light
-    from curation.errors import CurationError
-
-    return CurationError(msg)
