@@ -245,10 +245,6 @@ class Store:
         sel = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
         return self.con.sql(f"SELECT {sel} FROM {quote_ident(name)} ORDER BY {S.ROW}").to_arrow_table()
 
-    def query_df(self, sql: str, params: list | None = None):
-        """Run a read query written by library code (never user text) with bound parameters."""
-        return self.con.execute(sql, params or []).fetch_df()
-
     def summary(self) -> dict:
         """Sizes, columns, embedding models and dims, and which analysis tables exist."""
         m = self.meta
