@@ -98,12 +98,108 @@ def cmd_ingest(a) -> int:
             raise CurationError(f"{opt} '{col}' is not a column. Fix: use one of: {', '.join(names)}.")
     from curation import schema as S
     case = a.case_column or next((c for c in S.CASE_CANDIDATES if c in names), None)
-    fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
-                       shared_space=a.shared_space,
-                       extra_meta={"label_column": a.label_column, "case_column": case})
+    fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model or inp.meta.get("image_model"),
+                       text_model=a.text_model or inp.meta.get("text_model"),
+                       shared_space=a.shared_space or inp.meta.get("shared_space", False),
+                       extra_meta={"label_column": a.label_column, "case_column": case,
+                                   **({"embed": inp.meta["embed"]} if "embed" in inp.meta else {})})
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     print(f"ingested {inp.samples.num_rows} samples into {a.db} (image dim {dims['image']}, "
           f"text dim {dims['text']}), fingerprint {fp} ({time.time() - t:.1f} s)")
+    return 0
+
+
+def _add_embed(sub):
+    p = sub.add_parser(
+        "embed", help="compute image + caption embeddings with open_clip (GPU or CPU)",
+        description="Embed image-caption pairs with an open_clip model into OUT (shards `ingest "
+                    "--clip-retrieval OUT` reads; or pass --ingest DB). Give one input: --captions TABLE "
+                    "(+ --image-root) or --webdataset TARS. Rerunning the same command resumes.")
+    p.add_argument("out", help="output folder for embedding shards")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--captions", help="CSV / TSV / Parquet / JSONL table naming image paths and captions")
+    src.add_argument("--webdataset", nargs="+", help="WebDataset .tar shards, a glob, or a folder of them")
+    p.add_argument("--image-root", help="with --captions: folder image paths are relative to "
+                   "(default: the table's folder)")
+    p.add_argument("--id-column", help="id column (default: first of id, sample_id, key, uid)")
+    p.add_argument("--image-path-column", help="image path column (default: image, image_path, filepath...)")
+    p.add_argument("--caption-column", help="caption column (default: caption, text, title...)")
+    p.add_argument("--model", required=True,
+                   help="open_clip architecture (ViT-B-16), hf-hub:ORG/REPO (BiomedCLIP: "
+                        "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) or local-dir:FOLDER")
+    p.add_argument("--pretrained", help="weights tag (laion2b_s34b_b88k), a checkpoint file, or 'random'")
+    p.add_argument("--batch-size", type=int, default=256, help="pairs per batch (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: per machine)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: %(default)s)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision; auto = bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                   help="stored vector type (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=10_000,
+                   help="pairs per output shard with --captions (default: %(default)s)")
+    p.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="local (this machine) or ray (Ray Data, a cluster or a local Ray instance)")
+    p.add_argument("--address", help="with --backend ray: the cluster's address (default: start Ray locally)")
+    p.add_argument("--concurrency", type=int, help="with --backend ray: model actors (default: GPUs, or 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="with --backend ray: GPUs per model actor (default: 1 when the cluster has GPUs)")
+    p.add_argument("--offline", action="store_true", help="never contact the model hub (HF_HUB_OFFLINE=1)")
+    p.add_argument("--overwrite", action="store_true", help="discard shards of a different earlier run in OUT")
+    p.add_argument("--ingest", metavar="DB", help="ingest the result into this dataset file when done")
+    p.add_argument("--replace", action="store_true", help="with --ingest: overwrite an existing dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(a) -> int:
+    from curation import embed
+
+    if a.offline:
+        embed.set_offline()
+
+    if a.image_root and not a.captions:
+        raise CurationError("--image-root goes with --captions. Fix: drop it (tar shards hold their images).")
+    if a.ingest and Path(a.ingest).exists() and not a.replace:
+        raise CurationError(f"dataset {a.ingest} already exists. Fix: pass --replace, or another --ingest path.")
+    cfg = embed.EmbedConfig(model=a.model, pretrained=a.pretrained, batch_size=a.batch_size, workers=a.workers,
+                            device=a.device, precision=a.precision, out_dtype=a.dtype, shard_size=a.shard_size)
+    cfg.check()
+    if a.captions:
+        pairs = embed.TablePairs(a.captions, a.image_root, id_column=a.id_column,
+                                 image_column=a.image_path_column, caption_column=a.caption_column)
+    else:
+        pairs = embed.TarPairs(a.webdataset)
+    if a.backend == "ray":
+        from curation import embed_ray
+
+        rec = embed_ray.embed_ray(pairs, a.out, cfg, address=a.address, concurrency=a.concurrency,
+                                  gpus_per_actor=a.gpus_per_actor, overwrite=a.overwrite, progress=not a.quiet)
+    else:
+        if a.address or a.concurrency or a.gpus_per_actor:
+            raise CurationError("--address/--concurrency/--gpus-per-actor go with --backend ray.")
+        rec = embed.embed(pairs, a.out, cfg, overwrite=a.overwrite, progress=not a.quiet)
+    print(f"{rec['embedded']:,} pairs embedded into {a.out} with {rec['model']} "
+          f"({rec['device']}, {rec['precision']}, stored {rec['out_dtype']}); "
+          f"{rec['pairs_per_s_last_run'] or 0:.1f} pairs/s this run")
+    if rec["skipped"]:
+        rows = embed.skipped_report(a.out)
+        print(f"{rec['skipped']:,} pairs skipped (listed in {Path(a.out) / 'skipped'}/), e.g.:")
+        for rid, reason in rows[:5]:
+            print(f"  {rid}: {reason}")
+    if not rec["complete"]:
+        print("not complete: run the same command again to finish (finished shards are kept).")
+        return 1
+    if a.ingest:
+        from curation import ingest
+        from curation import schema as S
+
+        inp = ingest.read_clip_retrieval(a.out)
+        fp = ingest.ingest(a.ingest, inp, replace=a.replace, image_model=inp.meta["image_model"],
+                           text_model=inp.meta["text_model"], shared_space=True,
+                           extra_meta={"embed": inp.meta["embed"],
+                                       "case_column": next((c for c in S.CASE_CANDIDATES
+                                                            if c in inp.samples.column_names), None)})
+        print(f"ingested {inp.samples.num_rows:,} samples into {a.ingest}, fingerprint {fp}")
     return 0
 
 
@@ -410,7 +506,7 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = [_add_demo, _add_ingest, _add_info, _add_analyze, _add_select, _add_evaluate]
+COMMANDS = [_add_demo, _add_embed, _add_ingest, _add_info, _add_analyze, _add_select, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,7 @@ class IngestInput:
     sources: dict = field(default_factory=dict)
     image_root: Path | None = None
     source: str = ""
+    meta: dict = field(default_factory=dict)  # what the input says of itself (models, shared space)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,9 +83,22 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
                              fix="check that the file is valid Parquet.") from e
         _check_utf8_arrow(table, p)
         return table
+    if p.suffix.lower() in (".jsonl", ".ndjson"):
+        import pyarrow.json as pjson
+
+        try:
+            table = pjson.read_json(p)
+        except pa.ArrowInvalid as e:
+            m = re.search(r"[Rr]ow #?(\d+)", str(e))
+            raise InputError(f"cannot parse JSON lines: {e}", file=p, row=int(m.group(1)) if m else None,
+                             fix="one JSON object per line, UTF-8.") from e
+        for c in string_columns:
+            if c in table.column_names and not pa.types.is_string(table.column(c).type):
+                table = table.set_column(table.column_names.index(c), c, table.column(c).cast(pa.string()))
+        return table
     if p.suffix.lower() not in (".csv", ".tsv", ".txt"):
         raise InputError(f"unsupported metadata format '{p.suffix}'.", file=p,
-                         fix="use a .csv, .tsv or .parquet file.")
+                         fix="use a .csv, .tsv, .jsonl or .parquet file.")
     raw = p.read_bytes()
     try:
         raw.decode("utf-8")
@@ -273,9 +287,25 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
         else:
             table = table.append_column(S.ID, pa.array([f"{i:09d}" for i in range(table.num_rows)]))
     table = standardize_columns(table, root / "metadata", id_column, None, None)
+    meta, source = {}, f"clip-retrieval:{root.name}"
+    info_file = root / "embed_info.json"  # written by `python -m curation embed`
+    if info_file.exists():
+        import json
+
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        if not info.get("complete"):
+            raise InputError("the embed run that wrote this folder has not finished.", file=info_file,
+                             fix="run the same `python -m curation embed` command again: it resumes.")
+        model = info["model"] + (f" ({info['pretrained']})" if info.get("pretrained") else "")
+        meta = {"image_model": model, "text_model": model, "shared_space": True,
+                "embed": {k: info.get(k) for k in ("model", "pretrained", "weights_sha256", "out_dtype",
+                                                   "input_fingerprint", "embedded", "skipped")}}
+        source = f"embed:{root.name}"
+        if image_root is None and info.get("image_root"):
+            image_root = info["image_root"]
     return IngestInput(table, vectors, {"metadata": str(root / "metadata"), "image": str(root / "img_emb"),
                                         "text": str(root / "text_emb")},
-                       Path(image_root) if image_root else root, source=f"clip-retrieval:{root.name}")
+                       Path(image_root) if image_root else root, source=source, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------

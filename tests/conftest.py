@@ -56,3 +56,75 @@ def analyzed_copy(analyzed_db, tmp_path) -> Path:
     shutil.copy(analyzed_db, d / "demo.duckdb")
     (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
     return d / "demo.duckdb"
+
+
+# --- embedding inputs: a tiny random open_clip model and a few dozen generated pairs ------------
+N_PAIRS = 36
+BAD = {"corrupt": "not a readable image", "missing": "is missing", "escape": "leaves the dataset's image root",
+       "nocap": "empty caption"}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A ``local-dir:`` open_clip model folder (32-d, random weights): the real loading path, no download."""
+    from curation import embed
+
+    return embed.save_model_dir(tmp_path_factory.mktemp("tiny_model"), embed.TINY_MODEL_CFG)
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory) -> Path:
+    """``captions.csv`` + ``images/``: N_PAIRS good pairs (ids p000..) then four bad ones (ids in BAD)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("pairs")
+    (d / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_PAIRS):
+        img = (rng.random((48, 40, 3)) * 255).astype("uint8")
+        ext = "jpg" if i % 2 else "png"
+        Image.fromarray(img if i % 3 else img[..., 0]).save(d / "images" / f"{i}.{ext}")
+        rows.append((f"p{i:03d}", f"{i}.{ext}", f"axial CT slice {i} showing finding {i % 5}", f"site{i % 3}"))
+    (d / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    rows += [("corrupt", "corrupt.jpg", "a caption", "site0"), ("missing", "gone.png", "a caption", "site1"),
+             ("escape", "../../../etc/hostname", "a caption", "site2"), ("nocap", "0.png", "", "site0")]
+    with open(d / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "caption", "site"])
+        w.writerows(rows)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tar_dir(pairs_dir, tmp_path_factory) -> Path:
+    """Two WebDataset shards of the good pairs (key.jpg/png + key.txt + key.json), with one
+    corrupt image and one key without a caption in the second."""
+    import csv
+    import io
+    import json
+    import tarfile
+
+    d = tmp_path_factory.mktemp("wds")
+    rows = list(csv.DictReader(open(pairs_dir / "captions.csv", encoding="utf-8")))[:N_PAIRS]
+
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    for s, chunk in enumerate((rows[:20], rows[20:])):
+        with tarfile.open(d / f"shard-{s:04d}.tar", "w") as tf:
+            for r in chunk:
+                ext = r["image"].split(".")[-1]
+                add(tf, f"{r['id']}.{ext}", (pairs_dir / "images" / r["image"]).read_bytes())
+                add(tf, f"{r['id']}.txt", r["caption"].encode())
+                add(tf, f"{r['id']}.json", json.dumps({"site": r["site"], "pmcid": f"PMC{r['id'][1:]}"}).encode())
+            if s == 1:
+                add(tf, "broken.jpg", b"\xff\xd8 truncated")
+                add(tf, "broken.txt", b"caption of a broken image")
+                add(tf, "nocaption.png", (pairs_dir / "images" / "0.png").read_bytes())
+    return d
