@@ -145,6 +145,10 @@ def load(store, run_id: str | None = None):
                          f"Fix: run `python -m curation analyze {store.path}`.")
     names = table_names(run_id)
     df = store.read_table(names["samples"])
+    if store.has_table(S.REWARD_SCORES):  # reward-model scores are per sample too; gates read them
+        rw = store.read_table(S.REWARD_SCORES)
+        if len(rw) == len(df):
+            df = df.join(rw.drop(columns=[S.ROW]))
     runs = store.runs("analysis")
     cfg = json.loads(runs[runs["run_id"] == run_id]["config"].iloc[-1])
     return df, cfg

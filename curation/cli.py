@@ -27,6 +27,10 @@ def _add_demo(sub):
     p.add_argument("--dim", type=int, default=512, help="embedding dimension (default: %(default)s)")
     p.add_argument("--no-images", action="store_true", help="skip writing thumbnail images")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
+    p.add_argument("--ratings", metavar="CSV",
+                   help="also write ratings of --ratings-n random pairs from the planted ground truth plus "
+                        "noise (for trying `reward train --ratings CSV`)")
+    p.add_argument("--ratings-n", type=int, default=2000, help="pairs in --ratings (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -42,6 +46,9 @@ def cmd_demo(a) -> int:
     t = time.time()
     fp = demo.build(a.db, spec, replace=a.replace, images=not a.no_images)
     print(f"demo dataset written to {a.db}: {a.rows} pairs, fingerprint {fp} ({time.time() - t:.1f} s)")
+    if a.ratings:
+        demo.planted_ratings(a.db, a.ratings_n, seed=a.seed).to_csv(a.ratings, index=False)
+        print(f"planted ratings of {min(a.ratings_n, a.rows)} pairs written to {a.ratings}")
     return 0
 
 
@@ -200,6 +207,90 @@ def cmd_embed(a) -> int:
                                        "case_column": next((c for c in S.CASE_CANDIDATES
                                                             if c in inp.samples.column_names), None)})
         print(f"ingested {inp.samples.num_rows:,} samples into {a.ingest}, fingerprint {fp}")
+    return 0
+
+
+def _add_reward(sub):
+    p = sub.add_parser("reward", help="RefineNet reward model: annotate with an MLLM, train, score",
+                       description="Distil image-text fidelity and semantic consistency ratings (from an "
+                                   "MLLM or experts) into a small reward model that scores the whole pool.")
+    rs = p.add_subparsers(dest="reward_command", metavar="STEP", required=True)
+    a = rs.add_parser("annotate", help="rate sampled pairs with an OpenAI-compatible chat endpoint",
+                      description="Ask an OpenAI-compatible endpoint (e.g. a local vLLM server) to rate N "
+                                  "sampled pairs with a fixed, versioned prompt; ratings are stored in DB. "
+                                  "Rerunning adds N more (rated pairs are skipped).")
+    a.add_argument("db")
+    a.add_argument("--endpoint", required=True, help="base URL, e.g. http://localhost:8000/v1")
+    a.add_argument("--model", required=True, help="model name the endpoint serves")
+    a.add_argument("--sample", type=int, required=True, help="number of pairs to rate")
+    a.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
+    a.add_argument("--retries", type=int, default=2, help="retries of a malformed answer (default: %(default)s)")
+    a.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    a.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key, if any (default: %(default)s)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=cmd_reward_annotate)
+    t = rs.add_parser("train", help="train the reward model on stored or CSV ratings",
+                      description="Train a small torch model on the embeddings to predict the ratings; hold "
+                                  "out a split (grouped by case id when the dataset has one) and report "
+                                  "Pearson r per axis. The model is stored in DB with its config and metrics.")
+    t.add_argument("db")
+    t.add_argument("--ratings", help="CSV/Parquet: id plus one numeric column per axis (any scale)")
+    t.add_argument("--axes", help="comma list of rating columns (default: every column but id)")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--test-fraction", type=float, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_reward_train)
+    c = rs.add_parser("score", help="score every sample with the reward model",
+                      description="Score every sample with a stored reward model (default: the newest); the "
+                                  "reward_<axis>_score columns become quality gates of `select`.")
+    c.add_argument("db")
+    c.add_argument("--model-id", help="a stored reward model (default: the newest)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_reward_score)
+
+
+def cmd_reward_annotate(a) -> int:
+    import os
+
+    from curation import reward
+
+    counts = reward.annotate(a.db, a.endpoint, a.model, a.sample, seed=a.seed, concurrency=a.concurrency,
+                             retries=a.retries, timeout=a.timeout, api_key=os.environ.get(a.api_key_env),
+                             progress=not a.quiet)
+    print(f"rated {counts['rated']} pairs ({counts['malformed']} malformed answers after retries, "
+          f"{counts['no_image']} without a readable image); {counts['total']} pairs rated by {a.model} in all "
+          f"(prompt {reward.PROMPT_VERSION})")
+    return 0
+
+
+def cmd_reward_train(a) -> int:
+    from curation import reward
+
+    if not 0.05 <= a.test_fraction <= 0.5:
+        raise CurationError(f"--test-fraction {a.test_fraction}: use a value in [0.05, 0.5].")
+    cfg = reward.RewardConfig(epochs=a.epochs, test_fraction=a.test_fraction, seed=a.seed)
+    axes = [x.strip() for x in a.axes.split(",") if x.strip()] if a.axes else None
+    res = reward.train(a.db, a.ratings, axes, cfg, progress=not a.quiet)
+    print(f"reward model {res['model_id']} trained on {res['n_ratings']} ratings from {res['source']} "
+          f"({res['seconds']:.1f} s); held out {'by case' if res['grouped_by_case'] else 'at random'}:")
+    for axis, m in res["metrics"].items():
+        print(f"  {axis:<14} Pearson r = {m['r']:.3f}  ({m['n_train']} train / {m['n_test']} held out)")
+    print(f"next: python -m curation reward score {a.db}")
+    return 0
+
+
+def cmd_reward_score(a) -> int:
+    from curation import reward
+
+    res = reward.score(a.db, a.model_id, progress=not a.quiet)
+    print(f"scored {res['n']:,} samples with {res['model_id']}; columns "
+          + ", ".join(f"reward_{x}, reward_{x}_score" for x in res["axes"]))
+    for axis, m in res["summary"].items():
+        print(f"  {axis:<14} mean {m['mean']:.2f}  p10 {m['p10']:.2f}  p90 {m['p90']:.2f}")
+    print("gate on them with `select --gate reward_<axis>:top=0.9` (or the sliders in the app).")
     return 0
 
 
@@ -506,7 +597,7 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = [_add_demo, _add_embed, _add_ingest, _add_info, _add_analyze, _add_select, _add_evaluate]
+COMMANDS = [_add_demo, _add_embed, _add_ingest, _add_reward, _add_info, _add_analyze, _add_select, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -251,3 +251,30 @@ def build(db: str | Path = "data/demo.duckdb", spec: DemoSpec = DemoSpec(), *, r
             "label_column": "finding", "case_column": "case_id", "demo_spec": asdict(spec)}
     return store.create_dataset(db, samples, vectors, meta=meta, replace=replace,
                                 extra_tables={S.TRUTH: truth})
+
+
+def planted_ratings(db, n: int | None = None, *, noise: float = 0.3, seed: int = 0):
+    """Ratings a careful rater would give the demo's pairs, from the planted ground truth plus noise.
+
+    The demo plants one quality defect, the mismatched pair (a caption from another cluster), so
+    the truth behind both axes is binary: fidelity 1.0 for a mismatched pair and 4.5 otherwise,
+    consistency 1.5 and 4.0; Gaussian rater noise (sd ``noise``) is added. With 2% mismatched pairs
+    and noise 0.3 the best possible Pearson r is about 0.85 (fidelity) and 0.76 (consistency). ``n`` pairs are drawn
+    uniformly at random (all when None). Returns a DataFrame ``id, fidelity, consistency`` in the
+    CSV shape ``python -m curation reward train --ratings`` reads.
+    """
+    import pandas as pd
+
+    from curation import schema as S
+    from curation import store
+
+    with store.open_store(db) as s:
+        if not s.has_table(S.TRUTH):
+            raise ValueError(f"{db} is not a generated demo (no {S.TRUTH} table)")
+        truth = s.read_table(S.TRUTH, ["id", "is_mismatched"])
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(truth), size=min(n or len(truth), len(truth)), replace=False))
+    bad = truth["is_mismatched"].to_numpy()[rows]
+    return pd.DataFrame({"id": truth["id"].to_numpy()[rows],
+                         "fidelity": np.where(bad, 1.0, 4.5) + noise * rng.standard_normal(len(rows)),
+                         "consistency": np.where(bad, 1.5, 4.0) + noise * rng.standard_normal(len(rows))})

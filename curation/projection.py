@@ -21,24 +21,32 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def pca_reduce(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0) -> np.ndarray:
-    """Project rows of ``X`` (n, d) onto the top ``dims`` principal axes (float32 (n, dims)).
-
-    Fitted on a seeded sample of at most ``fit_max`` rows, applied in chunks.
-    """
+def pca_basis(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0):
+    """Top ``dims`` principal axes of the rows of ``X``, fitted on a seeded sample of at most
+    ``fit_max`` rows. Returns (mean (d,), components (dims, d), sd (dims,)) as float32; signs are
+    fixed so the result does not depend on the LAPACK build."""
     n, d = X.shape
     dims = min(dims, d, max(n - 1, 1))
     rng = np.random.default_rng(seed)
     sample = X if n <= fit_max else X[np.sort(rng.choice(n, fit_max, replace=False))]
     mean = sample.mean(axis=0)
     # economy SVD of the centred sample: components are the right singular vectors
-    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
     comp = vt[:dims].astype(np.float32)
-    # fix signs so the result does not depend on the LAPACK build
     comp *= np.sign(comp[np.arange(dims), np.abs(comp).argmax(axis=1)])[:, None]
-    out = np.empty((n, dims), np.float32)
+    sd = sv[:dims] / np.sqrt(max(len(sample) - 1, 1))
+    return mean.astype(np.float32), comp.astype(np.float32), sd.astype(np.float32)
+
+
+def pca_reduce(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0) -> np.ndarray:
+    """Project rows of ``X`` (n, d) onto the top ``dims`` principal axes (float32 (n, dims)).
+
+    Fitted on a seeded sample of at most ``fit_max`` rows, applied in chunks.
+    """
+    mean, comp, _ = pca_basis(X, dims, fit_max, seed)
+    out = np.empty((len(X), len(comp)), np.float32)
     step = 1 << 16
-    for i in range(0, n, step):
+    for i in range(0, len(X), step):
         out[i:i + step] = (X[i:i + step] - mean) @ comp.T
     return out
 

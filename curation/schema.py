@@ -10,6 +10,9 @@ EMBEDDINGS = "embeddings"    # row_idx, image_emb FLOAT[d_img], text_emb FLOAT[d
 META = "dataset_meta"        # key, value (JSON text): fingerprint, dims, models, image root...
 RUNS = "runs"                # run_id, kind, created, config JSON, input fingerprint, version, timings
 TRUTH = "demo_truth"         # ground truth of the generated demo only
+REWARD_RATINGS = "reward_ratings"  # row_idx, id, source, prompt_version, status, one column per axis...
+REWARD_MODELS = "reward_models"    # model_id, axes, config, metrics, arch, fingerprint, state (BLOB)
+REWARD_SCORES = "reward_scores"    # row_idx, reward_<axis>, reward_<axis>_score
 
 # Reserved sample columns.
 ID = "id"

@@ -1,0 +1,644 @@
+"""RefineNet-style reward model: MLLM ratings of a subset, distilled into a small model on embeddings.
+
+Three steps, each a CLI command (``python -m curation reward ...``):
+
+1. :func:`annotate` asks an OpenAI-compatible chat endpoint (a local vLLM server, for instance) to
+   rate sampled pairs on two axes, **image-text fidelity** and **semantic consistency**, with a fixed,
+   versioned prompt (:data:`PROMPT_VERSION`; image inline as a data URL, caption as text). Answers
+   are parsed strictly (:func:`parse_rating`): a malformed answer is retried a bounded number of
+   times and then stored as malformed, never guessed. Ratings go to the ``reward_ratings`` table.
+2. :func:`train` fits a small torch model on the embeddings (image, text, and their interaction in
+   a learned common space, so it works whether or not image and text share a space) to ratings
+   from step 1 or from a CSV (``id`` + one numeric column per axis, any scale: MLLM or experts).
+   A held-out split (grouped by case id when the dataset has one) gives Pearson r per axis. The
+   model, its config and metrics are stored in ``reward_models``.
+3. :func:`score` scores every sample: ``reward_<axis>`` (on the rating scale) and
+   ``reward_<axis>_score`` (rank in [0, 1]) in ``reward_scores``; selection gates read them.
+
+torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from curation import schema as S
+from curation.errors import CurationError, InputError, StateError
+
+log = logging.getLogger(__name__)
+
+AXES = ("fidelity", "consistency")
+PROMPT_VERSION = "refinenet-rate-v1"
+SYSTEM_PROMPT = (
+    "You are a radiologist reviewing image-caption pairs for a training dataset. You rate each pair "
+    "on two axes, each an integer from 1 (worst) to 5 (best):\n"
+    "- fidelity: does the caption describe what this image actually shows (modality, anatomy, view, "
+    "findings)? 1 = unrelated to the image, 5 = accurate and specific.\n"
+    "- consistency: is the caption medically coherent and internally consistent (no contradictory "
+    "findings, plausible terminology)? 1 = incoherent, 5 = fully coherent.\n"
+    "Answer with only a JSON object and nothing else, for example: {\"fidelity\": 4, \"consistency\": 5}"
+)
+USER_TEMPLATE = "Caption:\n{caption}\n\nRate this image-caption pair."
+RATING_MIN, RATING_MAX = 1, 5
+MIN_RATINGS = 40     # below this there is nothing to hold out
+MIN_HELD_OUT = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. annotate
+# ---------------------------------------------------------------------------------------------
+def parse_rating(text: str) -> dict | None:
+    """The two integer ratings from an answer, or None when the answer is not exactly a JSON object
+    with integer ``fidelity`` and ``consistency`` in 1..5 (an optional ```json fence is allowed)."""
+    if not isinstance(text, str):
+        return None
+    t = text.strip()
+    m = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", t, flags=re.S)
+    if m:
+        t = m.group(1)
+    try:
+        obj = json.loads(t)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or set(obj) != set(AXES):
+        return None
+    out = {}
+    for k in AXES:
+        v = obj[k]
+        if isinstance(v, bool) or not isinstance(v, int) or not RATING_MIN <= v <= RATING_MAX:
+            return None
+        out[k] = v
+    return out
+
+
+def image_data_url(path: Path, max_side: int = 512) -> str:
+    """The image as a JPEG data URL, downsized to ``max_side`` (what the MLLM sees)."""
+    from PIL import Image
+
+    img = Image.open(path)
+    img.load()
+    img = img.convert("RGB")
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_request(model: str, caption: str, image_url: str) -> dict:
+    """The chat-completions request body for one pair (the versioned prompt)."""
+    return {"model": model, "temperature": 0, "max_tokens": 64,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                         {"role": "user", "content": [
+                             {"type": "text", "text": USER_TEMPLATE.format(caption=caption)},
+                             {"type": "image_url", "image_url": {"url": image_url}}]}]}
+
+
+class EndpointDown(CurationError):
+    pass
+
+
+def _post(url: str, body: dict, timeout: float, api_key: str | None) -> str:
+    """POST a chat-completions request; the answer's text. Connection problems raise EndpointDown."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            payload = json.loads(r.read().decode("utf-8"))
+    except urllib.error.HTTPError as e:
+        detail = e.read()[:300].decode("utf-8", "replace")
+        if e.code in (401, 403, 404):
+            raise CurationError(f"endpoint {url} answered HTTP {e.code}: {detail}. Fix: check --endpoint "
+                                "(it ends in /v1), --model and the API key (OPENAI_API_KEY).") from None
+        raise EndpointDown(f"HTTP {e.code}: {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        raise EndpointDown(str(getattr(e, "reason", e))) from None
+    except json.JSONDecodeError:
+        raise EndpointDown("the answer was not JSON") from None
+    try:
+        return payload["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise EndpointDown("the answer had no choices[0].message.content") from None
+
+
+def _chat_url(endpoint: str) -> str:
+    e = endpoint.rstrip("/")
+    return e if e.endswith("/chat/completions") else e + "/chat/completions"
+
+
+def rate_one(url, model, caption, image_url, *, retries=2, timeout=60.0, api_key=None,
+             down_retries=3, backoff=1.0) -> dict:
+    """Rate one pair: retry malformed answers up to ``retries`` times, transient errors with backoff."""
+    body = build_request(model, caption, image_url)
+    answers = []
+    attempts = 0
+    for _ in range(retries + 1):
+        for k in range(down_retries + 1):
+            try:
+                attempts += 1
+                text = _post(url, body, timeout, api_key)
+                break
+            except EndpointDown:
+                if k == down_retries:
+                    raise
+                time.sleep(backoff * 2 ** k)
+        answers.append(text)
+        parsed = parse_rating(text)
+        if parsed:
+            return {"status": "ok", **parsed, "attempts": attempts, "answer": text}
+    return {"status": "malformed", "fidelity": None, "consistency": None, "attempts": attempts,
+            "answer": answers[-1][:2000] if answers else None}
+
+
+def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrency: int = 4,
+             retries: int = 2, timeout: float = 60.0, api_key: str | None = None, progress=True,
+             down_retries: int = 3, backoff: float = 1.0) -> dict:
+    """Rate ``n`` sampled pairs not rated yet by this model and prompt; store them. Returns counts.
+
+    Samples are drawn uniformly at random (seeded) so the ratings represent the pool the reward
+    model will score. Pairs whose image cannot be read are recorded with status ``no_image``.
+    When the endpoint is unreachable, what was rated so far is stored and :class:`CurationError`
+    is raised with the fix.
+    """
+    import pandas as pd
+    from concurrent.futures import ThreadPoolExecutor
+
+    from curation import store as store_mod
+
+    if n < 1:
+        raise CurationError(f"--sample {n}: rate at least one pair.")
+    url = _chat_url(endpoint)
+    with store_mod.open_store(db) as s:
+        if S.IMAGE not in [c for c, _ in s.columns()]:
+            raise CurationError(f"dataset {s.name} has no image column: the MLLM needs the images.")
+        root = s.image_root()
+        samples = s.samples([S.ID, S.IMAGE, S.CAPTION])
+        old = s.read_table(S.REWARD_RATINGS) if s.has_table(S.REWARD_RATINGS) else None
+    done = set()
+    if old is not None:
+        mine = old[(old["source"] == f"mllm:{model}") & (old["prompt_version"] == PROMPT_VERSION)]
+        done = set(mine[S.ROW].tolist())
+    todo = np.setdiff1d(np.arange(len(samples)), np.fromiter(done, np.int64, len(done)))
+    if len(todo) == 0:
+        return {"rated": 0, "malformed": 0, "no_image": 0, "total": len(done)}
+    rows = np.sort(np.random.default_rng(seed).choice(todo, size=min(n, len(todo)), replace=False))
+
+    def work(r):
+        caption = samples[S.CAPTION].iat[r]
+        try:
+            img = image_data_url(store_mod.resolve_image(root, samples[S.IMAGE].iat[r]))
+        except Exception as e:  # noqa: BLE001 - a missing or broken image is recorded, not fatal
+            return r, {"status": "no_image", "fidelity": None, "consistency": None, "attempts": 0,
+                       "answer": str(e)[:500]}
+        return r, rate_one(url, model, caption, img, retries=retries, timeout=timeout, api_key=api_key,
+                           down_retries=down_retries, backoff=backoff)
+
+    from tqdm import tqdm
+
+    results, down = [], None
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as ex, \
+            tqdm(total=len(rows), unit="pair", desc="rating", disable=not progress) as bar:
+        futures = [ex.submit(work, int(r)) for r in rows]
+        for f in futures:
+            try:
+                results.append(f.result())
+            except EndpointDown as e:
+                down = e
+                for g in futures:
+                    g.cancel()
+                break
+            bar.update(1)
+    created = time.strftime("%Y-%m-%dT%H:%M:%S")
+    new = pd.DataFrame([{S.ROW: r, S.ID: samples[S.ID].iat[r], "source": f"mllm:{model}",
+                         "prompt_version": PROMPT_VERSION, "created": created, **res} for r, res in results])
+    if len(new):
+        _append_ratings(db, new)
+    counts = {"rated": int((new["status"] == "ok").sum()) if len(new) else 0,
+              "malformed": int((new["status"] == "malformed").sum()) if len(new) else 0,
+              "no_image": int((new["status"] == "no_image").sum()) if len(new) else 0,
+              "total": len(done) + len(new)}
+    if down is not None:
+        raise CurationError(f"endpoint {url} is not answering ({down}); {len(new)} ratings gathered before "
+                            "that were stored. Fix: start the server (e.g. `vllm serve MODEL`), check "
+                            "--endpoint (e.g. http://localhost:8000/v1), then rerun: rated pairs are skipped.")
+    return counts
+
+
+RATING_COLUMNS = [S.ROW, S.ID, "source", "prompt_version", "created", "status", "fidelity", "consistency",
+                  "attempts", "answer"]
+
+
+def _append_ratings(db, new) -> None:
+    import pandas as pd
+
+    from curation import store as store_mod
+
+    new = new.reindex(columns=RATING_COLUMNS)
+    new["fidelity"] = new["fidelity"].astype("float64")
+    new["consistency"] = new["consistency"].astype("float64")
+    with store_mod.open_store(db, read_only=False) as s:
+        if s.has_table(S.REWARD_RATINGS):
+            new = pd.concat([s.read_table(S.REWARD_RATINGS), new], ignore_index=True)
+        s.write_tables({S.REWARD_RATINGS: new})
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. train
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RewardConfig:
+    """Training knobs (defaults suit a few hundred to a few hundred thousand ratings)."""
+
+    hidden: int = 64
+    pca_dims: int = 32
+    epochs: int = 100
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    dropout: float = 0.3
+    batch_size: int = 256
+    test_fraction: float = 0.2
+    patience: int = 0  # > 0: early stopping on an inner validation slice (noisy with rare defects)
+    seed: int = 0
+
+
+def read_ratings_csv(path, ids, axes=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Ratings from a CSV: ``id`` plus one numeric column per axis. Returns (rows, values, axes).
+
+    Every id must be a sample of the dataset; ``axes`` (default: every column but id) must be
+    numeric columns of the file. Empty cells are allowed (that axis is not rated for that row).
+    """
+    import pandas as pd
+
+    from curation.ingest import read_table_file
+
+    path = Path(path)
+    t = read_table_file(path, string_columns=[S.ID]).to_pandas()
+    if S.ID not in t.columns:
+        raise InputError("no id column.", file=path, fix="name the sample ids 'id'.")
+    if axes:
+        for a in axes:
+            if a not in t.columns:
+                raise InputError("rating column not found.", file=path, column=a,
+                                 fix=f"use one of: {', '.join(c for c in t.columns if c != S.ID)}.")
+    else:
+        axes = [c for c in t.columns if c != S.ID]
+        if not axes:
+            raise InputError("no rating columns.", file=path,
+                             fix="add one numeric column per axis, e.g. fidelity, consistency.")
+    for a in axes:
+        if not pd.api.types.is_numeric_dtype(t[a]):
+            bad = pd.to_numeric(t[a], errors="coerce").isna() & t[a].notna()
+            raise InputError(f"rating {t[a][bad].iloc[0]!r} is not a number.", file=path, column=a,
+                             row=int(np.flatnonzero(bad)[0]),
+                             fix="ratings must be numeric (any scale); name the rating columns with --axes "
+                                 "when the file has other columns.")
+    pos = pd.Series(np.arange(len(ids)), index=pd.Index(ids))
+    dup = t[S.ID].duplicated()
+    if dup.any():
+        raise InputError(f"id {t[S.ID][dup].iloc[0]!r} is rated twice.", file=path, column=S.ID,
+                         row=int(np.flatnonzero(dup)[0]), fix="average or drop repeated ratings first.")
+    unknown = ~t[S.ID].isin(pos.index)
+    if unknown.any():
+        raise InputError(f"{int(unknown.sum())} ids are not samples of this dataset (first: "
+                         f"{t[S.ID][unknown].iloc[0]!r}).", file=path, column=S.ID,
+                         row=int(np.flatnonzero(unknown)[0]), fix="rate samples of this dataset (check its ids).")
+    return pos[t[S.ID]].to_numpy(), t[axes].to_numpy(np.float64), list(axes)
+
+
+def stored_ratings(store, source: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Ratings with status ok from ``reward_ratings`` (latest per sample). Returns rows, values, axes, source."""
+    if not store.has_table(S.REWARD_RATINGS):
+        raise StateError(f"dataset {store.name} has no ratings. Fix: run `python -m curation reward annotate "
+                         f"{store.path} --endpoint URL --model NAME --sample 2000`, or pass --ratings FILE.csv.")
+    df = store.read_table(S.REWARD_RATINGS)
+    df = df[df["status"] == "ok"]
+    if source:
+        df = df[df["source"] == source]
+    if df.empty:
+        raise StateError(f"dataset {store.name} has no usable ratings (all malformed or none from {source}). "
+                         "Fix: annotate more pairs, or pass --ratings FILE.csv.")
+    df = df.drop_duplicates(S.ROW, keep="last")
+    src = ",".join(sorted(df["source"].unique()))
+    return df[S.ROW].to_numpy(), df[list(AXES)].to_numpy(np.float64), list(AXES), src
+
+
+class _Net:
+    """Factory for the reward network (a torch Module built lazily to keep torch out of imports)."""
+
+    @staticmethod
+    def build(d_img, d_txt, k, shared, n_axes, hidden, dropout):
+        import torch
+        from torch import nn
+
+        class RewardNet(nn.Module):
+            """Embeddings -> fixed whitened PCA bases (fitted on the whole pool, stored as buffers) ->
+            learned projections a (image), b (text) -> MLP on [a, b, a*b] -> one output per axis.
+
+            In a shared CLIP-style space (image and text of one dimension, one basis for both) the
+            image-text cosine, the strongest single fidelity signal, also has a linear path to the
+            outputs. Few ratings (hundreds to thousands) against 512-768-d inputs: the PCA keeps the
+            learned part small enough not to memorise rater noise."""
+
+            def __init__(self):
+                super().__init__()
+                self.shared = bool(shared)
+                for name, d in (("img", d_img), ("txt", d_txt)):
+                    if d:
+                        self.register_buffer(f"{name}_mean", torch.zeros(d))
+                        self.register_buffer(f"{name}_comp", torch.zeros(k, d))
+                        self.register_buffer(f"{name}_sd", torch.ones(k))
+                self.pi = nn.Linear(k, hidden) if d_img else None
+                self.pt = nn.Linear(k, hidden) if d_txt else None
+                both = bool(d_img and d_txt)
+                self.cos = nn.Linear(1, n_axes) if both and self.shared else None
+                self.register_buffer("cos_stats", torch.tensor([0.0, 1.0]))  # pool mean, sd of the cosine
+                n_in = hidden * (3 if both else 1)
+                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.GELU(),
+                                          nn.Dropout(dropout), nn.Linear(hidden, n_axes))
+
+            def set_basis(self, name, mean, comp, sd):
+                for part, v in (("mean", mean), ("comp", comp), ("sd", sd)):
+                    getattr(self, f"{name}_{part}").copy_(torch.as_tensor(v))
+
+            def _pc(self, name, x):
+                return (x - getattr(self, f"{name}_mean")) @ getattr(self, f"{name}_comp").T / \
+                    getattr(self, f"{name}_sd").clamp(min=1e-6)
+
+            def forward(self, img, txt):
+                a = self.pi(self._pc("img", img)) if self.pi is not None else None
+                b = self.pt(self._pc("txt", txt)) if self.pt is not None else None
+                parts = [x for x in (a, b) if x is not None]
+                if a is not None and b is not None:
+                    parts.append(a * b)
+                out = self.head(torch.cat(parts, dim=1))
+                if self.cos is not None:
+                    c = (img * txt).sum(dim=1, keepdim=True)
+                    out = out + self.cos((c - self.cos_stats[0]) / self.cos_stats[1].clamp(min=1e-6))
+                return out
+
+        return RewardNet()
+
+
+def _fit_bases(net, img_all, txt_all, k, shared, seed, fit_max=50_000):
+    """PCA bases of the pool's (unit) embeddings: one basis for image and text in a shared space."""
+    from curation.projection import pca_basis
+
+    rng = np.random.default_rng(seed)
+    n = len(img_all if img_all is not None else txt_all)
+    rows = np.sort(rng.choice(n, min(n, fit_max), replace=False))
+    if shared:
+        basis = pca_basis(np.concatenate([_unit(img_all[rows]), _unit(txt_all[rows])]), k, 2 * fit_max, seed)
+        net.set_basis("img", *basis)
+        net.set_basis("txt", *basis)
+        c = (_unit(img_all[rows]) * _unit(txt_all[rows])).sum(axis=1)
+        net.cos_stats.copy_(__import__("torch").tensor([float(c.mean()), float(c.std())]))
+        return
+    for name, X in (("img", img_all), ("txt", txt_all)):
+        if X is not None:
+            net.set_basis(name, *pca_basis(_unit(X[rows]), k, fit_max, seed))
+
+
+def _pearson(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _split(rows, groups, test_fraction, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``rows`` for train and held-out; whole groups (cases) go to one side."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(len(rows))
+        k = max(int(round(test_fraction * len(rows))), MIN_HELD_OUT)
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    g = groups[rows]
+    uniq = rng.permutation(np.unique(g))
+    k = max(int(round(test_fraction * len(uniq))), 1)
+    test_mask = np.isin(g, uniq[:k])
+    return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+
+
+def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig(), *, progress=True) -> dict:
+    """Train a reward model on a dataset's ratings; store it with its config and held-out metrics.
+
+    Returns
+    -------
+    dict : ``model_id``, ``axes``, ``metrics`` ({axis: {"r", "n_train", "n_test", ...}}), ``source``.
+    """
+    import pandas as pd
+    import torch
+
+    from curation import store as store_mod
+
+    t0 = time.time()
+    with store_mod.open_store(db) as s:
+        ids = s.samples([S.ID])[S.ID].astype(str).to_numpy()
+        if ratings_csv:
+            rows, Y, axes, source = (*read_ratings_csv(ratings_csv, ids, axes), f"csv:{Path(ratings_csv).name}")
+        else:
+            rows, Y, axes_all, source = stored_ratings(s)
+            if axes:
+                unknown = [a for a in axes if a not in axes_all]
+                if unknown:
+                    raise CurationError(f"--axes {unknown} are not rated. Fix: use {', '.join(axes_all)}.")
+                Y = Y[:, [axes_all.index(a) for a in axes]]
+            else:
+                axes = axes_all
+        case_col = s.meta.get("case_column")
+        groups = None
+        if case_col and case_col in s.metadata_columns():
+            groups = pd.factorize(s.samples([case_col])[case_col].astype(str))[0]
+        fingerprint = s.fingerprint
+        shared = bool(s.meta.get("shared_space")) and s.dim("image") == s.dim("text")
+        img_all = s.embeddings("image")
+        txt_all = s.embeddings("text")
+    keep = np.isfinite(Y).any(axis=1)
+    rows, Y = rows[keep], Y[keep]
+    if len(rows) < MIN_RATINGS:
+        raise CurationError(f"too few ratings to hold out a test split: {len(rows)} usable, need at least "
+                            f"{MIN_RATINGS}. Fix: annotate more pairs (`reward annotate --sample 500`) or add "
+                            "rated rows to the CSV.")
+    tr, te = _split(rows, groups, config.test_fraction, config.seed)
+    if len(te) < MIN_HELD_OUT or len(tr) < MIN_HELD_OUT:
+        raise CurationError(f"too few ratings to hold out: {len(tr)} train / {len(te)} held out (by case). "
+                            f"Fix: rate more pairs from more cases (need {MIN_HELD_OUT}+ on each side).")
+    for j, a in enumerate(axes):
+        if np.nanstd(Y[tr, j]) == 0:
+            raise CurationError(f"axis {a!r} has one value only in the training ratings. Fix: rate more varied "
+                                "pairs, or drop that axis with --axes.")
+    mu, sd = np.nanmean(Y[tr], axis=0), np.nanstd(Y[tr], axis=0)
+    Z = (Y - mu) / sd
+
+    def feats(r):
+        img = _unit(img_all[r]) if img_all is not None else None
+        txt = _unit(txt_all[r]) if txt_all is not None else None
+        return img, txt
+
+    d_img = img_all.shape[1] if img_all is not None else 0
+    d_txt = txt_all.shape[1] if txt_all is not None else 0
+    k = min(config.pca_dims, *(d for d in (d_img, d_txt) if d))
+    torch.manual_seed(config.seed)
+    net = _Net.build(d_img, d_txt, k, shared, len(axes), config.hidden, config.dropout)
+    _fit_bases(net, img_all, txt_all, k, shared, config.seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # early stopping on an inner validation slice of the training split (never the held-out one)
+    rng = np.random.default_rng(config.seed + 1)
+    inner = rng.permutation(tr)
+    n_val = max(len(inner) // 10, 1)
+    val, fit = inner[:n_val], inner[n_val:]
+
+    def tensors(idx):
+        img, txt = feats(rows[idx])
+        T = lambda x: torch.from_numpy(np.ascontiguousarray(x, np.float32)) if x is not None else None  # noqa: E731
+        return T(img), T(txt), torch.from_numpy(Z[idx].astype(np.float32))
+
+    Xi, Xt, Yf = tensors(fit)
+    Vi, Vt, Yv = tensors(val)
+
+    def loss_fn(pred, y):
+        m = torch.isfinite(y)
+        return ((pred - torch.nan_to_num(y)) ** 2 * m).sum() / m.sum().clamp(min=1)
+
+    from tqdm import tqdm
+
+    best, best_state, since = float("inf"), None, 0
+    g = torch.Generator().manual_seed(config.seed)
+    for epoch in tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress):
+        net.train()
+        perm = torch.randperm(len(Yf), generator=g)
+        for i in range(0, len(perm), config.batch_size):
+            b = perm[i:i + config.batch_size]
+            opt.zero_grad()
+            loss = loss_fn(net(Xi[b] if Xi is not None else None, Xt[b] if Xt is not None else None), Yf[b])
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            v = float(loss_fn(net(Vi, Vt), Yv))
+        if not config.patience:
+            continue
+        if v < best - 1e-4:
+            best, since = v, 0
+            best_state = {k: t.clone() for k, t in net.state_dict().items()}
+        else:
+            since += 1
+            if since >= config.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    Ti, Tt, _ = tensors(te)
+    with torch.no_grad():
+        pred = net(Ti, Tt).numpy() * sd + mu
+    metrics = {}
+    for j, a in enumerate(axes):
+        m = np.isfinite(Y[te, j])
+        metrics[a] = {"r": round(_pearson(pred[m, j], Y[te, j][m]), 4), "n_train": int(np.isfinite(Y[tr, j]).sum()),
+                      "n_test": int(m.sum()), "rating_mean": float(mu[j]), "rating_sd": float(sd[j])}
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    model_id = f"reward-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    record = {"model_id": model_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "axes": json.dumps(axes),
+              "source": source, "config": json.dumps(asdict(config), sort_keys=True),
+              "metrics": json.dumps(metrics, sort_keys=True),
+              "arch": json.dumps({"d_img": d_img, "d_txt": d_txt, "k": k, "shared": shared, "mu": mu.tolist(), "sd": sd.tolist(),
+                                  "grouped_by_case": groups is not None, "epochs_run": epoch + 1}),
+              "fingerprint": fingerprint, "state": buf.getvalue()}
+    import pandas as pd
+
+    with store_mod.open_store(db, read_only=False) as s:
+        old = s.read_table(S.REWARD_MODELS) if s.has_table(S.REWARD_MODELS) else None
+        table = pd.concat([old, pd.DataFrame([record])], ignore_index=True) if old is not None else \
+            pd.DataFrame([record])
+        s.record_run("reward-train", {**asdict(config), "source": source, "axes": axes},
+                     timings={"train": round(time.time() - t0, 2)}, outputs={"model_id": model_id},
+                     run_id=model_id, extra_tables={S.REWARD_MODELS: table})
+    return {"model_id": model_id, "axes": axes, "metrics": metrics, "source": source,
+            "n_ratings": int(len(rows)), "grouped_by_case": groups is not None, "seconds": round(time.time() - t0, 2)}
+
+
+def _unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def models(store):
+    """Trained reward models, oldest first (DataFrame without the weights), or None."""
+    if not store.has_table(S.REWARD_MODELS):
+        return None
+    cols = ["model_id", "created", "axes", "source", "config", "metrics", "arch", "fingerprint"]
+    return store.read_table(S.REWARD_MODELS, cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. score
+# ---------------------------------------------------------------------------------------------
+def score(db, model_id: str | None = None, *, batch: int = 65536, progress=True) -> dict:
+    """Score every sample with a stored reward model (default: the newest) into ``reward_scores``."""
+    import pandas as pd
+    import torch
+
+    from curation import store as store_mod
+    from curation.quality import rank_score
+
+    with store_mod.open_store(db) as s:
+        ms = models(s)
+        if ms is None or ms.empty:
+            raise StateError(f"dataset {s.name} has no reward model. Fix: run `python -m curation reward train "
+                             f"{s.path}` first.")
+        if model_id is None:
+            model_id = ms["model_id"].iloc[-1]
+        elif model_id not in set(ms["model_id"]):
+            raise CurationError(f"no reward model {model_id!r}. Fix: use one of {', '.join(ms['model_id'])}.")
+        if ms.set_index("model_id").loc[model_id, "fingerprint"] != s.fingerprint:
+            raise StateError(f"reward model {model_id} was trained on other data (fingerprint differs). "
+                             "Fix: train again on this dataset.")
+        state = s.con.execute(f"SELECT state FROM {S.REWARD_MODELS} WHERE model_id = ?", [model_id]).fetchall()[0][0]
+        row = ms.set_index("model_id").loc[model_id]
+        img_all, txt_all = s.embeddings("image"), s.embeddings("text")
+        n = s.n_rows
+    axes, arch, cfg = json.loads(row["axes"]), json.loads(row["arch"]), json.loads(row["config"])
+    net = _Net.build(arch["d_img"], arch["d_txt"], arch["k"], arch["shared"], len(axes), cfg["hidden"],
+                     cfg["dropout"])
+    net.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+    net.eval()
+    mu, sd = np.array(arch["mu"]), np.array(arch["sd"])
+    out = np.empty((n, len(axes)), np.float32)
+    from tqdm import tqdm
+
+    with torch.no_grad():
+        for i in tqdm(range(0, n, batch), desc="scoring", unit="batch", disable=not progress):
+            T = lambda x: torch.from_numpy(_unit(x[i:i + batch])) if x is not None else None  # noqa: E731
+            out[i:i + batch] = net(T(img_all), T(txt_all)).numpy() * sd + mu
+    df = pd.DataFrame({S.ROW: np.arange(n)})
+    for j, a in enumerate(axes):
+        df[f"reward_{a}"] = out[:, j]
+        df[f"reward_{a}_score"] = rank_score(out[:, j])
+    with store_mod.open_store(db, read_only=False) as s:
+        s.record_run("reward-score", {"model_id": model_id}, outputs={"columns": list(df.columns[1:])},
+                     extra_tables={S.REWARD_SCORES: df})
+    return {"model_id": model_id, "axes": axes, "n": n,
+            "summary": {a: {"mean": float(out[:, j].mean()), "p10": float(np.percentile(out[:, j], 10)),
+                            "p90": float(np.percentile(out[:, j], 90))} for j, a in enumerate(axes)}}
+
+
+def load_scores(store):
+    """The reward columns (row_idx order) as a DataFrame, or None when the pool was never scored."""
+    if not store.has_table(S.REWARD_SCORES):
+        return None
+    return store.read_table(S.REWARD_SCORES).drop(columns=[S.ROW])
