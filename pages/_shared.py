@@ -27,11 +27,16 @@ KNOBS = {
     "sel_dedup_eps": (0.05, float),
     "sel_gate_fidelity": (1.0, float),
     "sel_gate_consistency": (1.0, float),
+    "sel_gate_reward_fidelity": (1.0, float),
+    "sel_gate_reward_consistency": (1.0, float),
     "sel_filter_col": ("(none)", str),
     "sel_filter_op": ("==", str),
     "sel_filter_value": ("", str),
     "sel_seed": (0, int),
 }
+
+
+GATE_AXES = ("fidelity", "consistency", "reward_fidelity", "reward_consistency")
 
 
 def init_state() -> None:
@@ -61,7 +66,7 @@ def sync_query() -> None:
 def config_from_state() -> SelectionConfig:
     """The SelectionConfig the knobs describe."""
     s = st.session_state
-    gates = tuple(Gate(axis, top_q=float(s[f"sel_gate_{axis}"])) for axis in ("fidelity", "consistency")
+    gates = tuple(Gate(axis, top_q=float(s[f"sel_gate_{axis}"])) for axis in GATE_AXES
                   if float(s.get(f"sel_gate_{axis}", 1.0)) < 1.0)
     filters = ()
     if s.get("sel_filter_col", "(none)") != "(none)":
@@ -95,6 +100,8 @@ def dataset_info(path: str, mtime: float) -> dict:
         info["image_root"] = str(s.image_root()) if s.image_root() else None
         info["confounders"] = None
         info["run"] = None
+        info["reward"] = reward_status(s)
+        info["reward_key"] = info["reward"]["scored_run"]
         if info["run_id"]:
             runs = s.runs("analysis").set_index("run_id")
             info["run"] = {k: json.loads(runs.loc[info["run_id"], k]) for k in ("config", "timings", "outputs")}
@@ -103,6 +110,26 @@ def dataset_info(path: str, mtime: float) -> dict:
             except CurationError:
                 pass
     return info
+
+
+def reward_status(s) -> dict:
+    """Ratings, trained reward models (with held-out r) and which model scored the pool."""
+    from curation import reward
+    from curation import schema as S
+
+    out = {"n_ratings": 0, "n_ok": 0, "models": [], "scored_by": None, "scored_run": None}
+    if s.has_table(S.REWARD_RATINGS):
+        r = s.read_table(S.REWARD_RATINGS, ["status"])
+        out["n_ratings"], out["n_ok"] = len(r), int((r["status"] == "ok").sum())
+    ms = reward.models(s)
+    if ms is not None:
+        out["models"] = [{"model_id": m.model_id, "created": m.created, "source": m.source,
+                          "metrics": json.loads(m.metrics)} for m in ms.itertuples()]
+    runs = s.runs("reward-score")
+    if len(runs) and s.has_table(S.REWARD_SCORES):
+        out["scored_run"] = runs["run_id"].iloc[-1]
+        out["scored_by"] = json.loads(runs["config"].iloc[-1])["model_id"]
+    return out
 
 
 def current() -> tuple[str, dict]:
@@ -130,7 +157,7 @@ def require_analysis(info: dict) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the analysis...")
-def analysis_frame(path: str, fingerprint: str, run_id: str):
+def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | None = None):
     """Per-sample analysis results joined with id, image, caption and metadata (row order).
 
     A shared resource, not cache_data: cache_data would unpickle a copy of a 1M-row frame on
@@ -142,7 +169,7 @@ def analysis_frame(path: str, fingerprint: str, run_id: str):
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the selection arrays...")
-def selection_bundle(path: str, fingerprint: str, run_id: str) -> dict:
+def selection_bundle(path: str, fingerprint: str, run_id: str, reward_key: str | None = None) -> dict:
     """Selection inputs, an order cache and impact contexts, shared by all sessions (read-only)."""
     with store.open_store(path) as s:
         inp = selection.load_inputs(s, run_id)
@@ -161,7 +188,7 @@ def impact_context(bundle: dict, columns: tuple, label: str | None):
 def run_selection(path: str, info: dict):
     """(bundle, config, result) for the current knobs, or a message and st.stop()."""
     run_id = require_analysis(info)
-    bundle = selection_bundle(path, info["fingerprint"], run_id)
+    bundle = selection_bundle(path, info["fingerprint"], run_id, info["reward_key"])
     cfg = config_from_state()
     try:
         res = selection.select(bundle["inp"], cfg, cache=bundle["orders"])

@@ -28,7 +28,7 @@ st.session_state["sel_confounders"] = [c for c in st.session_state["sel_confound
 st.multiselect("Stratify the selection by", usable, key="sel_confounders",
                on_change=lambda: st.session_state.update(conf_touched=True))
 
-df = _shared.analysis_frame(path, info["fingerprint"], run_id)
+df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 col = st.selectbox("Distribution by cluster of", usable, key="conf_col") if usable else None
 if col:
     st.altair_chart(charts.stacked_share_chart(df, col), width="stretch")

@@ -10,7 +10,7 @@ from pages import _shared
 st.title("Map")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info)
-df = _shared.analysis_frame(path, info["fingerprint"], run_id)
+df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 if "map_x" not in df.columns:
     st.warning("The analysis has no map yet: run the `map` step (`python -m curation analyze DB --steps map`).")
     st.stop()

@@ -1,38 +1,109 @@
-"""Quality: fidelity and consistency distributions with the current gates, and the worst pairs."""
+"""Quality: fidelity and consistency distributions with the current gates, the worst pairs, and the
+RefineNet reward model (ratings, training with held-out r, pool scores as further gates)."""
+
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from curation import charts
+from curation import CurationError, charts
 from pages import _shared
 
 st.title("Quality")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info)
-df = _shared.analysis_frame(path, info["fingerprint"], run_id)
+df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 reason = info["run"]["timings"].get("fidelity_reason", "")
 
-for axis, title in (("fidelity", "Image-text fidelity (cosine)"), ("consistency",
-                                                                   "Caption consistency with similar images")):
+
+def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> None:
+    """Histogram of one axis with its gate as a red rule, a gate slider, and the six worst pairs."""
     st.subheader(title)
-    if axis not in df or df[axis].isna().all():
-        st.info(reason if axis == "fidelity" else "Not computed: run the `quality` step.")
-        continue
     key = f"sel_gate_{axis}"
-    st.slider(f"Keep the best fraction by {axis} (1.0 = no gate)", 0.05, 1.0, key=key, step=0.05)
+    st.slider(f"Keep the best fraction by {axis.replace('_', ' ')} (1.0 = no gate)", 0.05, 1.0, key=key,
+              step=0.05)
     keep = float(st.session_state[key])
+    values = df[value_col].to_numpy(dtype=float)
     rules = {}
     if keep < 1.0:
-        rules[f"gate: keep top {keep:.0%}"] = float(np.quantile(df[axis].dropna(), 1 - keep))
-    st.altair_chart(charts.histogram(df[axis].to_numpy(dtype=float), axis, rules), width="stretch")
-    worst = df.nsmallest(6, axis)
-    st.write(f"Lowest {axis}")
+        rules[f"gate: keep top {keep:.0%}"] = float(np.quantile(values[np.isfinite(values)], 1 - keep))
+    st.altair_chart(charts.histogram(values, value_col, rules), width="stretch")
+    worst = df.nsmallest(6, value_col)
+    st.write(f"Lowest {axis.replace('_', ' ')}")
     grid = st.columns(6)
     for i, (_, r) in enumerate(worst.iterrows()):
         with grid[i]:
             _shared.show_image(info["image_root"], r.get("image"), r.get("caption"))
-            st.caption(f"{r['id']}: {r[axis]:.3f}")
+            st.caption(f"{r['id']}: {fmt.format(r[value_col])}")
 
-st.subheader("Reward model")
-st.info("Reward-model distillation from MLLM or expert ratings (RefineNet) is not built yet; "
-        "when it is, its scores appear here as further gates.")
+
+for axis, title in (("fidelity", "Image-text fidelity (cosine)"),
+                    ("consistency", "Caption consistency with similar images")):
+    if axis not in df or df[axis].isna().all():
+        st.subheader(title)
+        st.info(reason if axis == "fidelity" else "Not computed: run the `quality` step.")
+        continue
+    axis_section(axis, title, axis)
+
+# ---------------------------------------------------------------------------------------------
+st.header("Reward model (RefineNet)")
+rw = info["reward"]
+st.caption("An MLLM (or experts) rates a subset of pairs on fidelity and consistency; a small model on the "
+           "embeddings learns those ratings and scores every pair. Its scores become two more gates.")
+c1, c2, c3 = st.columns(3)
+c1.metric("Stored ratings", f"{rw['n_ok']:,}", help=f"{rw['n_ratings'] - rw['n_ok']:,} malformed or without image")
+c2.metric("Trained models", len(rw["models"]))
+c3.metric("Pool scored by", rw["scored_by"] or "none")
+if not rw["n_ratings"] and not rw["models"]:
+    st.info("No ratings yet. Rate pairs with a local MLLM server:\n\n"
+            f"`python -m curation reward annotate {path} --endpoint http://localhost:8000/v1 "
+            "--model MODEL --sample 2000`\n\nor upload a ratings CSV below (`id` plus one numeric column per "
+            "axis, any scale, from an MLLM or from experts).")
+
+with st.expander("Train a reward model", expanded=not rw["models"]):
+    up = st.file_uploader("Ratings CSV (id + one numeric column per axis); leave empty to use the stored ratings",
+                          type=["csv"], key="reward_csv")
+    if st.button("Train", key="reward_train", disabled=not (up or rw["n_ok"])):
+        from curation import reward
+
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = None
+            if up is not None:
+                csv = Path(tmp) / Path(up.name).name
+                csv.write_bytes(up.getvalue())
+            try:
+                with st.spinner("Training the reward model..."):
+                    res = reward.train(path, csv, progress=False)
+            except CurationError as e:
+                st.error(str(e))
+            else:
+                st.success(f"Trained {res['model_id']} on {res['n_ratings']:,} ratings ({res['seconds']:.1f} s).")
+                _shared.dataset_info.clear()
+                st.rerun()
+
+if rw["models"]:
+    rows = [{"model": m["model_id"], "created": m["created"], "ratings from": m["source"],
+             **{f"r ({a})": v["r"] for a, v in m["metrics"].items()},
+             "held out": next(iter(m["metrics"].values()))["n_test"]} for m in rw["models"]]
+    st.write("Held-out Pearson r per axis (held out by case when the dataset has case ids; RefineNet reports "
+             "r = 0.67 against experts):")
+    st.dataframe(pd.DataFrame(rows[::-1]), hide_index=True, width="stretch")
+    newest = rw["models"][-1]["model_id"]
+    if rw["scored_by"] != newest and st.button(f"Score the pool with {newest}", key="reward_score"):
+        from curation import reward
+
+        try:
+            with st.spinner("Scoring every sample..."):
+                reward.score(path, newest, progress=False)
+        except CurationError as e:
+            st.error(str(e))
+        else:
+            _shared.dataset_info.clear()
+            st.rerun()
+
+for axis in ("fidelity", "consistency"):
+    col = f"reward_{axis}"
+    if col in df:
+        axis_section(col, f"Reward: {axis} (rating scale)", col, "{:.2f}")

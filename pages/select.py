@@ -33,8 +33,12 @@ with st.sidebar:
         st.number_input("Duplicate if cosine > 1 - eps; eps =", 0.001, 0.5, step=0.005, format="%.3f",
                         key="sel_dedup_eps")
     st.slider("Fidelity gate: keep best fraction", 0.05, 1.0, step=0.05, key="sel_gate_fidelity",
-              disabled="fidelity" in _shared.selection_bundle(path, info["fingerprint"], run_id)["inp"].unavailable)
+              disabled="fidelity" in _shared.selection_bundle(path, info["fingerprint"], run_id, info["reward_key"])["inp"].unavailable)
     st.slider("Consistency gate: keep best fraction", 0.05, 1.0, step=0.05, key="sel_gate_consistency")
+    if info["reward_key"]:  # the pool was scored by a reward model (Quality page / `reward score`)
+        st.slider("Reward fidelity gate: keep best fraction", 0.05, 1.0, step=0.05, key="sel_gate_reward_fidelity")
+        st.slider("Reward consistency gate: keep best fraction", 0.05, 1.0, step=0.05,
+                  key="sel_gate_reward_consistency")
     st.selectbox("Filter column", ["(none)"] + info["meta_columns"], key="sel_filter_col")
     if st.session_state["sel_filter_col"] != "(none)":
         st.selectbox("Operator", OPERATORS, key="sel_filter_op")
@@ -72,7 +76,7 @@ with right:
 st.subheader("Budget vs cluster coverage")
 st.altair_chart(charts.coverage_chart(ctx.coverage_curve(res.order, cfg.seed), sm["budget"]), width="stretch")
 
-df = _shared.analysis_frame(path, info["fingerprint"], run_id)
+df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 if "map_x" in df:
     st.subheader("The subset on the map")
     sel = _shared.selected_mask(len(df), res.selected)

@@ -145,3 +145,39 @@ def test_brushed_region_selects_the_rows_inside():
     df = pd.DataFrame({"map_x": [0.0, 1.0, 2.0, 3.0], "map_y": [0.0, 1.0, 2.0, 3.0]})
     assert _shared.rows_in_region(df, {"map_x": [2.5, 0.5], "map_y": [0.5, 2.5]}).index.tolist() == [1, 2]
     assert _shared.rows_in_region(df, None).empty and _shared.rows_in_region(df, {"map_x": [0, 1]}).empty
+
+
+def test_quality_page_reward_model_train_score_and_gate(data_dir, tmp_path):
+    """Ratings stored -> Train button -> held-out r in the table -> Score button -> reward histograms
+    and gates; the Select page's reward gate gives the counts select() gives."""
+    import pandas as pd
+
+    from curation import demo, reward
+    from curation import schema as S
+
+    db = data_dir / "demo.duckdb"
+    r = demo.planted_ratings(db, 2000, seed=0)
+    with store.open_store(db) as s:
+        ids = s.samples(["id"])["id"]
+    pos = pd.Series(range(len(ids)), index=ids)
+    stored = pd.DataFrame({S.ROW: pos[r["id"]].to_numpy(), S.ID: r["id"], "source": "mllm:test",
+                           "prompt_version": reward.PROMPT_VERSION, "created": "2026-11-23T00:00:00",
+                           "status": "ok", "fidelity": r["fidelity"], "consistency": r["consistency"],
+                           "attempts": 1, "answer": ""})
+    reward._append_ratings(db, stored)
+    at = _app("pages/quality.py")
+    assert _metric(at, "Stored ratings") == "2,000" and _metric(at, "Trained models") == "0"
+    at.button(key="reward_train").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert table["r (fidelity)"].iloc[0] >= 0.6 and table["r (consistency)"].iloc[0] >= 0.6
+    at.button(key="reward_score").click().run()
+    assert not at.exception
+    assert _metric(at, "Pool scored by").startswith("reward-")
+    assert any(sub.value == "Reward: fidelity (rating scale)" for sub in at.subheader)
+    at.switch_page("pages/select.py").run()
+    at.slider(key="sel_gate_reward_fidelity").set_value(0.9).run()
+    assert not at.exception and not at.error
+    res = selection.select(_inputs(db), SelectionConfig(gates=(Gate("reward_fidelity", top_q=0.9),)))
+    assert _metric(at, "Selected") == f"{len(res.selected):,}"
+    assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
