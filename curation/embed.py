@@ -541,9 +541,7 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
     pending, record = plan(pairs, out, cfg, info, overwrite)
     if max_shards is not None:
         pending = pending[:max_shards]
-    precision = cfg.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.startswith("cuda") else "fp32"
+    precision = resolve_precision(cfg.precision, device)
     workers = cfg.workers
     if workers is None:
         cpus = os.cpu_count() or 1
@@ -574,16 +572,12 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
                             num_workers=workers, collate_fn=_Collate(tokenizer),
                             pin_memory=device.startswith("cuda"), persistent_workers=False,
                             prefetch_factor=4 if workers else None)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
-            if device.startswith("cuda") and precision in ("bf16", "fp16") else _null()
+        autocast = autocast_for(precision, device)
         bar = _bar(len(items), progress)
         with torch.inference_mode(), autocast:
             for idx, images, tokens, bad in loader:
                 if idx:
-                    im = net.encode_image(images.to(device, non_blocking=True))
-                    tx = net.encode_text(tokens.to(device, non_blocking=True))
-                    im = torch.nn.functional.normalize(im.float(), dim=-1).cpu().numpy()
-                    tx = torch.nn.functional.normalize(tx.float(), dim=-1).cpu().numpy()
+                    im, tx = encode_batch(net, images, tokens, device)
                 done = [(g, True) for g in idx] + [(g, False) for g, _ in bad]
                 reasons = dict(bad)
                 ok_rows = {g: r for r, g in enumerate(idx)}
@@ -604,13 +598,44 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
                 bar.update(len(done))
                 bar.set_postfix(skipped=n_bad + sum(len(b[3]) for b in bufs.values()), refresh=False)
         bar.close()
-    secs = time.time() - t0
+    return finish(pairs, out, cfg, record, n_ok, n_bad, time.time() - t0)
+
+
+def finish(pairs, out: Path, cfg: EmbedConfig, record: dict, n_ok: int, n_bad: int, secs: float) -> dict:
+    """Record counts and timings of a run in ``embed_info.json`` (complete when every shard is)."""
     all_done = all(_shard_files(out, s.index)["meta"].exists() for s in pairs.shards(cfg.shard_size))
-    totals = _totals(out)
     record.update(complete=all_done, seconds_last_run=round(secs, 2), embedded_last_run=n_ok,
-                  pairs_per_s_last_run=round((n_ok + n_bad) / secs, 2) if secs > 0 else None, **totals)
+                  pairs_per_s_last_run=round((n_ok + n_bad) / secs, 2) if secs > 0 else None, **_totals(out))
     _atomic_save(out / INFO, lambda p: p.write_text(json.dumps(record, indent=1)))
     return record
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    import torch
+
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast_for(precision: str, device: str):
+    import torch
+
+    if device.startswith("cuda") and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return _null()
+
+
+def encode_batch(net, images, tokens, device: str):
+    """L2-normalised float32 numpy (image, text) embeddings of one batch (call in inference mode)."""
+    import torch
+
+    im = net.encode_image(images.to(device, non_blocking=True))
+    tx = net.encode_text(tokens.to(device, non_blocking=True))
+    return (torch.nn.functional.normalize(im.float(), dim=-1).cpu().numpy(),
+            torch.nn.functional.normalize(tx.float(), dim=-1).cpu().numpy())
 
 
 class _null:

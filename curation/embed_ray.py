@@ -1,0 +1,197 @@
+"""``python -m curation embed ... --backend ray``: the embedding run on a Ray cluster (Ray Data).
+
+Same inputs, same output layout and the same resume rule as :func:`curation.embed.embed`; the
+work is spread as a Ray Data pipeline:
+
+1. **read + decode** (CPU tasks, in parallel): each pending output shard becomes rows of
+   preprocessed pixels and captions; unreadable pairs carry their reason instead;
+2. **embed** (``map_batches`` over an actor pool): one actor per GPU (``--gpus-per-actor``, default 1
+   when the cluster has GPUs) or CPU actors when it has none, each holding the model; batch size
+   and actor count (``--concurrency``) are the user's;
+3. **write** (grouped by shard): each shard's rows are written by a worker, in the shard's order,
+   as ``img_emb_i.npy`` / ``text_emb_i.npy`` / ``skipped_i.csv`` / ``metadata_i.parquet`` (last).
+
+``OUT`` must be a path every node sees (a shared filesystem), as must the inputs. Without
+``--address`` a local Ray instance is started (and stopped afterwards).
+
+``ray`` is optional: nothing else in ``curation`` imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from curation import embed as E
+from curation.errors import CurationError
+
+log = logging.getLogger(__name__)
+
+INSTALL = "pip install 'ray[data]==2.60.0'"
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise CurationError(f"--backend ray needs Ray, which is not installed ({e}). Fix: `{INSTALL}` "
+                            "in this environment (and on every cluster node), or use --backend local.") from None
+    return ray
+
+
+class _Embedder:
+    """Ray Data actor: holds the model; embeds batches of preprocessed pixels and captions."""
+
+    def __init__(self, model, pretrained, device, precision):
+        import torch
+
+        self.device = E._resolve_device(device if device != "auto" else
+                                        ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net, _, self.tokenizer, info = E.load_model(model, pretrained, self.device)
+        self.dim = info["embed_dim"]
+        self.precision = E.resolve_precision(precision, self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        ok = np.flatnonzero(batch["error"] == "")
+        n = len(batch["error"])
+        img_out = np.zeros((n, self.dim), np.float32)
+        txt_out = np.zeros((n, self.dim), np.float32)
+        if len(ok):
+            images = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok], np.float32))
+            tokens = self.tokenizer([str(c) for c in batch["caption"][ok]])
+            with torch.inference_mode(), E.autocast_for(self.precision, self.device):
+                img_out[ok], txt_out[ok] = E.encode_batch(self.net, images, tokens, self.device)
+        return {"shard": batch["shard"], "pos": batch["pos"], "error": batch["error"],
+                "image_emb": list(img_out), "text_emb": list(txt_out)}
+
+
+def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, concurrency: int | None = None,
+              gpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
+              max_shards: int | None = None) -> dict:
+    """Embed ``pairs`` into ``out`` with Ray Data. Returns the ``embed_info.json`` record.
+
+    Parameters
+    ----------
+    address : str, optional
+        A running cluster (``ray://head:10001`` or ``auto``); default: start Ray on this machine.
+    concurrency : int, optional
+        Number of model actors (default: the cluster's GPUs / ``gpus_per_actor``, or 1 without GPUs).
+    gpus_per_actor : float, optional
+        GPUs each actor reserves (default 1 when the cluster has GPUs, else 0: CPU actors).
+    max_shards : int, optional
+        Stop after this many shards (a controlled interruption, as in :func:`curation.embed.embed`).
+    """
+    ray = _import_ray()
+    cfg.check()
+    out = Path(out).resolve()
+    # the driver loads the model once on CPU: weights hash, dimension and preprocessing for the record
+    _, preprocess, _, info = E.load_model(cfg.model, cfg.pretrained, "cpu")
+    pending, record = E.plan(pairs, out, cfg, info, overwrite)
+    if max_shards is not None:
+        pending = pending[:max_shards]
+    started = False
+    if not ray.is_initialized():
+        kw = {"address": address} if address else {"include_dashboard": False}
+        ray.init(logging_level=logging.ERROR, log_to_driver=False, ignore_reinit_error=True, **kw)
+        started = True
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        ctx.print_on_execution_start = False
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if gpus_per_actor is None:
+            gpus_per_actor = 1.0 if gpus else 0.0
+        if gpus_per_actor and not gpus:
+            raise CurationError(f"--gpus-per-actor {gpus_per_actor} but the Ray cluster has no GPUs. Fix: drop "
+                                "--gpus-per-actor to run CPU actors, or add GPU nodes.")
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        if concurrency is None:
+            concurrency = max(int(gpus // gpus_per_actor), 1) if gpus_per_actor else 1
+        if not gpus_per_actor and concurrency > max(cpus - 1, 1):
+            # CPU actors hold a core each; the read and write tasks need at least one more
+            log.warning("--concurrency %s CPU actors on %s CPUs would leave no core for reading; using %s",
+                        concurrency, cpus, int(max(cpus - 1, 1)))
+            concurrency = int(max(cpus - 1, 1))
+        device = cfg.device if cfg.device != "auto" else ("cuda" if gpus_per_actor else "cpu")
+        record.update(device=f"ray:{device}", precision=E.resolve_precision(cfg.precision, "cpu" if
+                                                                             device == "cpu" else "cuda"),
+                      workers=concurrency, batch_size=cfg.batch_size, backend="ray",
+                      ray_address=address or "local", gpus_per_actor=gpus_per_actor)
+        E._atomic_save(out / E.INFO, lambda p: p.write_text(__import__("json").dumps({**record, "complete": False},
+                                                                                   indent=1)))
+        t0 = time.time()
+        n_ok = n_bad = 0
+        empty = [s for s in pending if not s.items]
+        for s in empty:  # a tar with nothing embeddable still gets its (empty) shard files
+            n_bad += E._flush(pairs, s, out, (np.zeros((0, info["embed_dim"]), cfg.out_dtype),) * 2 +
+                              (np.zeros(0, bool), []))
+        todo = [s for s in pending if s.items]
+        if todo:
+            by_index = {s.index: s for s in todo}
+            odt = cfg.out_dtype
+            dim = info["embed_dim"]
+
+            def read_shard(row):
+                shard = by_index[int(row["shard"])]
+                handles = {}
+                for pos, item in enumerate(shard.items):
+                    try:
+                        img, caption = pairs.load(item, handles)
+                        if not isinstance(caption, str) or not caption.strip():
+                            raise E.PairError("empty caption")
+                        pixels, err = preprocess(img).numpy(), ""
+                    except E.PairError as e:
+                        pixels, caption, err = None, "", str(e)
+                    except Exception as e:  # noqa: BLE001 - one bad pair never stops the run
+                        pixels, caption, err = None, "", f"{type(e).__name__}: {e}"
+                    yield {"shard": shard.index, "pos": pos, "caption": caption or "", "error": err,
+                           "pixels": pixels if pixels is not None else np.zeros(shape, np.float32)}
+
+            shape = tuple(preprocess(_blank()).shape)
+
+            def write_shard(batch):
+                i = int(batch["shard"][0])
+                shard = by_index[i]
+                order = np.argsort(batch["pos"])
+                n = len(shard.items)
+                img = np.zeros((n, dim), odt)
+                txt = np.zeros((n, dim), odt)
+                ok = np.zeros(n, bool)
+                skipped = []
+                for j in order:
+                    p = int(batch["pos"][j])
+                    if batch["error"][j]:
+                        skipped.append((p, str(batch["error"][j])))
+                    else:
+                        img[p], txt[p], ok[p] = batch["image_emb"][j], batch["text_emb"][j], True
+                bad = E._flush(pairs, shard, out, (img, txt, ok, skipped))
+                return {"shard": np.array([i]), "embedded": np.array([int(ok.sum())]), "skipped": np.array([bad])}
+
+            ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
+            ds = ds.flat_map(read_shard)
+            ds = ds.map_batches(_Embedder, batch_size=cfg.batch_size,
+                                compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                num_gpus=gpus_per_actor or None, batch_format="numpy",
+                                fn_constructor_kwargs={"model": cfg.model, "pretrained": cfg.pretrained,
+                                                       "device": device, "precision": cfg.precision})
+            done = ds.groupby("shard").map_groups(write_shard, batch_format="numpy").take_all()
+            n_ok += sum(int(r["embedded"]) for r in done)
+            n_bad += sum(int(r["skipped"]) for r in done)
+        return E.finish(pairs, out, cfg, record, n_ok, n_bad, time.time() - t0)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _blank():
+    from PIL import Image
+
+    return Image.new("RGB", (8, 8))
