@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_analysis.py
 	$(BIN)/python bench/bench_selection.py
 	$(BIN)/python bench/bench_app.py
+	$(BIN)/python bench/bench_embed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -132,8 +132,29 @@ def reward_status(s) -> dict:
     return out
 
 
+def _ensure_entry_point() -> None:
+    """Make a deep link (``/quality?...``) to a freshly started server run through app.py.
+
+    Streamlit treats an app with a ``pages/`` folder as a v1 multipage app until the entry point's
+    ``st.navigation`` has run once in the server process; until then a deep link runs the page
+    script alone, without app.py's dataset picker. When that happens, switch the server to v2
+    (what ``st.navigation`` itself does on its first call) and rerun: the same URL then goes through
+    app.py. Relies on ``PagesManager.uses_pages_directory`` (Streamlit 1.67, pinned).
+    """
+    if "dataset_path" in st.session_state:
+        return
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the v1 fallback
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def current() -> tuple[str, dict]:
     """(path, info) of the chosen dataset, or a message on the page and st.stop()."""
+    _ensure_entry_point()
     init_state()
     sync_query()  # widget changes reach session_state before the page runs
     path = st.session_state.get("dataset_path")

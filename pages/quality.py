@@ -55,7 +55,9 @@ st.caption("An MLLM (or experts) rates a subset of pairs on fidelity and consist
 c1, c2, c3 = st.columns(3)
 c1.metric("Stored ratings", f"{rw['n_ok']:,}", help=f"{rw['n_ratings'] - rw['n_ok']:,} malformed or without image")
 c2.metric("Trained models", len(rw["models"]))
-c3.metric("Pool scored by", rw["scored_by"] or "none")
+newest = rw["models"][-1]["model_id"] if rw["models"] else None
+c3.metric("Pool scored", "no" if not rw["scored_by"] else "by the newest model" if rw["scored_by"] == newest
+          else "by an older model", help=rw["scored_by"] or "Train a model, then score the pool.")
 if not rw["n_ratings"] and not rw["models"]:
     st.info("No ratings yet. Rate pairs with a local MLLM server:\n\n"
             f"`python -m curation reward annotate {path} --endpoint http://localhost:8000/v1 "
@@ -83,14 +85,17 @@ with st.expander("Train a reward model", expanded=not rw["models"]):
                 _shared.dataset_info.clear()
                 st.rerun()
 
+def _axis_order(a: str):
+    return ({"fidelity": 0, "consistency": 1}.get(a, 2), a)
+
+
 if rw["models"]:
     rows = [{"model": m["model_id"], "created": m["created"], "ratings from": m["source"],
-             **{f"r ({a})": v["r"] for a, v in m["metrics"].items()},
+             **{f"r ({a})": m["metrics"][a]["r"] for a in sorted(m["metrics"], key=_axis_order)},
              "held out": next(iter(m["metrics"].values()))["n_test"]} for m in rw["models"]]
     st.write("Held-out Pearson r per axis (held out by case when the dataset has case ids; RefineNet reports "
              "r = 0.67 against experts):")
     st.dataframe(pd.DataFrame(rows[::-1]), hide_index=True, width="stretch")
-    newest = rw["models"][-1]["model_id"]
     if rw["scored_by"] != newest and st.button(f"Score the pool with {newest}", key="reward_score"):
         from curation import reward
 

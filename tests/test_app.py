@@ -173,7 +173,7 @@ def test_quality_page_reward_model_train_score_and_gate(data_dir, tmp_path):
     assert table["r (fidelity)"].iloc[0] >= 0.6 and table["r (consistency)"].iloc[0] >= 0.6
     at.button(key="reward_score").click().run()
     assert not at.exception
-    assert _metric(at, "Pool scored by").startswith("reward-")
+    assert _metric(at, "Pool scored") == "by the newest model"
     assert any(sub.value == "Reward: fidelity (rating scale)" for sub in at.subheader)
     at.switch_page("pages/select.py").run()
     at.slider(key="sel_gate_reward_fidelity").set_value(0.9).run()

@@ -4,6 +4,7 @@ Needs Debian's `chromium` (installed by `make test` when run as root); skipped w
 The screenshots are saved under test-artifacts/ for a person to look at.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -34,8 +35,20 @@ def app_url(analyzed_db, tmp_path_factory):
     d = tmp_path_factory.mktemp("browser-data")
     shutil.copy(analyzed_db, d / "demo.duckdb")
     (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
+    from curation import demo, reward  # a trained and scored reward model, for the Quality page
+
+    demo.planted_ratings(d / "demo.duckdb", 2000).to_csv(d / "ratings.csv", index=False)
+    reward.train(d / "demo.duckdb", d / "ratings.csv", progress=False)
+    reward.score(d / "demo.duckdb", progress=False)
+    with _serve(d) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serve(data_dir):
+    """A fresh `streamlit run app.py` on a free localhost port, serving ``data_dir``."""
     port = _free_port()
-    env = dict(os.environ, CURATION_DATA_DIR=str(d))
+    env = dict(os.environ, CURATION_DATA_DIR=str(data_dir))
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
                              "--server.port", str(port), "--server.address", "127.0.0.1"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -104,3 +117,31 @@ def test_select_page_renders_in_chromium(browser, app_url):
 def test_other_pages_render_in_chromium(browser, app_url, page, wait_for):
     text = render(browser, f"{app_url}/{page}", page, wait_for)
     assert wait_for in text
+
+
+def test_reward_model_section_in_chromium(browser, app_url):
+    """The Quality page's reward section: held-out r table and the reward histograms (screenshot)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{app_url}/quality", wait_until="domcontentloaded", timeout=60_000)
+        head = page.get_by_text("Reward: fidelity (rating scale)").first
+        head.wait_for(timeout=60_000)
+        page.get_by_text("Held-out Pearson r").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(ARTIFACTS / "quality_reward.png"))
+        text = page.inner_text("body")
+        assert "by the newest model" in text and "Held-out Pearson r" in text
+        assert not page.locator("[data-testid=stException]").count()
+    finally:
+        page.close()
+
+
+def test_deep_link_to_a_fresh_server_goes_through_the_entry_point(browser, analyzed_db, tmp_path):
+    """A bookmarked /quality?... opened before anyone opened / must still get app.py's dataset picker
+    and navigation (Streamlit otherwise runs pages/quality.py alone, as a v1 multipage app)."""
+    shutil.copy(analyzed_db, tmp_path / "demo.duckdb")
+    (tmp_path / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
+    with _serve(tmp_path) as url:
+        text = render(browser, f"{url}/quality?gate_fidelity=0.9", "deep_link_quality", "Image-text fidelity")
+    assert "No dataset yet" not in text and "Select & export" in text and "Dataset" in text
