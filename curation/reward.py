@@ -261,14 +261,16 @@ def _append_ratings(db, new) -> None:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class RewardConfig:
-    """Training knobs (defaults suit a few hundred to a few hundred thousand ratings)."""
+    """Training knobs. Defaults chosen on the 20k demo with 2,000 planted ratings over 4 rating
+    seeds (mean held-out r 0.80 / 0.70; hidden 64 with dropout 0.3: 0.77 / 0.63): a rare defect
+    and rater noise reward a small, heavily regularised head."""
 
-    hidden: int = 64
+    hidden: int = 32
     pca_dims: int = 32
     epochs: int = 100
     lr: float = 2e-3
     weight_decay: float = 0.1
-    dropout: float = 0.3
+    dropout: float = 0.5
     batch_size: int = 256
     test_fraction: float = 0.2
     patience: int = 0  # > 0: early stopping on an inner validation slice (noisy with rare defects)
