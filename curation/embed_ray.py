@@ -4,7 +4,7 @@ Same inputs, same output layout and the same resume rule as :func:`curation.embe
 work is spread as a Ray Data pipeline:
 
 1. **read + decode** (CPU tasks, in parallel): each pending output shard becomes rows of
-   preprocessed pixels and captions; unreadable pairs carry their reason instead;
+   resized, cropped uint8 pixels and captions; unreadable pairs carry their reason instead;
 2. **embed** (``map_batches`` over an actor pool): one actor per GPU (``--gpus-per-actor``, default 1
    when the cluster has GPUs) or CPU actors when it has none, each holding the model; batch size
    and actor count (``--concurrency``) are the user's;
@@ -43,10 +43,27 @@ def _import_ray():
     return ray
 
 
+def split_preprocess(preprocess):
+    """(PIL-side transform, tensor-side transform) of an open_clip preprocess ``Compose``.
+
+    Read tasks apply the PIL side (resize, crop, mode) and ship uint8 HxWxC rows, 4x smaller than
+    float32 tensors; actors apply the rest (to-tensor, normalise). The arithmetic is the same as the
+    whole transform, so the vectors equal the local path's. Returns (None, None) when the transform
+    has no to-tensor step to split at."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(preprocess, "transforms", []))
+    cut = next((i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__), None)
+    if cut is None:
+        return None, None
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
 class _Embedder:
     """Ray Data actor: holds the model; embeds batches of preprocessed pixels and captions."""
 
-    def __init__(self, model, pretrained, device, precision):
+    def __init__(self, model, pretrained, device, precision, tensor_side=None):
+        self.tensor_side = tensor_side
         import torch
 
         self.device = E._resolve_device(device if device != "auto" else
@@ -63,7 +80,12 @@ class _Embedder:
         img_out = np.zeros((n, self.dim), np.float32)
         txt_out = np.zeros((n, self.dim), np.float32)
         if len(ok):
-            images = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok], np.float32))
+            if self.tensor_side is not None:  # uint8 HxWxC rows from the read tasks
+                from PIL import Image
+
+                images = torch.stack([self.tensor_side(Image.fromarray(p)) for p in batch["pixels"][ok]])
+            else:
+                images = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok], np.float32))
             tokens = self.tokenizer([str(c) for c in batch["caption"][ok]])
             with torch.inference_mode(), E.autocast_for(self.precision, self.device):
                 img_out[ok], txt_out[ok] = E.encode_batch(self.net, images, tokens, self.device)
@@ -147,15 +169,18 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                         img, caption = pairs.load(item, handles)
                         if not isinstance(caption, str) or not caption.strip():
                             raise E.PairError("empty caption")
-                        pixels, err = preprocess(img).numpy(), ""
+                        pixels = np.asarray(pil_side(img), np.uint8) if pil_side else preprocess(img).numpy()
+                        err = ""
                     except E.PairError as e:
                         pixels, caption, err = None, "", str(e)
                     except Exception as e:  # noqa: BLE001 - one bad pair never stops the run
                         pixels, caption, err = None, "", f"{type(e).__name__}: {e}"
                     yield {"shard": shard.index, "pos": pos, "caption": caption or "", "error": err,
-                           "pixels": pixels if pixels is not None else np.zeros(shape, np.float32)}
+                           "pixels": pixels if pixels is not None else blank}
 
-            shape = tuple(preprocess(_blank()).shape)
+            pil_side, tensor_side = split_preprocess(preprocess)
+            blank = np.asarray(pil_side(_blank()), np.uint8) if pil_side else preprocess(_blank()).numpy()
+            blank = np.zeros_like(blank)
 
             def write_shard(batch):
                 i = int(batch["shard"][0])
@@ -181,7 +206,8 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                                 compute=ray.data.ActorPoolStrategy(size=concurrency),
                                 num_gpus=gpus_per_actor or None, batch_format="numpy",
                                 fn_constructor_kwargs={"model": cfg.model, "pretrained": cfg.pretrained,
-                                                       "device": device, "precision": cfg.precision})
+                                                       "device": device, "precision": cfg.precision,
+                                                       "tensor_side": tensor_side})
             done = ds.groupby("shard").map_groups(write_shard, batch_format="numpy").take_all()
             n_ok += sum(int(r["embedded"]) for r in done)
             n_bad += sum(int(r["skipped"]) for r in done)

@@ -58,9 +58,16 @@ def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir,
 def test_ray_webdataset(ray_local, tiny_model, tar_dir, tmp_path):
     from curation import embed_ray
 
-    rec = embed_ray.embed_ray(embed.TarPairs([tar_dir]), tmp_path / "ray", _cfg(tiny_model), progress=False)
+    cfg = _cfg(tiny_model, out_dtype="float32")
+    rec = embed_ray.embed_ray(embed.TarPairs([tar_dir]), tmp_path / "ray", cfg, progress=False)
     assert rec["complete"] and rec["n_shards"] == 2 and rec["embedded"] == N_PAIRS and rec["skipped"] == 2
-    assert _read(tmp_path / "ray").samples.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
+    a = _read(tmp_path / "ray")
+    assert a.samples.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
+    # uint8 pixels through the object store, tensor steps in the actor: the same vectors as one machine
+    embed.embed(embed.TarPairs([tar_dir]), tmp_path / "local", cfg, progress=False)
+    b = _read(tmp_path / "local")
+    for kind in ("image", "text"):
+        np.testing.assert_allclose(a.vectors[kind], b.vectors[kind], atol=1e-5)
 
 
 def test_missing_ray_is_one_clear_error(monkeypatch, tiny_model, pairs_dir, tmp_path, run_cli):
