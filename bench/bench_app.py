@@ -73,6 +73,13 @@ def build(folder: Path, n: int) -> Path:
     return db
 
 
+def timed(step) -> float:
+    """Seconds one call of ``step`` (an AppTest ``run``) takes."""
+    t = time.perf_counter()
+    step()
+    return time.perf_counter() - t
+
+
 def payload_bytes(at) -> int:
     return sum(len(c.proto.SerializeToString()) for c in at.get("vega_lite_chart"))
 
@@ -90,27 +97,15 @@ def main():
         os.environ["CURATION_DATA_DIR"] = tmp
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
         at.session_state["dataset"] = db.stem
-        t = time.perf_counter()
-        at.run()
-        t_overview = time.perf_counter() - t
-        t = time.perf_counter()
-        at.switch_page("pages/map.py").run()
-        t_map = time.perf_counter() - t
+        t_overview = timed(at.run)
+        t_map = timed(at.switch_page("pages/map.py").run)
         assert not at.exception, at.exception
         map_payload = payload_bytes(at)
-        t = time.perf_counter()
-        at.run()
-        t_map2 = time.perf_counter() - t
-        t = time.perf_counter()
-        at.switch_page("pages/select.py").run()
-        t_sel = time.perf_counter() - t
+        t_map2 = timed(at.run)
+        t_sel = timed(at.switch_page("pages/select.py").run)
         assert not at.exception, at.exception
-        t = time.perf_counter()
-        at.slider(key="sel_budget").set_value(0.1).run()
-        t_budget = time.perf_counter() - t
-        t = time.perf_counter()
-        at.selectbox(key="sel_mode").set_value("balanced").run()
-        t_knob = time.perf_counter() - t
+        t_budget = timed(at.slider(key="sel_budget").set_value(0.1).run)
+        t_knob = timed(at.selectbox(key="sel_mode").set_value("balanced").run)
         sel_payload = payload_bytes(at)
     print(f"\n{'page render at ' + format(a.rows, ','):<54}{'seconds':>9}")
     for label, v in [("overview, first", t_overview),

@@ -103,17 +103,21 @@ def cmd_ingest(a) -> int:
     for opt, col in (("--label-column", a.label_column), ("--case-column", a.case_column)):
         if col and col not in names:
             raise CurationError(f"{opt} '{col}' is not a column. Fix: use one of: {', '.join(names)}.")
-    from curation import schema as S
-    case = a.case_column or next((c for c in S.CASE_CANDIDATES if c in names), None)
-    fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model or inp.meta.get("image_model"),
-                       text_model=a.text_model or inp.meta.get("text_model"),
-                       shared_space=a.shared_space or inp.meta.get("shared_space", False),
-                       extra_meta={"label_column": a.label_column, "case_column": case,
-                                   **({"embed": inp.meta["embed"]} if "embed" in inp.meta else {})})
+    fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
+                       shared_space=a.shared_space,
+                       extra_meta={"label_column": a.label_column,
+                                   "case_column": _case_column(names, a.case_column)})
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     print(f"ingested {inp.samples.num_rows} samples into {a.db} (image dim {dims['image']}, "
           f"text dim {dims['text']}), fingerprint {fp} ({time.time() - t:.1f} s)")
     return 0
+
+
+def _case_column(names, given=None):
+    """The case/patient id column: the one given, else the first of schema.CASE_CANDIDATES present."""
+    from curation import schema as S
+
+    return given or next((c for c in S.CASE_CANDIDATES if c in names), None)
 
 
 def _add_embed(sub):
@@ -198,14 +202,10 @@ def cmd_embed(a) -> int:
         return 1
     if a.ingest:
         from curation import ingest
-        from curation import schema as S
 
         inp = ingest.read_clip_retrieval(a.out)
-        fp = ingest.ingest(a.ingest, inp, replace=a.replace, image_model=inp.meta["image_model"],
-                           text_model=inp.meta["text_model"], shared_space=True,
-                           extra_meta={"embed": inp.meta["embed"],
-                                       "case_column": next((c for c in S.CASE_CANDIDATES
-                                                            if c in inp.samples.column_names), None)})
+        fp = ingest.ingest(a.ingest, inp, replace=a.replace,
+                           extra_meta={"case_column": _case_column(inp.samples.column_names)})
         print(f"ingested {inp.samples.num_rows:,} samples into {a.ingest}, fingerprint {fp}")
     return 0
 

@@ -29,6 +29,7 @@ torch and open_clip are imported inside functions: ``import curation`` stays lig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -136,7 +137,7 @@ class TablePairs:
 
     def shards(self, shard_size: int) -> list[Shard]:
         n = len(self)
-        return [Shard(i, list(range(s, min(s + shard_size, n))), None)
+        return [Shard(i, range(s, min(s + shard_size, n)), None)
                 for i, s in enumerate(range(0, n, shard_size))]
 
     def shard_meta(self, shard: Shard, ok_pos):
@@ -186,9 +187,6 @@ class TarPairs:
         if self._index is None:
             self._index = [_index_tar(f) for f in self.files]
         return self._index
-
-    def __len__(self) -> int:
-        return sum(len(x["items"]) + len(x["skipped"]) for x in self._build_index())
 
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=12)
@@ -387,11 +385,13 @@ def _embed_dim(net) -> int:
 
 def weights_hash(net) -> str:
     """sha256 over the state dict (names, dtypes, shapes and bytes), recorded with the embeddings."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(net.state_dict().items()):
         a = t.detach().cpu().contiguous()
         h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if a.numel() else b"")
+        h.update(a.view(-1).view(dtype=torch.uint8).numpy().tobytes() if a.numel() else b"")
     return h.hexdigest()
 
 
@@ -425,26 +425,39 @@ TINY_MODEL_CFG = {"embed_dim": 32,
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
-class _Dataset:
-    """Map-style dataset over the pending items (a torch ``Dataset`` by duck typing)."""
+def load_pair(pairs, item, handles: dict, transform):
+    """(transform(image), caption, None) for one pair, or (None, None, reason) when it cannot be
+    embedded. Never raises: one bad pair must not stop a run (local or Ray)."""
+    try:
+        img, caption = pairs.load(item, handles)
+        if not isinstance(caption, str) or not caption.strip():
+            raise PairError("empty caption")
+        return transform(img), caption, None
+    except PairError as e:
+        return None, None, str(e)
+    except Exception as e:  # noqa: BLE001
+        return None, None, f"{type(e).__name__}: {e}"
 
-    def __init__(self, pairs, items, preprocess):
-        self.pairs, self.items, self.preprocess = pairs, items, preprocess
+
+class _Dataset:
+    """Map-style dataset over the items of the pending shards, in order (a torch ``Dataset`` by
+    duck typing); :meth:`locate` maps a global index back to (shard, position in the shard)."""
+
+    def __init__(self, pairs, shards, preprocess):
+        self.pairs, self.shards, self.preprocess = pairs, shards, preprocess
+        self.starts = np.cumsum([0] + [len(sh.items) for sh in shards])
         self._handles = {}
 
     def __len__(self):
-        return len(self.items)
+        return int(self.starts[-1])
+
+    def locate(self, i: int):
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.shards[k], i - int(self.starts[k])
 
     def __getitem__(self, i):
-        try:
-            img, caption = self.pairs.load(self.items[i][1], self._handles)
-            if not isinstance(caption, str) or not caption.strip():
-                raise PairError("empty caption")
-            return i, self.preprocess(img), caption, None
-        except PairError as e:
-            return i, None, None, str(e)
-        except Exception as e:  # noqa: BLE001 - one bad pair must never stop the run
-            return i, None, None, f"{type(e).__name__}: {e}"
+        shard, pos = self.locate(i)
+        return (i, *load_pair(self.pairs, shard.items[pos], self._handles, self.preprocess))
 
 
 class _Collate:
@@ -547,55 +560,39 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
         cpus = os.cpu_count() or 1
         workers = min(8, max(cpus - 2, 1)) if device.startswith("cuda") else max(1, min(4, cpus // 2))
     record.update(device=device, precision=precision, workers=workers, batch_size=cfg.batch_size)
-    _atomic_save(out / INFO, lambda p: p.write_text(json.dumps({**record, "complete": False}, indent=1)))
+    write_info(out, {**record, "complete": False})
 
-    items = [(s.index, it) for s in pending for it in s.items]
-    by_index = {s.index: s for s in pending}
     remaining = {s.index: len(s.items) for s in pending}
-    dim = info["embed_dim"]
-    odt = np.dtype(cfg.out_dtype)
-    bufs = {s.index: (np.zeros((len(s.items), dim), odt), np.zeros((len(s.items), dim), odt),
-                      np.zeros(len(s.items), bool), []) for s in pending}
-    offsets, pos = {}, 0
-    for s in pending:
-        offsets[s.index] = pos
-        pos += len(s.items)
+    bufs = {s.index: new_buffer(len(s.items), info["embed_dim"], cfg.out_dtype) for s in pending}
     n_ok = n_bad = 0
     t0 = time.time()
     for s in pending:
         if not s.items:
             n_bad += _flush(pairs, s, out, bufs.pop(s.index))
-    if items:
+    data = _Dataset(pairs, [s for s in pending if s.items], preprocess)
+    if len(data):
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(_Dataset(pairs, items, preprocess), batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=_Collate(tokenizer),
-                            pin_memory=device.startswith("cuda"), persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
-        autocast = autocast_for(precision, device)
-        bar = _bar(len(items), progress)
-        with torch.inference_mode(), autocast:
+        loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_Collate(tokenizer), pin_memory=device.startswith("cuda"),
+                            persistent_workers=False, prefetch_factor=4 if workers else None)
+        bar = _bar(len(data), progress)
+        with torch.inference_mode(), autocast_for(precision, device):
             for idx, images, tokens, bad in loader:
                 if idx:
                     im, tx = encode_batch(net, images, tokens, device)
-                done = [(g, True) for g in idx] + [(g, False) for g, _ in bad]
-                reasons = dict(bad)
-                ok_rows = {g: r for r, g in enumerate(idx)}
-                for g, _ in sorted(done):
-                    shard_index = items[g][0]
-                    local = g - offsets[shard_index]
-                    img_buf, txt_buf, okmask, skipped = bufs[shard_index]
-                    if g in ok_rows:
-                        img_buf[local] = im[ok_rows[g]]
-                        txt_buf[local] = tx[ok_rows[g]]
-                        okmask[local] = True
+                for g, r, why in [(g, r, None) for r, g in enumerate(idx)] + [(g, None, w) for g, w in bad]:
+                    shard, local = data.locate(g)
+                    img_buf, txt_buf, okmask, skipped = bufs[shard.index]
+                    if why is None:
+                        img_buf[local], txt_buf[local], okmask[local] = im[r], tx[r], True
                     else:
-                        skipped.append((local, reasons[g]))
-                    remaining[shard_index] -= 1
-                    if remaining[shard_index] == 0:
-                        n_bad += _flush(pairs, by_index[shard_index], out, bufs.pop(shard_index))
+                        skipped.append((local, why))
+                    remaining[shard.index] -= 1
+                    if remaining[shard.index] == 0:
+                        n_bad += _flush(pairs, shard, out, bufs.pop(shard.index))
                 n_ok += len(idx)
-                bar.update(len(done))
+                bar.update(len(idx) + len(bad))
                 bar.set_postfix(skipped=n_bad + sum(len(b[3]) for b in bufs.values()), refresh=False)
         bar.close()
     return finish(pairs, out, cfg, record, n_ok, n_bad, time.time() - t0)
@@ -606,8 +603,19 @@ def finish(pairs, out: Path, cfg: EmbedConfig, record: dict, n_ok: int, n_bad: i
     all_done = all(_shard_files(out, s.index)["meta"].exists() for s in pairs.shards(cfg.shard_size))
     record.update(complete=all_done, seconds_last_run=round(secs, 2), embedded_last_run=n_ok,
                   pairs_per_s_last_run=round((n_ok + n_bad) / secs, 2) if secs > 0 else None, **_totals(out))
-    _atomic_save(out / INFO, lambda p: p.write_text(json.dumps(record, indent=1)))
+    write_info(out, record)
     return record
+
+
+def write_info(out: Path, record: dict) -> None:
+    """Write ``embed_info.json`` atomically."""
+    _atomic_save(out / INFO, lambda p: p.write_text(json.dumps(record, indent=1)))
+
+
+def new_buffer(n: int, dim: int, dtype: str):
+    """A shard's buffer before :func:`_flush`: (image vectors, text vectors, embedded mask, skipped
+    (position, reason) list)."""
+    return np.zeros((n, dim), dtype), np.zeros((n, dim), dtype), np.zeros(n, bool), []
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -625,7 +633,7 @@ def autocast_for(precision: str, device: str):
 
     if device.startswith("cuda") and precision in ("bf16", "fp16"):
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return _null()
+    return contextlib.nullcontext()
 
 
 def encode_batch(net, images, tokens, device: str):
@@ -636,14 +644,6 @@ def encode_batch(net, images, tokens, device: str):
     tx = net.encode_text(tokens.to(device, non_blocking=True))
     return (torch.nn.functional.normalize(im.float(), dim=-1).cpu().numpy(),
             torch.nn.functional.normalize(tx.float(), dim=-1).cpu().numpy())
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _bar(total, progress):

@@ -147,58 +147,44 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                                                                              device == "cpu" else "cuda"),
                       workers=concurrency, batch_size=cfg.batch_size, backend="ray",
                       ray_address=address or "local", gpus_per_actor=gpus_per_actor)
-        E._atomic_save(out / E.INFO, lambda p: p.write_text(__import__("json").dumps({**record, "complete": False},
-                                                                                   indent=1)))
+        E.write_info(out, {**record, "complete": False})
         t0 = time.time()
         n_ok = n_bad = 0
-        empty = [s for s in pending if not s.items]
-        for s in empty:  # a tar with nothing embeddable still gets its (empty) shard files
-            n_bad += E._flush(pairs, s, out, (np.zeros((0, info["embed_dim"]), cfg.out_dtype),) * 2 +
-                              (np.zeros(0, bool), []))
+        dim = info["embed_dim"]
+        for s in pending:  # a tar with nothing embeddable still gets its (empty) shard files
+            if not s.items:
+                n_bad += E._flush(pairs, s, out, E.new_buffer(0, dim, cfg.out_dtype))
         todo = [s for s in pending if s.items]
         if todo:
             by_index = {s.index: s for s in todo}
-            odt = cfg.out_dtype
-            dim = info["embed_dim"]
+            pil_side, tensor_side = split_preprocess(preprocess)
+            if pil_side is not None:
+                def to_pixels(img):
+                    return np.asarray(pil_side(img), np.uint8)
+            else:
+                def to_pixels(img):
+                    return preprocess(img).numpy()
+            blank = np.zeros_like(to_pixels(_blank()))
 
             def read_shard(row):
                 shard = by_index[int(row["shard"])]
                 handles = {}
                 for pos, item in enumerate(shard.items):
-                    try:
-                        img, caption = pairs.load(item, handles)
-                        if not isinstance(caption, str) or not caption.strip():
-                            raise E.PairError("empty caption")
-                        pixels = np.asarray(pil_side(img), np.uint8) if pil_side else preprocess(img).numpy()
-                        err = ""
-                    except E.PairError as e:
-                        pixels, caption, err = None, "", str(e)
-                    except Exception as e:  # noqa: BLE001 - one bad pair never stops the run
-                        pixels, caption, err = None, "", f"{type(e).__name__}: {e}"
-                    yield {"shard": shard.index, "pos": pos, "caption": caption or "", "error": err,
+                    pixels, caption, err = E.load_pair(pairs, item, handles, to_pixels)
+                    yield {"shard": shard.index, "pos": pos, "caption": caption or "", "error": err or "",
                            "pixels": pixels if pixels is not None else blank}
 
-            pil_side, tensor_side = split_preprocess(preprocess)
-            blank = np.asarray(pil_side(_blank()), np.uint8) if pil_side else preprocess(_blank()).numpy()
-            blank = np.zeros_like(blank)
-
             def write_shard(batch):
-                i = int(batch["shard"][0])
-                shard = by_index[i]
-                order = np.argsort(batch["pos"])
-                n = len(shard.items)
-                img = np.zeros((n, dim), odt)
-                txt = np.zeros((n, dim), odt)
-                ok = np.zeros(n, bool)
-                skipped = []
-                for j in order:
-                    p = int(batch["pos"][j])
+                shard = by_index[int(batch["shard"][0])]
+                img, txt, ok, skipped = buf = E.new_buffer(len(shard.items), dim, cfg.out_dtype)
+                for j, p in enumerate(batch["pos"]):
                     if batch["error"][j]:
-                        skipped.append((p, str(batch["error"][j])))
+                        skipped.append((int(p), str(batch["error"][j])))
                     else:
                         img[p], txt[p], ok[p] = batch["image_emb"][j], batch["text_emb"][j], True
-                bad = E._flush(pairs, shard, out, (img, txt, ok, skipped))
-                return {"shard": np.array([i]), "embedded": np.array([int(ok.sum())]), "skipped": np.array([bad])}
+                bad = E._flush(pairs, shard, out, buf)
+                return {"shard": np.array([shard.index]), "embedded": np.array([int(ok.sum())]),
+                        "skipped": np.array([bad])}
 
             ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
             ds = ds.flat_map(read_shard)

@@ -428,8 +428,17 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     shared_space : bool, optional
         True when image and text embeddings come from one CLIP-style model (so an image-text
         cosine means something). Defaults to False: fidelity is then reported as not available.
+
+    Models and ``shared_space`` not given are taken from what the input says of itself
+    (``inp.meta``: an ``embed`` output folder records its model), as is the embed record.
     """
     from curation import store
+
+    image_model = image_model or inp.meta.get("image_model")
+    text_model = text_model or inp.meta.get("text_model")
+    shared_space = shared_space or inp.meta.get("shared_space", False)
+    if "embed" in inp.meta:
+        extra_meta = {"embed": inp.meta["embed"], **(extra_meta or {})}
 
     db = Path(db)
     if db.exists() and not replace:

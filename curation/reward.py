@@ -34,6 +34,7 @@ import numpy as np
 
 from curation import schema as S
 from curation.errors import CurationError, InputError, StateError
+from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
 
@@ -403,15 +404,18 @@ def _fit_bases(net, img_all, txt_all, k, shared, seed, fit_max=50_000):
     n = len(img_all if img_all is not None else txt_all)
     rows = np.sort(rng.choice(n, min(n, fit_max), replace=False))
     if shared:
-        basis = pca_basis(np.concatenate([_unit(img_all[rows]), _unit(txt_all[rows])]), k, 2 * fit_max, seed)
+        import torch
+
+        img, txt = normalize(img_all[rows]), normalize(txt_all[rows])
+        basis = pca_basis(np.concatenate([img, txt]), k, 2 * fit_max, seed)
         net.set_basis("img", *basis)
         net.set_basis("txt", *basis)
-        c = (_unit(img_all[rows]) * _unit(txt_all[rows])).sum(axis=1)
-        net.cos_stats.copy_(__import__("torch").tensor([float(c.mean()), float(c.std())]))
+        c = (img * txt).sum(axis=1)
+        net.cos_stats.copy_(torch.tensor([float(c.mean()), float(c.std())]))
         return
     for name, X in (("img", img_all), ("txt", txt_all)):
         if X is not None:
-            net.set_basis(name, *pca_basis(_unit(X[rows]), k, fit_max, seed))
+            net.set_basis(name, *pca_basis(normalize(X[rows]), k, fit_max, seed))
 
 
 def _pearson(a, b) -> float:
@@ -487,8 +491,8 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
     Z = (Y - mu) / sd
 
     def feats(r):
-        img = _unit(img_all[r]) if img_all is not None else None
-        txt = _unit(txt_all[r]) if txt_all is not None else None
+        img = normalize(img_all[r]) if img_all is not None else None
+        txt = normalize(txt_all[r]) if txt_all is not None else None
         return img, txt
 
     d_img = img_all.shape[1] if img_all is not None else 0
@@ -558,11 +562,10 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
     record = {"model_id": model_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "axes": json.dumps(axes),
               "source": source, "config": json.dumps(asdict(config), sort_keys=True),
               "metrics": json.dumps(metrics, sort_keys=True),
-              "arch": json.dumps({"d_img": d_img, "d_txt": d_txt, "k": k, "shared": shared, "mu": mu.tolist(), "sd": sd.tolist(),
-                                  "grouped_by_case": groups is not None, "epochs_run": epoch + 1}),
+              "arch": json.dumps({"d_img": d_img, "d_txt": d_txt, "k": k, "shared": shared, "mu": mu.tolist(),
+                                  "sd": sd.tolist(), "grouped_by_case": groups is not None,
+                                  "epochs_run": epoch + 1}),
               "fingerprint": fingerprint, "state": buf.getvalue()}
-    import pandas as pd
-
     with store_mod.open_store(db, read_only=False) as s:
         old = s.read_table(S.REWARD_MODELS) if s.has_table(S.REWARD_MODELS) else None
         table = pd.concat([old, pd.DataFrame([record])], ignore_index=True) if old is not None else \
@@ -572,11 +575,6 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
                      run_id=model_id, extra_tables={S.REWARD_MODELS: table})
     return {"model_id": model_id, "axes": axes, "metrics": metrics, "source": source,
             "n_ratings": int(len(rows)), "grouped_by_case": groups is not None, "seconds": round(time.time() - t0, 2)}
-
-
-def _unit(x):
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def models(store):
@@ -607,11 +605,12 @@ def score(db, model_id: str | None = None, *, batch: int = 65536, progress=True)
             model_id = ms["model_id"].iloc[-1]
         elif model_id not in set(ms["model_id"]):
             raise CurationError(f"no reward model {model_id!r}. Fix: use one of {', '.join(ms['model_id'])}.")
-        if ms.set_index("model_id").loc[model_id, "fingerprint"] != s.fingerprint:
+        row = ms.set_index("model_id").loc[model_id]
+        if row["fingerprint"] != s.fingerprint:
             raise StateError(f"reward model {model_id} was trained on other data (fingerprint differs). "
                              "Fix: train again on this dataset.")
-        state = s.con.execute(f"SELECT state FROM {S.REWARD_MODELS} WHERE model_id = ?", [model_id]).fetchall()[0][0]
-        row = ms.set_index("model_id").loc[model_id]
+        states = s.read_table(S.REWARD_MODELS, ["model_id", "state"]).set_index("model_id")["state"]
+        state = bytes(states[model_id])
         img_all, txt_all = s.embeddings("image"), s.embeddings("text")
         n = s.n_rows
     axes, arch, cfg = json.loads(row["axes"]), json.loads(row["arch"]), json.loads(row["config"])
@@ -625,7 +624,7 @@ def score(db, model_id: str | None = None, *, batch: int = 65536, progress=True)
 
     with torch.no_grad():
         for i in tqdm(range(0, n, batch), desc="scoring", unit="batch", disable=not progress):
-            T = lambda x: torch.from_numpy(_unit(x[i:i + batch])) if x is not None else None  # noqa: E731
+            T = lambda x: torch.from_numpy(normalize(x[i:i + batch])) if x is not None else None  # noqa: E731
             out[i:i + batch] = net(T(img_all), T(txt_all)).numpy() * sd + mu
     df = pd.DataFrame({S.ROW: np.arange(n)})
     for j, a in enumerate(axes):
