@@ -46,7 +46,7 @@ def build(folder: Path, n: int) -> Path:
     band = prototypes.bands(pct)
     centres = rng.normal(0, 10, (k, 2))
     xy = centres[proto] + rng.normal(0, 0.6, (n, 2))
-    cfg = analysis.AnalysisConfig()
+    cfg = analysis.AnalysisConfig(space="joint")
     with store.open_store(db, read_only=False) as s:
         run_id = analysis.run_id_for(cfg, s.fingerprint)
         names = analysis.table_names(run_id)

@@ -83,16 +83,16 @@ def main():
     import pandas as pd
 
     from curation.metrics import ImpactContext
-    from curation.selection import Gate, SelectionConfig, select
+    from curation.selection import Gate, SelectionCache, SelectionConfig, select
 
     t = time.perf_counter()
     inp = make_inputs(a.rows)
     print(f"synthetic analysis arrays for {a.rows:,} rows ({time.perf_counter() - t:.1f} s)")
     cfg = SelectionConfig(budget=0.25, confounders=("site", "scanner"), mode="proportional")
-    cache: dict = {}
+    cache = SelectionCache()
     t = time.perf_counter()
-    inp.duplicates(0.05)
-    ctx = ImpactContext(inp, columns=("site", "scanner", "sex"))
+    inp.duplicates(0.05, cache)
+    ctx = ImpactContext(inp, columns=("site", "scanner", "sex"), cache=cache)
     ctx.compare(select(inp, cfg, cache=cache).selected, 0)
     print(f"first selection with impact context (duplicate groups, pool metrics): {time.perf_counter() - t:.2f} s")
 
@@ -108,7 +108,7 @@ def main():
     it = iter(knobs * 3)
 
     def knob_change():
-        r = select(inp, next(it), cache={})
+        r = select(inp, next(it), cache=SelectionCache())
         ctx.compare(r.selected, 0)
 
     t_budget = timeit(budget_change, 20)

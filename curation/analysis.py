@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +38,7 @@ STEP_COLUMNS = {
     "prototypes": ["prototype", "second_prototype", "proto_dist", "second_dist", "proto_pct", "band", "fps_rank"],
     "density": ["knn_density", "tail_score", "dup_group", "is_dup"],
     "map": ["map_x", "map_y", "map_fitted", "hdbscan_label", "glosh_score"],
-    "quality": ["fidelity", "fidelity_score", "consistency", "consistency_score"],
+    "quality": ["fidelity", "fidelity_score", "consistency", "consistency_score", "image_prototype"],
     "confounders": [],
 }
 REQUIRES = {"density": "prototypes", "confounders": "prototypes"}
@@ -52,7 +52,9 @@ class AnalysisConfig:
 
     Attributes
     ----------
-    space : "joint" | "image" | "text"
+    space : "auto" | "joint" | "image" | "text"
+        ``auto`` (default) is resolved before the run id is computed: joint when the dataset has
+        image and text embeddings, else the one it has.
     k : int or None
         Prototypes; None = about sqrt(N), within [8, 2000].
     core_pct, tail_pct : float
@@ -67,7 +69,7 @@ class AnalysisConfig:
         UMAP is fitted on at most this many samples; the rest is placed by kNN interpolation.
     """
 
-    space: str = "joint"
+    space: str = "auto"
     k: int | None = None
     seed: int = 0
     kmeans_iters: int = 20
@@ -127,31 +129,32 @@ def table_names(run_id: str) -> dict[str, str]:
             "confounders": f"confounders_{h}"}
 
 
-def latest_run(store) -> str | None:
-    """The most recent analysis run of this dataset's current content, or None."""
-    runs = store.runs("analysis")
-    runs = runs[runs["fingerprint"] == store.fingerprint]
-    return None if runs.empty else str(runs["run_id"].iloc[-1])
+def latest_run(store, needs=()) -> str | None:
+    """The most recent analysis run of the dataset's current content that completed ``needs``
+    (see :mod:`curation.runs`), or None."""
+    from curation import runs
+
+    return runs.latest_run(store, needs)
 
 
 def load(store, run_id: str | None = None):
     """Per-sample analysis results as a DataFrame (row_idx order) and the run's config.
 
-    Raises :class:`StateError` with the command to run when there is no analysis yet.
+    Without ``run_id``: the run :func:`curation.runs.best_analysis` picks. Raises
+    :class:`StateError` with the command to run when there is no analysis yet, or when the id is unknown.
     """
-    run_id = run_id or latest_run(store)
-    if run_id is None:
+    from curation import runs
+
+    rec = runs.get(store, run_id, "analysis") if run_id else runs.best_analysis(store)
+    if rec is None:
         raise StateError(f"dataset {store.name} has no analysis yet. "
                          f"Fix: run `python -m curation analyze {store.path}`.")
-    names = table_names(run_id)
-    df = store.read_table(names["samples"])
+    df = store.read_table(table_names(rec.run_id)["samples"])
     if store.has_table(S.REWARD_SCORES):  # reward-model scores are per sample too; gates read them
         rw = store.read_table(S.REWARD_SCORES)
         if len(rw) == len(df):
             df = df.join(rw.drop(columns=[S.ROW]))
-    runs = store.runs("analysis")
-    cfg = json.loads(runs[runs["run_id"] == run_id]["config"].iloc[-1])
-    return df, cfg
+    return df, rec.config
 
 
 def load_table(store, run_id: str, which: str):
@@ -210,194 +213,297 @@ def _half(F, slices, kind, copy: bool = True) -> np.ndarray:
     return part
 
 
+@dataclass
+class StepResult:
+    """What one analysis step produced.
+
+    Attributes
+    ----------
+    columns : dict {name: ndarray (n,)}
+        Per-sample columns added to the run's samples table.
+    tables : dict {"prototypes" | "knn" | "confounders": DataFrame or Arrow table}
+        Side tables, named by :func:`table_names`.
+    outputs : dict
+        Small facts recorded with the run (JSON), such as ``fidelity_reason``.
+    """
+
+    columns: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Inputs:
+    """Everything the steps read, gathered once before any step runs."""
+
+    config: AnalysisConfig
+    n: int
+    k: int
+    F: np.ndarray
+    slices: dict
+    X: np.ndarray
+    out: object                     # DataFrame: columns of this run computed so far (row order)
+    shared_space: bool
+    case: np.ndarray | None = None  # case codes (density)
+    meta: object = None             # metadata frame (confounders)
+    case_column: str | None = None
+    label_column: str | None = None
+    centroids: np.ndarray | None = None  # from a previous prototypes step of this run
+
+
+def _step_prototypes(inp: _Inputs, prog) -> StepResult:
+    import pandas as pd
+
+    from curation import prototypes as P
+
+    cfg, n, X = inp.config, inp.n, inp.X
+    prog("prototypes", 0, n)
+    protos = P.fit_prototypes(X, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters, max_train=cfg.kmeans_train_max)
+    pct = P.cluster_percentiles(protos.assign, protos.dist)
+    band = P.bands(pct, cfg.core_pct, cfg.tail_pct)
+    done = [0]
+
+    def fps_prog(m):
+        done[0] += m
+        prog("prototypes", done[0], n)
+
+    fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog)
+    inp.centroids = protos.centroids
+    prog("prototypes", n, n)
+    return StepResult(
+        columns=dict(prototype=protos.assign, second_prototype=protos.second, proto_dist=protos.dist,
+                     second_dist=protos.second_dist, proto_pct=pct, band=band, fps_rank=fps),
+        tables={"prototypes": pd.DataFrame({"prototype": np.arange(inp.k), "size": protos.sizes,
+                                            "centroid": [c.tobytes() for c in protos.centroids]})})
+
+
+def _step_density(inp: _Inputs, prog) -> StepResult:
+    from curation import density as D
+    from curation import prototypes as P
+
+    cfg, n, X = inp.config, inp.n, inp.X
+    done = [0]
+
+    def knn_prog(m):
+        done[0] += m
+        prog("density", done[0], n)
+
+    probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes)
+    nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog)
+    dens = D.knn_density(sim)
+    group, is_dup = D.duplicate_groups(nbr, sim, cfg.dedup_eps, case=inp.case,
+                                       keep_key=inp.out["proto_dist"].to_numpy())
+    return StepResult(columns=dict(knn_density=dens, tail_score=D.tail_score(dens), dup_group=group, is_dup=is_dup),
+                      tables={"knn": _knn_table(nbr, sim)})
+
+
+def _step_map(inp: _Inputs, prog) -> StepResult:
+    from curation import density as D
+    from curation import projection as M
+
+    cfg = inp.config
+    if inp.n < MAP_MIN_ROWS:
+        raise CurationError(f"the map step needs at least {MAP_MIN_ROWS} samples; this dataset has {inp.n}. "
+                            f"Fix: leave out the map step (--steps prototypes,density,quality,confounders).")
+    prog("map", 0, 2)
+    xy, fitted = M.umap_map(inp.X, fit_max=cfg.map_fit_max, pca_dims=cfg.map_pca_dims, seed=cfg.seed)
+    prog("map", 1, 2)
+    labels, glosh = D.hdbscan_glosh(xy, cfg.hdbscan_min_cluster_size)
+    prog("map", 2, 2)
+    return StepResult(columns=dict(map_x=xy[:, 0], map_y=xy[:, 1], map_fitted=fitted, hdbscan_label=labels,
+                                   glosh_score=glosh))
+
+
+def _step_quality(inp: _Inputs, prog) -> StepResult:
+    """Fidelity (shared space only) and consistency. Consistency compares a caption with the
+    captions of images like it, so it needs image clusters: the run's own prototypes when the
+    analysis space is ``image``, else an image-space k-means with the run's k and seed, stored as
+    the ``image_prototype`` column (an output, not a hidden side computation)."""
+    from curation import prototypes as P
+    from curation import quality as Q
+
+    cfg, slices = inp.config, inp.slices
+    prog("quality", 0, 2)
+    cols: dict = {}
+    outputs: dict = {}
+    if "image" in slices and "text" in slices:
+        # views, not copies: at 1M x 512 a copy of each half would add 4 GB to the peak
+        img, txt = _half(inp.F, slices, "image", copy=False), _half(inp.F, slices, "text", copy=False)
+        fid, reason = Q.fidelity(img, txt, inp.shared_space)
+        prog("quality", 1, 2)
+        if cfg.space == "image" and "prototype" in inp.out.columns:
+            img_assign = inp.out["prototype"].to_numpy()
+            outputs["consistency_clusters"] = "the run's prototypes (image space)"
+        else:
+            img_assign = P.fit_prototypes(img, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters,
+                                          max_train=cfg.kmeans_train_max).assign
+            cols["image_prototype"] = img_assign
+            outputs["consistency_clusters"] = f"image-space k-means, k={inp.k} (column image_prototype)"
+        cons = Q.consistency(txt, img_assign)
+        cols.update(consistency=cons, consistency_score=Q.rank_score(cons))
+    else:
+        fid, reason = None, "not available: the dataset lacks image or text embeddings"
+        cols.update(consistency=np.full(inp.n, np.nan), consistency_score=np.full(inp.n, np.nan))
+        outputs["consistency_reason"] = "not available: needs image and text embeddings"
+    if fid is None:
+        cols.update(fidelity=np.full(inp.n, np.nan), fidelity_score=np.full(inp.n, np.nan))
+    else:
+        cols.update(fidelity=fid, fidelity_score=Q.rank_score(fid))
+    outputs["fidelity_reason"] = reason or "available"
+    prog("quality", 2, 2)
+    return StepResult(columns=cols, outputs=outputs)
+
+
+def probe_rows(n: int, probe_max: int, seed: int) -> np.ndarray:
+    """The rows the confounder probe trains on: all when ``n <= probe_max``, else a seeded sorted
+    sample. Drawn once here and passed explicitly, so no two modules must draw the same sample."""
+    if n <= probe_max:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, probe_max, replace=False))
+
+
+def _step_confounders(inp: _Inputs, prog) -> StepResult:
+    from curation import confounders as C
+    from curation import projection as M
+
+    cfg, n = inp.config, inp.n
+    meta = inp.meta
+    meta_cols = list(meta.columns)
+    rows = probe_rows(n, cfg.probe_max, cfg.seed)
+    Z = M.pca_reduce(inp.X[rows], 64, seed=cfg.seed)
+    done = [0]
+
+    def conf_prog(m):
+        done[0] += m
+        prog("confounders", done[0], len(meta_cols))
+
+    case_col, label = inp.case_column, inp.label_column
+    table = C.confounder_table(
+        meta, inp.out["prototype"].to_numpy(), Z, rows=rows,
+        case=meta[case_col].to_numpy() if case_col in meta.columns else None,
+        label_columns=[label] if label else [], skip_columns=[case_col] if case_col else [],
+        v_threshold=cfg.confounder_v, lift_threshold=cfg.confounder_lift, seed=cfg.seed, progress=conf_prog)
+    return StepResult(tables={"confounders": table}, outputs={"probe_rows": int(len(rows))})
+
+
+STEP_FUNCS = {"prototypes": _step_prototypes, "density": _step_density, "map": _step_map,
+              "quality": _step_quality, "confounders": _step_confounders}
+MAP_MIN_ROWS = 20  # UMAP with 15 neighbours and HDBSCAN need a handful of points at least
+
+
+def resolve_space(config: AnalysisConfig, kinds) -> AnalysisConfig:
+    """``space="auto"``: the joint space when both modalities exist, else the one present."""
+    from dataclasses import replace
+
+    kinds = list(kinds)
+    if config.space != "auto":
+        return config
+    if not kinds:
+        raise StateError("the dataset has no embeddings.")
+    return replace(config, space="joint" if len(kinds) == 2 else kinds[0])
+
+
 def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=STEPS,
-            progress: Progress | None = None) -> str:
+            progress: Progress | None = None, force: bool = False) -> str:
     """Run the analysis ``steps`` on dataset ``db`` and store the results. Returns the run id.
+
+    The run id is a hash of the (resolved) config and the dataset fingerprint. When that run has
+    already completed every requested step, it is returned at once (no vectors read, no new row)
+    unless ``force``. Running further steps of an existing run adds them to it.
 
     Parameters
     ----------
     db : path-like
-        The dataset file (opened for writing).
+        The dataset file (opened for writing at the end only).
     config : AnalysisConfig
+        ``space="auto"`` resolves to joint / image / text by what the dataset holds.
     steps : iterable of str
         Any of :data:`STEPS`; a step whose input step has not run for this config is refused.
     progress : callable(step, done, total), optional
+    force : bool
+        Recompute the requested steps even when the run has them.
     """
     import pandas as pd
 
-    from curation import confounders as C
-    from curation import density as D
-    from curation import prototypes as P
-    from curation import projection as M
-    from curation import quality as Q
+    from curation import runs as R
     from curation.store import open_store
 
-    unknown = set(steps) - set(STEPS)
-    steps = [s for s in STEPS if s in set(steps)]
+    steps_in = [s.strip() for s in steps] if not isinstance(steps, str) else [steps]
+    unknown = set(steps_in) - set(STEPS)
+    steps = [s for s in STEPS if s in set(steps_in)]
     if unknown or not steps:
         raise CurationError(f"unknown step(s) {sorted(unknown)}. Fix: use some of {', '.join(STEPS)}.")
     prog = progress or (lambda step, done, total: None)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    # Read everything, then close the connection: DuckDB's buffer pool would otherwise keep a
-    # second copy of the vectors in memory for the whole run (4 GB at 1M x 1024).
-    t = time.perf_counter()
-    prog("load", 0, 1)
     with open_store(db) as store:
         n = store.n_rows
+        kinds = [k for k in S.EMB_KINDS if store.dim(k) is not None]
+        config = resolve_space(config, kinds)
         config.validate(n)
         fingerprint = store.fingerprint
-        ds_meta = dict(store.meta)
         run_id = run_id_for(config, fingerprint)
         names = table_names(run_id)
-        out = (store.read_table(names["samples"]) if store.has_table(names["samples"])
-               else pd.DataFrame({S.ROW: np.arange(n)}))
+        prev = next((r for r in R.list_runs(store, "analysis") if r.run_id == run_id), None)
+        done_steps = list(prev.steps) if prev and store.has_table(names["samples"]) else []
+        if not force and set(steps) <= set(done_steps):
+            log.info("analysis %s already has %s: cached", run_id, ", ".join(steps))
+            return run_id
         for s in steps:
             need = REQUIRES.get(s)
-            if need and need not in steps and "prototype" not in out.columns:
+            if need and need not in steps and need not in done_steps:
                 raise CurationError(f"step '{s}' needs the '{need}' step of this config first. "
                                     f"Fix: add it (--steps {need},{s}) or run all steps.")
-        proto_table = (store.read_table(names["prototypes"])
-                       if "density" in steps and "prototypes" not in steps and store.has_table(names["prototypes"])
-                       else None)
-        case = _case_codes(store) if "density" in steps else None
-        meta = store.samples(store.metadata_columns()) if "confounders" in steps else None
-        F, slices = _features(store, n)
-    tables: dict[str, object] = {}
-
-    X = _space(F, slices, config.space)
+        # Read everything, then close the connection: DuckDB's buffer pool would otherwise keep a
+        # second copy of the vectors in memory for the whole run (4 GB at 1M x 1024).
+        t = time.perf_counter()
+        prog("load", 0, 1)
+        out = (store.read_table(names["samples"]) if done_steps else pd.DataFrame({S.ROW: np.arange(n)}))
+        centroids = None
+        if "density" in steps and "prototypes" not in steps:
+            pt = store.read_table(names["prototypes"])
+            centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
+        inp = _Inputs(config=config, n=n, k=config.k or _default_k(n), F=None, slices={}, X=None, out=out,
+                      shared_space=bool(store.meta.get("shared_space")), centroids=centroids,
+                      case=_case_codes(store) if "density" in steps else None,
+                      meta=store.samples(store.metadata_columns()) if "confounders" in steps else None,
+                      case_column=store.meta.get("case_column"), label_column=store.meta.get("label_column"))
+        inp.F, inp.slices = _features(store, n)
+        prev_outputs = dict(prev.outputs) if prev and done_steps else {}
+        prev_timings = dict(prev.timings) if prev and done_steps else {}
+    inp.X = _space(inp.F, inp.slices, config.space)
     timings["load"] = time.perf_counter() - t
     prog("load", 1, 1)
-    k = config.k or P.default_k(n)
 
-    if "prototypes" in steps:
+    tables: dict[str, object] = {}
+    outputs = {k: v for k, v in prev_outputs.items() if k not in ("tables", "k", "steps", "n")}
+    for step in steps:
         t = time.perf_counter()
-        prog("prototypes", 0, n)
-        protos = P.fit_prototypes(X, k, seed=config.seed, niter=config.kmeans_iters,
-                                  max_train=config.kmeans_train_max)
-        pct = P.cluster_percentiles(protos.assign, protos.dist)
-        band = P.bands(pct, config.core_pct, config.tail_pct)
-        done = [0]
+        res = STEP_FUNCS[step](inp, prog)
+        inp.out = inp.out.assign(**res.columns)
+        tables.update({names[k]: v for k, v in res.tables.items()})
+        outputs.update(res.outputs)
+        timings[step] = time.perf_counter() - t
 
-        def fps_prog(m):
-            done[0] += m
-            prog("prototypes", done[0], n)
-
-        fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, config.fps_exact_max,
-                          progress=fps_prog)
-        out = out.assign(prototype=protos.assign, second_prototype=protos.second,
-                         proto_dist=protos.dist, second_dist=protos.second_dist, proto_pct=pct, band=band, fps_rank=fps)
-        tables[names["prototypes"]] = pd.DataFrame({
-            "prototype": np.arange(k), "size": protos.sizes,
-            "centroid": [c.tobytes() for c in protos.centroids]})
-        timings["prototypes"] = time.perf_counter() - t
-        prog("prototypes", n, n)
-
-    if "density" in steps:
-        t = time.perf_counter()
-        done = [0]
-
-        def knn_prog(m):
-            done[0] += m
-            prog("density", done[0], n)
-
-        if "prototypes" in steps:
-            centroids = protos.centroids
-        else:
-            centroids = np.stack([np.frombuffer(b, np.float32) for b in proto_table["centroid"]])
-        probes = P.nearest_prototypes(X, centroids, config.knn_probes)
-        nbr, sim = D.knn_within_clusters(X, out["prototype"].to_numpy(), probes, k=config.knn_k,
-                                         progress=knn_prog)
-        dens = D.knn_density(sim)
-        group, is_dup = D.duplicate_groups(nbr, sim, config.dedup_eps, case=case,
-                                           keep_key=out["proto_dist"].to_numpy())
-        out = out.assign(knn_density=dens, tail_score=D.tail_score(dens), dup_group=group,
-                         is_dup=is_dup)
-        tables[names["knn"]] = _knn_table(nbr, sim)
-        timings["density"] = time.perf_counter() - t
-
-    if "map" in steps:
-        t = time.perf_counter()
-        prog("map", 0, 2)
-        xy, fitted = M.umap_map(X, fit_max=config.map_fit_max, pca_dims=config.map_pca_dims,
-                                seed=config.seed)
-        prog("map", 1, 2)
-        labels, glosh = D.hdbscan_glosh(xy, config.hdbscan_min_cluster_size)
-        out = out.assign(map_x=xy[:, 0], map_y=xy[:, 1], map_fitted=fitted, hdbscan_label=labels,
-                         glosh_score=glosh)
-        prog("map", 2, 2)
-        timings["map"] = time.perf_counter() - t
-
-    if "quality" in steps:
-        t = time.perf_counter()
-        prog("quality", 0, 2)
-        shared = bool(ds_meta.get("shared_space"))
-        if "image" in slices and "text" in slices:
-            # views, not copies: at 1M x 512 a copy of each half would add 4 GB to the peak
-            img, txt = _half(F, slices, "image", copy=False), _half(F, slices, "text", copy=False)
-            fid, reason = Q.fidelity(img, txt, shared)
-            prog("quality", 1, 2)
-            if config.space == "image" and "prototype" in out.columns:
-                img_assign = out["prototype"].to_numpy()
-            else:
-                img_assign = P.fit_prototypes(img, k, seed=config.seed, niter=config.kmeans_iters,
-                                              max_train=config.kmeans_train_max).assign
-            del img
-            cons = Q.consistency(txt, img_assign)
-            del txt
-            out = out.assign(consistency=cons, consistency_score=Q.rank_score(cons))
-        else:
-            fid, reason = None, "not available: the dataset lacks image or text embeddings"
-            out = out.assign(consistency=np.nan, consistency_score=np.nan)
-        if fid is None:
-            out = out.assign(fidelity=np.nan, fidelity_score=np.nan)
-        else:
-            out = out.assign(fidelity=fid, fidelity_score=Q.rank_score(fid))
-        timings["quality"] = time.perf_counter() - t
-        timings["fidelity_reason"] = reason or "available"
-        prog("quality", 2, 2)
-
-    if "confounders" in steps:
-        t = time.perf_counter()
-        meta_cols = list(meta.columns)
-        case_col = ds_meta.get("case_column")
-        label = ds_meta.get("label_column")
-        rng = np.random.default_rng(config.seed)
-        sub = np.arange(n) if n <= config.probe_max else np.sort(
-            rng.choice(n, config.probe_max, replace=False))
-        Z = np.zeros((n, 1), np.float32)
-        Z_sub = M.pca_reduce(X[sub], 64, seed=config.seed)
-        if n <= config.probe_max:
-            Z = Z_sub
-        else:  # the probe only reads the sampled rows
-            Z = np.zeros((n, Z_sub.shape[1]), np.float32)
-            Z[sub] = Z_sub
-        done = [0]
-
-        def conf_prog(m):
-            done[0] += m
-            prog("confounders", done[0], len(meta_cols))
-
-        table = C.confounder_table(
-            meta, out["prototype"].to_numpy(), Z,
-            case=meta[case_col].to_numpy() if case_col in meta.columns else None,
-            label_columns=[label] if label else [], skip_columns=[case_col] if case_col else [],
-            v_threshold=config.confounder_v, lift_threshold=config.confounder_lift,
-            probe_max=config.probe_max, seed=config.seed, progress=conf_prog)
-        tables[names["confounders"]] = table
-        timings["confounders"] = time.perf_counter() - t
-
-    del F, X
-    tables[names["samples"]] = out
+    del inp.F, inp.X
+    tables[names["samples"]] = inp.out
     timings["total"] = time.perf_counter() - t_all
-    outputs = {"tables": names, "k": int(k), "steps": steps, "n": n}
+    timings = {**{k: v for k, v in prev_timings.items() if isinstance(v, (int, float))}, **timings}
+    all_steps = [s for s in STEPS if s in set(done_steps) | set(steps)]
+    outputs.update({"tables": names, "k": int(inp.k), "steps": all_steps, "n": n})
     with open_store(db, read_only=False) as store:
         if store.fingerprint != fingerprint:
             raise StateError(f"dataset {db} changed during the analysis; nothing was written. Fix: run it again.")
         store.record_run("analysis", json.loads(config.to_json()), timings, outputs, run_id=run_id,
-                     extra_tables=tables)
+                         extra_tables=tables)
     log.info("analysis %s done in %.1f s", run_id, timings["total"])
     return run_id
+
+
+def _default_k(n: int) -> int:
+    from curation.prototypes import default_k
+
+    return default_k(n)
 
 
 def _knn_table(nbr: np.ndarray, sim: np.ndarray):

@@ -99,25 +99,12 @@ def cmd_ingest(a) -> int:
                                              caption_column=a.caption_column, image_root=a.image_root)
     else:
         inp = ingest.read_clip_retrieval(a.clip_retrieval, id_column=a.id_column, image_root=a.image_root)
-    names = inp.samples.column_names
-    for opt, col in (("--label-column", a.label_column), ("--case-column", a.case_column)):
-        if col and col not in names:
-            raise CurationError(f"{opt} '{col}' is not a column. Fix: use one of: {', '.join(names)}.")
     fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
-                       shared_space=a.shared_space,
-                       extra_meta={"label_column": a.label_column,
-                                   "case_column": _case_column(names, a.case_column)})
+                       shared_space=a.shared_space, case_column=a.case_column, label_column=a.label_column)
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     print(f"ingested {inp.samples.num_rows} samples into {a.db} (image dim {dims['image']}, "
           f"text dim {dims['text']}), fingerprint {fp} ({time.time() - t:.1f} s)")
     return 0
-
-
-def _case_column(names, given=None):
-    """The case/patient id column: the one given, else the first of schema.CASE_CANDIDATES present."""
-    from curation import schema as S
-
-    return given or next((c for c in S.CASE_CANDIDATES if c in names), None)
 
 
 def _add_embed(sub):
@@ -204,8 +191,7 @@ def cmd_embed(a) -> int:
         from curation import ingest
 
         inp = ingest.read_clip_retrieval(a.out)
-        fp = ingest.ingest(a.ingest, inp, replace=a.replace,
-                           extra_meta={"case_column": _case_column(inp.samples.column_names)})
+        fp = ingest.ingest(a.ingest, inp, replace=a.replace)
         print(f"ingested {inp.samples.num_rows:,} samples into {a.ingest}, fingerprint {fp}")
     return 0
 
@@ -309,23 +295,29 @@ def cmd_info(a) -> int:
 
 
 def _add_analyze(sub):
-    from curation.analysis import STEPS
+    from curation.analysis import STEPS, AnalysisConfig
 
+    d = AnalysisConfig()  # every default below comes from the config: one source
     p = sub.add_parser(
         "analyze", help="prototypes, density, duplicates, map, quality and confounder statistics",
-        description="Analyse a dataset and cache the results in it as a run (same config = same run).")
+        description="Analyse a dataset and cache the results in it as a run. The same config on the same "
+                    "data is the same run: a rerun returns it at once (--force recomputes); running more "
+                    "--steps of a config adds them to its run.")
     p.add_argument("db")
-    p.add_argument("--space", default="joint", choices=["joint", "image", "text"],
-                   help="embedding space (default: %(default)s)")
-    p.add_argument("--k", type=int, help="number of prototypes (default: about sqrt(N))")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--space", default=d.space, choices=["auto", "joint", "image", "text"],
+                   help="embedding space; auto = joint when both image and text exist, else the one present "
+                        "(default: %(default)s)")
+    p.add_argument("--k", type=int, default=d.k, help="number of prototypes (default: about sqrt(N))")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random step (default: %(default)s)")
     p.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of: %(default)s")
-    p.add_argument("--core-pct", type=float, default=85.0, help="core band edge percentile (default: 85)")
-    p.add_argument("--tail-pct", type=float, default=95.0, help="tail band edge percentile (default: 95)")
-    p.add_argument("--dedup-eps", type=float, default=0.05, help="duplicate if cosine > 1 - eps (default: 0.05)")
-    p.add_argument("--knn-k", type=int, default=10, help="neighbours for density (default: 10)")
-    p.add_argument("--map-fit-max", type=int, default=20_000,
+    p.add_argument("--core-pct", type=float, default=d.core_pct, help="core band edge percentile (default: %(default)s)")
+    p.add_argument("--tail-pct", type=float, default=d.tail_pct, help="tail band edge percentile (default: %(default)s)")
+    p.add_argument("--dedup-eps", type=float, default=d.dedup_eps,
+                   help="duplicate if cosine > 1 - eps (default: %(default)s)")
+    p.add_argument("--knn-k", type=int, default=d.knn_k, help="neighbours for density (default: %(default)s)")
+    p.add_argument("--map-fit-max", type=int, default=d.map_fit_max,
                    help="UMAP is fitted on at most this many samples (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="recompute even when this run is already stored")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -348,24 +340,30 @@ def cmd_analyze(a) -> int:
                                     leave=True, file=sys.stderr, mininterval=0.5)
         bar.update(done - bar.n)
 
-    run_id = analysis.analyze(a.db, cfg, steps=[s.strip() for s in a.steps.split(",") if s.strip()],
-                              progress=progress)
-    for bar in bars.values():
-        bar.close()
-    print(_analysis_report(a.db, run_id))
+    t = time.perf_counter()
+    try:
+        run_id = analysis.analyze(a.db, cfg, steps=[s.strip() for s in a.steps.split(",") if s.strip()],
+                                  progress=progress, force=a.force)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if not bars:
+        print(f"analysis {run_id} is already stored ({time.perf_counter() - t:.2f} s); pass --force to recompute.")
+    print(analysis_report(a.db, run_id))
     return 0
 
 
-def _analysis_report(db, run_id) -> str:
-    from curation import analysis, store
+def analysis_report(db, run_id) -> str:
+    """The CLI's summary of an analysis run (also what the app's Overview shows)."""
+    from curation import analysis, runs, store
+    from curation.confounders import flagged
 
     with store.open_store(db) as s:
-        df, cfg = analysis.load(s, run_id)
-        run = s.runs("analysis").set_index("run_id").loc[run_id]
-        timings = json.loads(run["timings"])
-        outputs = json.loads(run["outputs"])
-        lines = [f"analysis run {run_id} on {s.name} ({len(df):,} samples, space {cfg['space']}, "
-                 f"k={outputs['k']})"]
+        rec = runs.get(s, run_id, "analysis")
+        df, _ = analysis.load(s, run_id)
+        cfg, out = rec.config, rec.outputs
+        lines = [f"analysis run {run_id} on {s.name} ({len(df):,} samples, space {cfg.get('space')}, "
+                 f"k={out.get('k')}; steps: {', '.join(rec.steps)})"]
         if "band" in df:
             b = df["band"].value_counts()
             lines.append(f"  bands: core {b.get('core', 0):,}, tail {b.get('tail', 0):,}, "
@@ -373,19 +371,18 @@ def _analysis_report(db, run_id) -> str:
         if "dup_group" in df:
             groups = df.loc[df["dup_group"] >= 0, "dup_group"].nunique()
             lines.append(f"  near-duplicate groups: {groups:,} ({int(df['is_dup'].sum()):,} samples "
-                         f"would be dropped at eps={cfg['dedup_eps']})")
+                         f"would be dropped at eps={cfg.get('dedup_eps')})")
         if "hdbscan_label" in df:
             lines.append(f"  HDBSCAN clusters: {df['hdbscan_label'].max() + 1:,}, noise "
                          f"{(df['hdbscan_label'] < 0).mean():.1%}")
-        if "fidelity" in df:
-            lines.append(f"  fidelity: {timings.get('fidelity_reason', '')}")
-        tables = outputs["tables"]
-        if s.has_table(tables["confounders"]):
-            conf = s.read_table(tables["confounders"])
-            flagged = conf.loc[conf["is_confounder"], "column"].tolist()
-            lines.append(f"  likely confounders: {', '.join(flagged) if flagged else 'none'}")
-        lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()
-                                               if isinstance(v, float)))
+        if "fidelity_reason" in out:
+            lines.append(f"  fidelity: {out['fidelity_reason']}")
+        conf_table = rec.table("confounders")
+        if conf_table and s.has_table(conf_table):
+            f = flagged(s.read_table(conf_table))
+            lines.append(f"  likely confounders: {', '.join(f) if f else 'none'}")
+        lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec.timings.items()
+                                               if isinstance(v, (int, float))))
     return "\n".join(lines)
 
 
@@ -416,59 +413,20 @@ def _add_select(sub):
     p.add_argument("--seed", type=int, help="seed of the random baseline (default: 0)")
     p.add_argument("--analysis-run", help="analysis run id (default: the latest)")
     p.add_argument("--out", required=True, help="manifest path, e.g. data/subset.parquet")
-    p.add_argument("--format", choices=FORMATS, help="manifest format (default: from --out's suffix, else parquet)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="manifest format (default: from --out's suffix: .parquet, .csv, .jsonl, .tsv = openclip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same --out")
     p.set_defaults(func=cmd_select)
-
-
-def _parse_budget(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise CurationError(f"--budget {text!r} is not a number. Fix: a count (5000) or a fraction (0.25).") from None
-    return int(v) if v > 1 and v == int(v) else v
-
-
-def _parse_gate(text):
-    from curation.selection import Gate
-
-    try:
-        axis, rule = text.split(":", 1)
-        key, value = rule.split("=", 1)
-        value = float(value)
-    except ValueError:
-        raise CurationError(f"--gate {text!r}: expected AXIS:min=S or AXIS:top=Q (e.g. fidelity:top=0.9).") from None
-    if key not in ("min", "top"):
-        raise CurationError(f"--gate {text!r}: use min= or top=.")
-    return Gate(axis=axis, min_score=value if key == "min" else None, top_q=value if key == "top" else None)
-
-
-def _parse_filter(text):
-    import re
-
-    from curation.selection import OPERATORS, Filter
-
-    ops = sorted(OPERATORS, key=len, reverse=True)
-    m = re.match(r"^\s*(.+?)\s+(" + "|".join(re.escape(o) for o in ops) + r")(?:\s+(.*))?$", text)
-    if not m:
-        raise CurationError(f"--filter {text!r}: expected \"COLUMN OP VALUE\" with OP one of {', '.join(OPERATORS)}.")
-    col, op, raw = m.group(1), m.group(2), m.group(3)
-    value = None
-    if raw is not None:
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = [v.strip() for v in raw.split(",")] if op in ("in", "not in") else raw
-    elif op not in ("is null", "not null"):
-        raise CurationError(f"--filter {text!r}: the operator {op} needs a value.")
-    return Filter(column=col, op=op, value=value)
 
 
 def _config_from_args(a, base):
     from dataclasses import replace
 
+    from curation import selection
+
     changes = {}
     if a.budget is not None:
-        changes["budget"] = _parse_budget(a.budget)
+        changes["budget"] = selection.parse_budget(a.budget)
     if a.confounders is not None:
         changes["confounders"] = tuple(c.strip() for c in a.confounders.split(",") if c.strip())
     for name in ("mode", "temper", "tail_core_ratio", "outliers", "dedup_eps", "seed"):
@@ -477,14 +435,14 @@ def _config_from_args(a, base):
     if a.no_dedup:
         changes["dedup_eps"] = None
     if a.gate:
-        changes["gates"] = tuple(_parse_gate(g) for g in a.gate)
+        changes["gates"] = tuple(selection.parse_gate(g) for g in a.gate)
     if a.filter:
-        changes["filters"] = tuple(_parse_filter(f) for f in a.filter)
+        changes["filters"] = tuple(selection.parse_filter(f) for f in a.filter)
     return replace(base, **changes)
 
 
 def cmd_select(a) -> int:
-    from curation import analysis, manifest, metrics, selection, store
+    from curation import manifest, metrics, runs, selection, store
     from curation.selection import SelectionConfig
 
     if a.from_sidecar:
@@ -492,7 +450,7 @@ def cmd_select(a) -> int:
         db = a.db or side["dataset"]["path"]
         cfg = SelectionConfig.from_dict(side["config"])
         run_id = side["analysis_run"]
-        fmt = a.format or side.get("format", "parquet")
+        fmt = manifest.format_for(a.out, a.format)  # what --out says, not what the sidecar's export was
     else:
         if not a.db:
             raise CurationError("select needs a dataset (DB) or --from SIDECAR.")
@@ -507,19 +465,19 @@ def cmd_select(a) -> int:
             raise CurationError("--budget is required (a count such as 5000 or a fraction such as 0.25).")
         cfg = _config_from_args(a, base)
         run_id = a.analysis_run
-        suffix = Path(a.out).suffix.lower().lstrip(".")
-        fmt = a.format or {"csv": "csv", "jsonl": "jsonl", "tsv": "openclip"}.get(suffix, "parquet")
+        fmt = manifest.format_for(a.out, a.format)
     with store.open_store(db) as s:
         if a.from_sidecar:
             manifest.check_fingerprint(s, side)
-        run_id = run_id or analysis.latest_run(s)
+        run_id = runs.require(s, run_id).run_id
         inp = selection.load_inputs(s, run_id)
         res = selection.select(inp, cfg)
         ctx = metrics.ImpactContext(inp, columns=cfg.confounders or _flagged(s, run_id),
-                                    label=s.meta.get("label_column"))
+                                    label=s.meta.get("label_column"), seed=cfg.seed,
+                                    dedup_eps=cfg.dedup_eps if cfg.dedup_eps is not None else 0.05)
         impact = ctx.compare(res.selected, cfg.seed)
         side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
-                                   impact=impact.to_dict(orient="index"))
+                                   impact=impact.to_dict(orient="index"), overwrite=a.overwrite)
     try:
         with store.open_store(db, read_only=False) as s:
             s.record_run("selection", cfg.to_dict(), outputs={"manifest": str(Path(a.out).resolve()),
@@ -527,6 +485,16 @@ def cmd_select(a) -> int:
                                                               "analysis_run": run_id})
     except CurationError as e:  # the app may hold the file open; the export itself is complete
         print(f"note: selection not recorded in the dataset's runs ({e})", file=sys.stderr)
+    if a.from_sidecar:
+        recorded = side.get("manifest", {}) if isinstance(side.get("manifest"), dict) else {}
+        if recorded.get("sha256") != side_out["manifest"]["sha256"]:
+            why = (f"it was written as {side.get('format')}, this one as {fmt}" if side.get("format") != fmt else
+                   "the sidecar's config or the recorded hash was edited, or the software changed")
+            print(f"warning: the manifest written does not match the one the sidecar recorded (sha256 "
+                  f"{side_out['manifest']['sha256'][:16]}... vs {str(recorded.get('sha256'))[:16]}...): {why}.",
+                  file=sys.stderr)
+        else:
+            print("reproduced: the manifest matches the sidecar's recorded sha256 byte for byte.")
     sm = res.summary
     print(f"selected {sm['selected']:,} of {sm['pool']:,} (budget {sm['budget']:,}, eligible {sm['eligible']:,})"
           + (f"; short by {sm['shortfall']:,}: not enough eligible samples" if sm["shortfall"] else ""))
@@ -539,12 +507,12 @@ def cmd_select(a) -> int:
 
 def _flagged(s, run_id) -> list[str]:
     from curation import analysis
+    from curation.confounders import flagged
 
     try:
-        conf = analysis.load_table(s, run_id, "confounders")
+        return flagged(analysis.load_table(s, run_id, "confounders"))
     except CurationError:
         return []
-    return conf.loc[conf["is_confounder"], "column"].tolist()
 
 
 def _add_evaluate(sub):
@@ -570,7 +538,7 @@ def _add_evaluate(sub):
 
 
 def cmd_evaluate(a) -> int:
-    from curation import analysis, metrics, selection, store
+    from curation import analysis, metrics, runs, selection, store
     from curation.projection import pca_reduce
     from curation.selection import SelectionConfig
 
@@ -579,9 +547,10 @@ def cmd_evaluate(a) -> int:
         base = SelectionConfig.from_json(Path(a.config).read_text())
     cfg = _config_from_args(a, base)
     with store.open_store(a.db) as s:
-        run_id = a.analysis_run or analysis.latest_run(s)
+        rec = runs.require(s, a.analysis_run)
+        run_id = rec.run_id
         inp = selection.load_inputs(s, run_id)
-        space = json.loads(s.runs("analysis").set_index("run_id").loc[run_id, "config"])["space"]
+        space = rec.config["space"]
         F, slices = analysis._features(s, s.n_rows)
         X = analysis._space(F, slices, space)
         split = a.split_column or ("split" if "split" in inp.meta.columns else None)

@@ -103,9 +103,9 @@ def probe_accuracy(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None = Non
     return float(balanced_accuracy_score(y, pred)), 1.0 / len(classes)
 
 
-def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, label_columns=(),
-                     skip_columns=(), v_threshold: float = 0.3, lift_threshold: float = 0.1,
-                     probe_max: int = 5_000, seed: int = 0, progress=None):
+def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndarray | None = None, case=None,
+                     label_columns=(), skip_columns=(), v_threshold: float = 0.3, lift_threshold: float = 0.1,
+                     seed: int = 0, progress=None):
     """One row per metadata column with its association statistics and the confounder flag.
 
     Parameters
@@ -114,14 +114,14 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, la
         Metadata columns (n rows).
     clusters : ndarray (n,) int
         Prototype cluster of each sample.
-    Z : ndarray (n, p)
-        Embedding features for the probe (a PCA of the analysis space is enough).
+    Z : ndarray (len(rows), p)
+        Embedding features of the probe's rows (a PCA of the analysis space is enough).
+    rows : ndarray of int, optional
+        The rows the probe trains on (:func:`curation.analysis.probe_rows`); all rows when None.
     case : ndarray (n,), optional
         Case/patient ids: probe folds are grouped by them.
     label_columns : iterable of str
         Reported with ``role = "label"`` and never flagged.
-    probe_max : int
-        The probe trains on a seeded sample of at most this many rows.
 
     Returns
     -------
@@ -132,8 +132,9 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, la
     from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
     n = len(meta)
-    rng = np.random.default_rng(seed)
-    sub = np.arange(n) if n <= probe_max else np.sort(rng.choice(n, probe_max, replace=False))
+    sub = np.arange(n) if rows is None else np.asarray(rows)
+    if len(Z) != len(sub):
+        raise ValueError(f"Z has {len(Z)} rows for {len(sub)} probe rows")
     groups = None
     if case is not None:
         groups = pd.factorize(pd.Series(case).astype(str))[0][sub]
@@ -154,7 +155,7 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, la
         row["cramers_v"] = cramers_v_corrected(codes, clusters)
         row["mutual_info"] = float(mutual_info_score(codes, clusters))
         row["nmi"] = float(normalized_mutual_info_score(codes, clusters))
-        acc, base = probe_accuracy(Z[sub], codes[sub], groups, seed=seed)
+        acc, base = probe_accuracy(Z, codes[sub], groups, seed=seed)
         row.update(probe_accuracy=acc, majority_accuracy=base, probe_lift=acc - base)
         flagged = row["probe_lift"] >= lift_threshold or row["cramers_v"] >= v_threshold
         row["is_confounder"] = bool(flagged and role != "label")
@@ -171,3 +172,10 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, case=None, la
         if progress:
             progress(1)
     return pd.DataFrame(rows)
+
+
+def flagged(table) -> list[str]:
+    """Columns a confounder table flags (``is_confounder``), in table order; [] for no table."""
+    if table is None or len(table) == 0:
+        return []
+    return table.loc[table["is_confounder"].astype(bool), "column"].astype(str).tolist()

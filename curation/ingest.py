@@ -417,8 +417,19 @@ def validate(inp: IngestInput) -> None:
                              "the image or caption failed to load) or drop the sample.")
 
 
+def infer_case_column(names, given: str | None = None) -> str | None:
+    """The case/patient id column: ``given`` (checked to exist), else the first of
+    :data:`curation.schema.CASE_CANDIDATES` among ``names``, else None."""
+    names = list(names)
+    if given:
+        if given not in names:
+            raise InputError(f"--case-column '{given}' is not a column.", fix=f"use one of: {', '.join(names)}.")
+        return given
+    return next((c for c in S.CASE_CANDIDATES if c in names), None)
+
+
 def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=None,
-           shared_space=None, extra_meta=None) -> str:
+           shared_space=None, extra_meta=None, case_column=None, label_column=None) -> str:
     """Validate ``inp`` and write it as the dataset ``db`` atomically. Returns the fingerprint.
 
     Parameters
@@ -428,12 +439,22 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     shared_space : bool, optional
         True when image and text embeddings come from one CLIP-style model (so an image-text
         cosine means something). Defaults to False: fidelity is then reported as not available.
+    case_column : str, optional
+        Case/patient id column (duplicates and held-out splits respect it); inferred from
+        :data:`curation.schema.CASE_CANDIDATES` when not given.
+    label_column : str, optional
+        A label column (kept out of confounder flags); must exist.
 
     Models and ``shared_space`` not given are taken from what the input says of itself
     (``inp.meta``: an ``embed`` output folder records its model), as is the embed record.
     """
     from curation import store
 
+    names = inp.samples.column_names
+    if label_column and label_column not in names:
+        raise InputError(f"--label-column '{label_column}' is not a column.", fix=f"use one of: {', '.join(names)}.")
+    extra_meta = {"case_column": infer_case_column(names, case_column), "label_column": label_column,
+                  **(extra_meta or {})}
     image_model = image_model or inp.meta.get("image_model")
     text_model = text_model or inp.meta.get("text_model")
     shared_space = shared_space or inp.meta.get("shared_space", False)

@@ -25,13 +25,95 @@ from curation.errors import CurationError, StateError
 
 SIDECAR_VERSION = 1
 FORMATS = ("parquet", "csv", "jsonl", "openclip")
+#: the file suffix each format is written with, and the formats a suffix means
+EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "openclip": ".tsv"}
+SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".tsv": "openclip"}
+
+
+def format_for(out: str | Path, fmt: str | None = None) -> str:
+    """The format of a manifest written to ``out``: ``fmt`` when given, else the one its suffix
+    names (:data:`SUFFIX_FORMATS`). An unknown suffix without ``fmt`` is refused: writing Parquet
+    under ``x.npy`` would mislead every reader."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
+        return fmt
+    suffix = Path(str(out)).suffix.lower()
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
+    raise CurationError(f"--out {out}: the suffix {suffix or '(none)'} names no manifest format. Fix: end the "
+                        f"name with {', '.join(SUFFIX_FORMATS)}, or pass --format ({', '.join(FORMATS)}).")
+
+
+SIDE_SUFFIXES = (".sidecar.json", ".dropped.parquet")
 
 
 def paths_for(out: str | Path) -> dict[str, Path]:
+    """The three files of one export, named from the manifest's *whole* file name:
+    ``v1.2.parquet`` -> ``v1.2.parquet.sidecar.json`` and ``v1.2.parquet.dropped.parquet``, so two
+    exports (other names, or one name in two formats) never share a side file."""
     out = Path(out)
-    stem = out.name.split(".")[0] if out.suffix else out.name
-    return {"manifest": out, "sidecar": out.with_name(f"{stem}.sidecar.json"),
-            "dropped": out.with_name(f"{stem}.dropped.parquet")}
+    return {"manifest": out, "sidecar": out.with_name(out.name + SIDE_SUFFIXES[0]),
+            "dropped": out.with_name(out.name + SIDE_SUFFIXES[1])}
+
+
+def default_name(dataset: str, run_id: str, cfg) -> str:
+    """An export name that says what it holds: dataset, analysis run and budget (never a shared
+    ``subset``), e.g. ``demo-3f2a9c1b07de-b0.25``."""
+    run = run_id.split("-", 1)[-1]
+    return f"{dataset}-{run}-b{cfg.budget}"
+
+
+def _is_duckdb(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head[8:12] == b"DUCK"
+
+
+def check_out(out, dataset_path=None, overwrite: bool = False) -> dict[str, Path]:
+    """Check an export target before anything is written; returns :func:`paths_for`.
+
+    Refused: an empty name; a directory; anything that is not a regular file (``/dev/null``, a
+    FIFO); the dataset itself or any DuckDB file; a name that is one of an export's side files
+    (``*.sidecar.json``, ``*.dropped.parquet``); an existing manifest or side file unless
+    ``overwrite``; a folder that cannot be created or written.
+    """
+    if out is None or not str(out).strip():
+        raise CurationError("--out is empty. Fix: name the manifest file, e.g. data/exports/subset.parquet.")
+    p = paths_for(out)
+    target = Path(out)
+    if str(out).endswith(("/", os.sep)) or target.is_dir():
+        raise CurationError(f"--out {out} is a directory. Fix: name a file inside it, e.g. {target / 'subset.parquet'}.")
+    if target.name.endswith(SIDE_SUFFIXES):
+        raise CurationError(f"--out {out} is named like an export's side file ({', '.join(SIDE_SUFFIXES)}); "
+                            f"writing it would clobber another export's sidecar. Fix: choose another name.")
+    if dataset_path is not None and target.exists() and target.resolve() == Path(dataset_path).resolve():
+        raise CurationError(f"--out {out} is the dataset itself; the export would replace it. Fix: write the "
+                            f"manifest elsewhere, e.g. data/exports/subset.parquet.")
+    for role, f in p.items():
+        if not f.exists() and not f.is_symlink():
+            continue
+        if not f.is_file():
+            raise CurationError(f"{role} target {f} exists and is not a regular file (a device, a folder, a "
+                                f"pipe...); refused. Fix: choose another --out.")
+        if _is_duckdb(f):
+            raise CurationError(f"{role} target {f} is a DuckDB database (a dataset?); refused. "
+                                f"Fix: choose another --out.")
+        if not overwrite:
+            raise CurationError(f"{role} file {f} already exists. Fix: pass --overwrite to replace this export, "
+                                f"or choose another --out.")
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CurationError(f"cannot create the folder {parent} for --out: {e.strerror}. Fix: choose a "
+                            f"writable location.") from None
+    if not os.access(parent, os.W_OK):
+        raise CurationError(f"the folder {parent} is not writable. Fix: choose a writable location for --out.")
+    return p
 
 
 def build_frames(store, inp, result, cfg, run_id: str):
@@ -111,13 +193,17 @@ def file_hash(path: Path) -> str:
 
 
 def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "parquet",
-           impact: dict | None = None) -> dict:
-    """Write manifest, dropped file and sidecar atomically; return the sidecar as a dict."""
+           impact: dict | None = None, overwrite: bool = False) -> dict:
+    """Write manifest, dropped file and sidecar atomically; return the sidecar as a dict.
+
+    The target is checked first (:func:`check_out`): an existing export is replaced only with
+    ``overwrite``, and nothing is written when a check fails.
+    """
     from curation import __version__
 
     if fmt not in FORMATS:
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
-    p = paths_for(out)
+    p = check_out(out, store.path, overwrite)
     kept, dropped = build_frames(store, inp, result, cfg, run_id)
     _atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
     _atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))

@@ -19,9 +19,8 @@ def random_order(n: int, seed: int) -> np.ndarray:
 
 
 def _cached_random(ctx, seed: int) -> np.ndarray:
-    if seed not in ctx._random:
-        ctx._random[seed] = random_order(ctx.n, seed)
-    return ctx._random[seed]
+    """The context's precomputed permutation for its own seed; others are computed (not stored)."""
+    return ctx.random if seed == ctx.seed else random_order(ctx.n, seed)
 
 
 def _codes(series) -> tuple[np.ndarray, int]:
@@ -44,6 +43,9 @@ def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray, k: int) -> float:
 class ImpactContext:
     """Pool-level arrays precomputed once per dataset, so each subset costs a few bincounts.
 
+    Immutable after construction (everything, the pool's own metrics and the random baseline's
+    permutation for ``seed`` included, is computed here), so one context can serve many threads.
+
     Parameters
     ----------
     inp : SelectionInputs
@@ -51,9 +53,14 @@ class ImpactContext:
         Metadata columns whose TVD to the pool is reported (the confounders).
     label : str, optional
         A label column for class coverage.
+    dedup_eps : float
+        The duplicate rate is measured at this eps (use the selection's).
+    seed : int
+        Seed of the random baseline whose permutation is precomputed.
     """
 
-    def __init__(self, inp: SelectionInputs, columns=(), label: str | None = None, dedup_eps: float = 0.05):
+    def __init__(self, inp: SelectionInputs, columns=(), label: str | None = None, dedup_eps: float = 0.05,
+                 seed: int = 0, cache=None):
         self.n = inp.n
         self.prototype = inp.prototype
         self.k = int(inp.prototype.max()) + 1
@@ -61,15 +68,17 @@ class ImpactContext:
 
         self.rare = rare_clusters(np.bincount(inp.prototype, minlength=self.k))
         self.sparse = inp.tail_score >= 0.9  # the 10% lowest-density samples
-        self.is_dup = inp.duplicates(dedup_eps)[1]
+        self.dedup_eps = float(dedup_eps)
+        self.is_dup = inp.duplicates(self.dedup_eps, cache)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
         self.cols = {c: _codes(inp.meta[c]) for c in columns}
-        self._random: dict = {}
-        self._pool: dict | None = None
         self.label = None
         if label:
             codes, k = _codes(inp.meta[label])
             self.label = (label, codes, k)
+        self.seed = int(seed)
+        self.random = random_order(self.n, self.seed)
+        self.pool = self.impact(np.arange(self.n))
 
     def impact(self, rows: np.ndarray) -> dict:
         """Metrics of the subset ``rows`` (row indices into the pool)."""
@@ -95,9 +104,7 @@ class ImpactContext:
         import pandas as pd
 
         rnd = _cached_random(self, seed)[: len(selected)]
-        if self._pool is None:
-            self._pool = self.impact(np.arange(self.n))
-        a, b, p = self.impact(selected), self.impact(rnd), self._pool
+        a, b, p = self.impact(selected), self.impact(rnd), self.pool
         return pd.DataFrame({"subset": a, "random": b, "pool": p})
 
     def coverage_curve(self, order: np.ndarray, seed: int, points: int = 50):
@@ -197,7 +204,7 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     count = min(count, len(train_rows))
     marker = "__train__"
     meta = inp.meta.assign(**{marker: np.where(test, "heldout", "train")})
-    inp_t = replace(inp, meta=meta, _dup_cache=inp._dup_cache, _column_cache={})
+    inp_t = inp.with_meta(meta)
     cfg_t = replace(cfg, budget=count, filters=tuple(cfg.filters) + (Filter(marker, "==", "train"),))
     res = select(inp_t, cfg_t)
     from curation.prototypes import rare_clusters

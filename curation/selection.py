@@ -158,7 +158,11 @@ class SelectionConfig:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
             raise CurationError(f"budget must be a positive count or a fraction in (0, 1]; got {b!r}.")
         if b <= 1 and not (isinstance(b, int) and b == 1):
-            return int(round(b * n))
+            count = int(round(b * n))
+            if count == 0 and n > 0:
+                raise CurationError(f"budget {b} of a pool of {n} samples rounds to 0 samples. Fix: use a larger "
+                                    f"fraction (at least {0.5 / n:.2g}) or a count.")
+            return count
         if b != int(b):
             raise CurationError(f"budget {b} is neither a whole count nor a fraction in (0, 1].")
         if b > n:
@@ -167,9 +171,54 @@ class SelectionConfig:
         return int(b)
 
 
-@dataclass
+class SelectionCache:
+    """Memoised work of one caller (a CLI run, an app session): priority orders per config-without-
+    budget, duplicate groups per eps, per-column strata codes.
+
+    Thread-safe (one lock) and bounded (least recently used entries go first). Keys include
+    :attr:`SelectionInputs.key`, so one cache can serve several datasets. The inputs themselves
+    are never mutated, so they can be shared between sessions; a cache is never shared.
+    """
+
+    def __init__(self, max_entries: int = 8):
+        import threading
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._d: "OrderedDict" = OrderedDict()
+
+    def get(self, key, build):
+        """The value for ``key``, built by ``build()`` (outside the lock) when absent."""
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = build()
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
 class SelectionInputs:
-    """The cached arrays a selection reads (all of length n, in row order).
+    """The cached arrays a selection reads (all of length n, in row order). Immutable: arrays are
+    read-only views and derived arrays are computed at construction, so one instance can be shared
+    by threads; memoised work lives in a :class:`SelectionCache`.
 
     Attributes
     ----------
@@ -183,6 +232,10 @@ class SelectionInputs:
     knn_nbr, knn_sim : ndarray (n, k), the stored kNN graph (duplicates at any eps)
     case : ndarray of int or None
     unavailable : dict {axis: reason} for score axes that cannot be used
+    key : str
+        Identifies the data these arrays came from (fingerprint, run, reward scores) in cache keys.
+    band_code : ndarray of int8, derived: 0 core, 1 tail, 2 outlier
+    far_rank : ndarray of int64, derived: rank by distance to the prototype, farthest first
     """
 
     ids: np.ndarray
@@ -197,38 +250,44 @@ class SelectionInputs:
     knn_sim: np.ndarray
     case: np.ndarray | None = None
     unavailable: dict = field(default_factory=dict)
-    _dup_cache: dict = field(default_factory=dict, repr=False)
-    _column_cache: dict = field(default_factory=dict, repr=False)
+    key: str = ""
+    band_code: np.ndarray = field(init=False, repr=False)
+    far_rank: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        for name in ("ids", "prototype", "band", "proto_dist", "fps_rank", "tail_score", "knn_nbr", "knn_sim"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        if self.case is not None:
+            object.__setattr__(self, "case", _frozen(self.case))
+        object.__setattr__(self, "scores", {k: _frozen(v) for k, v in self.scores.items()})
+        band_code = np.select([self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
+        far = np.empty(len(self.ids), np.int64)
+        far[np.argsort(-self.proto_dist, kind="stable")] = np.arange(len(self.ids))
+        object.__setattr__(self, "band_code", _frozen(band_code))
+        object.__setattr__(self, "far_rank", _frozen(far))
+        if not self.key:
+            object.__setattr__(self, "key", f"inputs-{id(self)}")
 
     @property
     def n(self) -> int:
         return len(self.ids)
 
-    @property
-    def band_code(self) -> np.ndarray:
-        """Band as int8: 0 core, 1 tail, 2 outlier (cached)."""
-        if "band_code" not in self._dup_cache:
-            self._dup_cache["band_code"] = np.select(
-                [self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
-        return self._dup_cache["band_code"]
+    def duplicates(self, eps: float, cache: SelectionCache | None = None):
+        """(group, is_dup) at ``eps`` from the stored kNN graph (memoised in ``cache`` when given)."""
+        from curation.density import duplicate_groups
 
-    @property
-    def far_rank(self) -> np.ndarray:
-        """Rank of each row by distance to its prototype, farthest first (cached)."""
-        if "far_rank" not in self._dup_cache:
-            r = np.empty(self.n, np.int64)
-            r[np.argsort(-self.proto_dist, kind="stable")] = np.arange(self.n)
-            self._dup_cache["far_rank"] = r
-        return self._dup_cache["far_rank"]
+        def build():
+            group, is_dup = duplicate_groups(self.knn_nbr, self.knn_sim, eps, case=self.case,
+                                             keep_key=self.proto_dist)
+            return _frozen(group), _frozen(is_dup)
 
-    def duplicates(self, eps: float):
-        """(group, is_dup) at ``eps``, cached per eps."""
-        if eps not in self._dup_cache:
-            from curation.density import duplicate_groups
+        return build() if cache is None else cache.get((self.key, "dup", float(eps)), build)
 
-            self._dup_cache[eps] = duplicate_groups(self.knn_nbr, self.knn_sim, eps, case=self.case,
-                                                    keep_key=self.proto_dist)
-        return self._dup_cache[eps]
+    def with_meta(self, meta) -> "SelectionInputs":
+        """A copy with other metadata columns (the evaluation adds a train/held-out marker)."""
+        from dataclasses import replace
+
+        return replace(self, meta=meta, key=f"{self.key}+meta{id(meta)}")
 
 
 @dataclass
@@ -268,7 +327,8 @@ class SelectionResult:
         r[self.selected] = np.arange(len(self.selected))
         return r
 
-    def details(self, inp: "SelectionInputs", cfg: "SelectionConfig") -> np.ndarray:
+    def details(self, inp: "SelectionInputs", cfg: "SelectionConfig",
+                cache: SelectionCache | None = None) -> np.ndarray:
         """Human-readable explanation of every pool sample's reason ("duplicate of demo-000123",
         "fidelity score 0.040 < 0.100", "stratum site_A"...). Built on demand (export), not on
         every knob change."""
@@ -288,11 +348,103 @@ class SelectionResult:
             out[m] = [f"{g.axis} score {v:.3f} < {t:.3f}" for v in inp.scores[g.axis][m]]
         if cfg.dedup_eps is not None:
             m = np.flatnonzero(code == _CODE[DROP_DUP])
-            group, _ = inp.duplicates(cfg.dedup_eps)
+            group, _ = inp.duplicates(cfg.dedup_eps, cache)
             out[m] = [f"duplicate of {inp.ids[g]}" for g in group[m]]
         out[code == _CODE[DROP_OUTLIER]] = "outlier: farther from its prototype than the tail band"
         out[code == _CODE[DROP_BUDGET]] = "eligible, over budget"
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing what a user types (CLI flags, the app's inputs, URL parameters): one set of rules
+def parse_budget(text) -> int | float:
+    """A budget typed by a user: a whole count (``5000``) or a fraction in (0, 1] (``0.25``).
+
+    Raises :class:`CurationError` for anything else (negative, zero, inf, nan, ``2.5``, text).
+    """
+    raw = str(text).strip()
+    try:
+        v = float(raw)
+    except ValueError:
+        raise CurationError(f"budget {raw!r} is not a number. Fix: a count (5000) or a fraction (0.25).") from None
+    if not math.isfinite(v) or v <= 0:
+        raise CurationError(f"budget {raw!r} must be a positive count or a fraction in (0, 1]. "
+                            f"Fix: e.g. 5000 or 0.25.")
+    if v > 1:
+        if v != int(v):
+            raise CurationError(f"budget {raw!r} is neither a whole count nor a fraction in (0, 1]. "
+                                f"Fix: e.g. 5000 or 0.25.")
+        return int(v)
+    return v
+
+
+def parse_gate(text: str) -> Gate:
+    """``AXIS:min=S`` or ``AXIS:top=Q`` (e.g. ``fidelity:top=0.9``) as a :class:`Gate`."""
+    try:
+        axis, rule = str(text).split(":", 1)
+        key, value = rule.split("=", 1)
+        value = float(value)
+    except ValueError:
+        raise CurationError(f"gate {text!r}: expected AXIS:min=S or AXIS:top=Q (e.g. fidelity:top=0.9).") from None
+    if key not in ("min", "top"):
+        raise CurationError(f"gate {text!r}: use min= or top=.")
+    gate = Gate(axis=axis.strip(), min_score=value if key == "min" else None, top_q=value if key == "top" else None)
+    gate.threshold()
+    return gate
+
+
+def _scalar(raw: str):
+    """A filter value as typed: JSON numbers, booleans and quoted strings are read as JSON; anything
+    else is the text itself. Lists and objects are refused (use ``in`` with commas)."""
+    import json as _json
+
+    try:
+        v = _json.loads(raw)
+    except _json.JSONDecodeError:
+        return raw
+    if isinstance(v, (list, dict)) or v is None:
+        raise CurationError(f"filter value {raw!r} is a JSON {type(v).__name__ if v is not None else 'null'}. "
+                            f"Fix: give one value (or `in` with comma-separated values; `is null` for missing).")
+    return v
+
+
+def make_filter(column: str, op: str, raw: str | None) -> Filter:
+    """A :class:`Filter` from its three typed parts (shared by the CLI and the app).
+
+    ``in`` / ``not in`` take comma-separated values (or a JSON list); each value is read as
+    :func:`_scalar` reads one, so ``age in 30,40`` compares numbers like ``age == 30`` does.
+    Raises :class:`CurationError` when the operator needs a value and none is given.
+    """
+    import json as _json
+
+    if op not in OPERATORS:
+        raise CurationError(f"unknown filter operator {op!r}. Fix: use one of {', '.join(OPERATORS)}.")
+    raw = None if raw is None else str(raw).strip()
+    if op in ("is null", "not null"):
+        return Filter(column=column, op=op, value=None)
+    if not raw:
+        raise CurationError(f"filter {column} {op}: the operator {op} needs a value.")
+    if op in ("in", "not in"):
+        try:
+            v = _json.loads(raw)
+            values = v if isinstance(v, list) else None
+        except _json.JSONDecodeError:
+            values = None
+        if values is None:
+            values = [_scalar(x.strip()) for x in raw.split(",") if x.strip()]
+        return Filter(column=column, op=op, value=list(values))
+    return Filter(column=column, op=op, value=_scalar(raw))
+
+
+def parse_filter(text: str) -> Filter:
+    """``"COLUMN OP VALUE"`` (e.g. ``"modality == CT"``, ``"age >= 18"``, ``"site in A,B"``)."""
+    import re
+
+    ops = sorted(OPERATORS, key=len, reverse=True)
+    m = re.match(r"^\s*(.+?)\s+(" + "|".join(re.escape(o) for o in ops) + r")(?:\s+(.*))?$", str(text))
+    if not m:
+        raise CurationError(f"filter {text!r}: expected \"COLUMN OP VALUE\" with OP one of {', '.join(OPERATORS)}.")
+    return make_filter(m.group(1), m.group(2), m.group(3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +520,7 @@ def strata(meta, columns, cache: dict | None = None) -> tuple[np.ndarray, list[s
     """Stratum code per row for the product of ``columns`` (missing = its own level).
 
     Combines per-column codes arithmetically (no per-row strings). Only combinations present in
-    the pool become strata. Returns (codes (n,), labels, pool_sizes (n_strata,)).
+    the pool become strata. ``cache`` ({column: (codes, labels)}) supplies precomputed columns. Returns (codes (n,), labels, pool_sizes (n_strata,)).
     """
     n = len(meta)
     if not columns:
@@ -380,8 +532,6 @@ def strata(meta, columns, cache: dict | None = None) -> tuple[np.ndarray, list[s
             codes, labels = cache[c]
         else:
             codes, labels = factorize_column(meta[c])
-            if cache is not None:
-                cache[c] = (codes, labels)
         combined = combined * len(labels) + codes
         per_col.append(labels)
     present, codes = np.unique(combined, return_inverse=True)
@@ -393,6 +543,13 @@ def strata(meta, columns, cache: dict | None = None) -> tuple[np.ndarray, list[s
             v //= len(lab)
         labels.append(" | ".join(reversed(parts)))
     return codes.astype(np.int64), labels, np.bincount(codes, minlength=len(present))
+
+
+def _strata_cached(inp: SelectionInputs, columns: list, cache: SelectionCache | None):
+    if cache is None:
+        return strata(inp.meta, columns)
+    col_codes = {c: cache.get((inp.key, "column", c), lambda c=c: factorize_column(inp.meta[c])) for c in columns}
+    return strata(inp.meta, columns, col_codes)
 
 
 def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarray:
@@ -411,29 +568,25 @@ def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarr
     return r
 
 
-def select(inp: SelectionInputs, cfg: SelectionConfig, cache: dict | None = None) -> SelectionResult:
+def select(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | None = None) -> SelectionResult:
     """Select rows of the pool under ``cfg`` (pure: same inputs and config, same result).
 
     Parameters
     ----------
     inp : SelectionInputs
     cfg : SelectionConfig
-    cache : dict, optional
+    cache : SelectionCache, optional
         Keeps the priority order per config-without-budget: a budget change then only takes a
-        prefix (milliseconds at 1M rows) and never recomputes the order.
+        prefix (milliseconds at 1M rows) and never recomputes the order. Never shared between
+        callers; ``inp`` is never changed.
 
     See the module docstring for the algorithm. Raises :class:`CurationError` for a bad config.
     """
     validate_config(cfg, inp)
-    key = (id(inp), cfg.order_key())
-    if cache is not None and key in cache:
-        cached = cache[key]
+    if cache is None:
+        cached = _order(inp, cfg, None)
     else:
-        cached = _order(inp, cfg)
-        if cache is not None:
-            if len(cache) >= 8:
-                cache.pop(next(iter(cache)))
-            cache[key] = cached
+        cached = cache.get((inp.key, "order", cfg.order_key()), lambda: _order(inp, cfg, cache))
     order, code0, which, stratum, labels, pool_sizes, eligible = cached
     n = inp.n
     budget = cfg.budget_count(n)
@@ -462,7 +615,7 @@ def select(inp: SelectionInputs, cfg: SelectionConfig, cache: dict | None = None
     return SelectionResult(order, selected, code, which, stratum, labels, summary)
 
 
-def _order(inp: SelectionInputs, cfg: SelectionConfig):
+def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | None):
     """The full priority order of eligible rows and the reasons of ineligible ones."""
     n = inp.n
     code = np.full(n, -1, np.int8)
@@ -480,7 +633,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig):
         code[newly], which[newly] = _CODE[DROP_GATE], i
         eligible &= m
     if cfg.dedup_eps is not None:
-        _, is_dup = inp.duplicates(cfg.dedup_eps)
+        _, is_dup = inp.duplicates(cfg.dedup_eps, cache)
         code[eligible & is_dup] = _CODE[DROP_DUP]
         eligible &= ~is_dup
     outlier = inp.band_code == 2
@@ -488,7 +641,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig):
         code[eligible & outlier] = _CODE[DROP_OUTLIER]
         eligible &= ~outlier
 
-    stratum, labels, pool_sizes = strata(inp.meta, list(cfg.confounders), inp._column_cache)
+    stratum, labels, pool_sizes = _strata_cached(inp, list(cfg.confounders), cache)
     rows = np.flatnonzero(eligible)
     st = stratum[rows]
     cl = inp.prototype[rows].astype(np.int64)
@@ -547,12 +700,11 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     from curation import schema as S
     from curation.quality import NOT_SHARED
 
+    from curation import runs
+
+    rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
+    run_id = rec.run_id
     df, _ = analysis.load(store, run_id)
-    run_id = run_id or analysis.latest_run(store)
-    missing = [c for c in ("prototype", "band", "fps_rank", "tail_score") if c not in df.columns]
-    if missing:
-        raise CurationError(f"analysis {run_id} lacks {missing}. Fix: run `python -m curation analyze "
-                            f"{store.path}` with the prototypes and density steps.")
     nbr, sim = analysis.load_knn(store, run_id)
     meta = store.samples(store.metadata_columns())
     ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
@@ -568,8 +720,10 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
             scores[col[: -len("_score")]] = df[col].to_numpy(np.float64)
     case_col = store.meta.get("case_column")
     case = pd.factorize(meta[case_col].astype(str))[0] if case_col in meta.columns else None
+    scored = runs.list_runs(store, "reward-score")
+    reward_key = scored[-1].run_id if scored else None
     return SelectionInputs(ids=ids, prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
                            proto_dist=df["proto_dist"].to_numpy(np.float64),
                            fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),
                            meta=meta, scores=scores, knn_nbr=nbr, knn_sim=sim, case=case,
-                           unavailable=unavailable)
+                           unavailable=unavailable, key=f"{store.fingerprint}:{run_id}:{reward_key}")

@@ -53,15 +53,19 @@ def list_datasets(data_dir: str | os.PathLike = "data") -> list[Path]:
     return sorted(p for p in d.glob(f"*{SUFFIX}") if p.is_file())
 
 
-def open_store(path: str | os.PathLike, read_only: bool = True) -> "Store":
-    """Open an existing dataset file. Readers (the app) open read-only."""
+def open_store(path: str | os.PathLike, read_only: bool = True, wait: float = 10.0) -> "Store":
+    """Open an existing dataset file. Readers (the app) open read-only.
+
+    A file held by a writer (another process's lock, or this process's writing connection) is
+    retried for up to ``wait`` seconds: writers hold it only for their final transaction.
+    """
     p = Path(path)
     if not p.exists():
         raise CurationError(
             f"dataset {p} does not exist. Fix: create it with `python -m curation demo --db {p}` "
             f"or `python -m curation ingest {p} ...`."
         )
-    return Store(p, read_only=read_only)
+    return Store(p, read_only=read_only, wait=wait)
 
 
 class Store:
@@ -75,18 +79,28 @@ class Store:
         Open read-only (several processes may read at once; DuckDB allows one writer process).
     """
 
-    def __init__(self, path: str | os.PathLike, read_only: bool = True):
+    def __init__(self, path: str | os.PathLike, read_only: bool = True, wait: float = 0.0):
         import duckdb
 
         self.path = Path(path)
         self.read_only = read_only
-        try:
-            # readers stream: a small buffer pool keeps DuckDB from holding a second copy of the
-            # vectors while numpy holds the first
-            config = {"memory_limit": "1GB"} if read_only else {}
-            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
-        except duckdb.Error as e:  # locked by a writer, or not a DuckDB file
-            raise CurationError(f"cannot open dataset {self.path}: {e}") from e
+        # readers stream: a small buffer pool keeps DuckDB from holding a second copy of the
+        # vectors while numpy holds the first
+        config = {"memory_limit": "1GB"} if read_only else {}
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+                break
+            except duckdb.Error as e:  # locked by a writer, or not a DuckDB file
+                busy = any(w in str(e).lower() for w in ("lock", "different configuration"))
+                if busy and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                if busy:
+                    raise CurationError(f"cannot open dataset {self.path}: another process or session is "
+                                        f"writing it ({e}). Fix: wait for it to finish, then try again.") from e
+                raise CurationError(f"cannot open dataset {self.path}: {e}") from e
         self._meta: dict | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -277,44 +291,79 @@ class Store:
         tables : mapping of name -> pandas DataFrame or pyarrow Table
         """
         self._check_writable()
+        self._transaction(lambda: self._replace_tables(tables))
+
+    def _transaction(self, work) -> None:
+        import duckdb
+
         self.con.execute("BEGIN TRANSACTION")
         try:
-            for name, data in tables.items():
-                view = f"_incoming_{uuid.uuid4().hex}"
-                self.con.register(view, data)
-                try:
-                    self.con.execute(
-                        f"CREATE OR REPLACE TABLE {quote_ident(name)} AS SELECT * FROM {view}"
-                    )
-                finally:
-                    self.con.unregister(view)
+            work()
             self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
+        except BaseException as e:
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:  # the failed statement already ended the transaction
+                pass
+            if isinstance(e, duckdb.Error):
+                raise CurationError(f"cannot write to dataset {self.path}: {e}. Nothing was changed.") from e
             raise
+
+    def _replace_tables(self, tables: Mapping[str, object]) -> None:
+        for name, data in tables.items():
+            view = f"_incoming_{uuid.uuid4().hex}"
+            self.con.register(view, data)
+            try:
+                self.con.execute(f"CREATE OR REPLACE TABLE {quote_ident(name)} AS SELECT * FROM {view}")
+            finally:
+                self.con.unregister(view)
+
+    def _ensure_runs_table(self) -> None:
+        """The runs table with ``run_id`` as its primary key (older files are migrated, keeping the
+        last row of any repeated id)."""
+        cols = ", ".join(f"{c} VARCHAR" for c in RUN_COLUMNS[1:])
+        if not self.has_table(S.RUNS):
+            self.con.execute(f"CREATE TABLE {S.RUNS} (run_id VARCHAR PRIMARY KEY, {cols})")
+            return
+        has_pk = self.con.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'",
+            [S.RUNS]).fetchone()[0]
+        if has_pk:
+            return
+        old = self.read_table(S.RUNS)
+        old = old.drop_duplicates("run_id", keep="last")
+        self.con.execute(f"DROP TABLE {S.RUNS}")
+        self.con.execute(f"CREATE TABLE {S.RUNS} (run_id VARCHAR PRIMARY KEY, {cols})")
+        view = f"_incoming_{uuid.uuid4().hex}"
+        self.con.register(view, old[list(RUN_COLUMNS)])
+        try:
+            self.con.execute(f"INSERT INTO {S.RUNS} SELECT * FROM {view}")
+        finally:
+            self.con.unregister(view)
 
     def record_run(self, kind: str, config: Mapping, timings: Mapping | None = None,
                    outputs: Mapping | None = None, run_id: str | None = None,
                    extra_tables: Mapping[str, object] | None = None) -> str:
         """Record a run (config, input fingerprint, software version, timings) atomically with
-        its output tables. Returns the run id."""
-        import pandas as pd
+        its output tables. Returns the run id.
 
+        ``run_id`` is the table's primary key: recording an id that exists replaces that row (an
+        analysis run that completed more steps), never adds a second one.
+        """
         from curation import __version__
 
         self._check_writable()
         run_id = run_id or f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        row = pd.DataFrame([{
-            "run_id": run_id, "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "config": json.dumps(dict(config), sort_keys=True),
-            "fingerprint": self.fingerprint, "version": __version__,
-            "timings": json.dumps(dict(timings or {}), sort_keys=True),
-            "outputs": json.dumps(dict(outputs or {}), sort_keys=True),
-        }])
-        old = self.read_table(S.RUNS) if self.has_table(S.RUNS) else row.iloc[:0]
-        tables = dict(extra_tables or {})
-        tables[S.RUNS] = pd.concat([old, row], ignore_index=True)
-        self.write_tables(tables)
+        row = [run_id, kind, _now(), json.dumps(dict(config), sort_keys=True), self.fingerprint,
+               __version__, json.dumps(dict(timings or {}), sort_keys=True),
+               json.dumps(dict(outputs or {}), sort_keys=True)]
+
+        def work():
+            self._replace_tables(dict(extra_tables or {}))
+            self._ensure_runs_table()
+            self.con.execute(f"INSERT OR REPLACE INTO {S.RUNS} VALUES ({', '.join('?' * len(row))})", row)
+
+        self._transaction(work)
         return run_id
 
     def runs(self, kind: str | None = None):
@@ -322,10 +371,20 @@ class Store:
         import pandas as pd
 
         if not self.has_table(S.RUNS):
-            return pd.DataFrame(columns=["run_id", "kind", "created", "config", "fingerprint",
-                                         "version", "timings", "outputs"])
+            return pd.DataFrame(columns=list(RUN_COLUMNS))
         df = self.read_table(S.RUNS)
+        df = df.sort_values("created", kind="stable").reset_index(drop=True)
         return df if kind is None else df[df["kind"] == kind].reset_index(drop=True)
+
+
+RUN_COLUMNS = ("run_id", "kind", "created", "config", "fingerprint", "version", "timings", "outputs")
+
+
+def _now() -> str:
+    """Creation time with microseconds, so runs recorded within one second keep their order."""
+    from datetime import datetime
+
+    return datetime.now().isoformat(timespec="microseconds")
 
 
 def resolve_image(root: Path | None, value) -> Path:

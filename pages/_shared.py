@@ -1,135 +1,291 @@
 """What every page shares: cached reads keyed by dataset fingerprint and analysis run, the
-selection knobs in st.session_state (mirrored in the URL), and the bad-state messages.
+selection knobs (kept in session state across pages and mirrored in the URL), and safe text.
 
 Not a page (st.navigation lists pages explicitly); data and charts come from ``curation``.
+
+Knob state. Streamlit forgets a widget's value when a page that does not draw it runs, so the
+knobs live under ``st.session_state["knobs"]`` (plain values, never a widget key). Each knob
+widget is keyed ``sel_<name>``; :func:`knob` seeds that key from the store before drawing the
+widget and copies it back when it changes. Every page writes the store into the URL, and a URL
+is read once per session, with the same rules the CLI applies: a bad value is dropped with a
+notice, never a traceback.
+
+Shared caches hold immutable objects only (:class:`~curation.selection.SelectionInputs`,
+:class:`~curation.metrics.ImpactContext`, the analysis frame); each session's memoised selection
+work is its own :class:`~curation.selection.SelectionCache`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from curation import CurationError, analysis, selection, store
-from curation.selection import Filter, Gate, SelectionConfig
+from curation import CurationError, runs, selection, store
+from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES, Gate, SelectionConfig
 
-# knob -> (default, parser from a URL string)
+log = logging.getLogger("curation.app")
+DEFAULT = SelectionConfig()  # every knob's default comes from here: one source with the CLI
+NO_FILTER = "(none)"
+# the widgets' ranges: the CLI's rules (selection.validate_config), as sliders can show them
+GATE_MIN = 0.01
+COUNT_STEP = 1
+
+
+# --- safe text ---------------------------------------------------------------------------------
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&\"'=^])")
+
+
+def esc(value) -> str:
+    """``value`` as literal text inside Markdown: every Markdown, directive (``:red[...]``), LaTeX
+    and HTML character is backslash-escaped, so ids, paths, column names, model names and error
+    messages can never become links, images or markup."""
+    return _MD_SPECIAL.sub(r"\\\1", str(value)).replace("\n", " ")
+
+
+def error(msg) -> None:
+    st.error(esc(msg))
+
+
+def warning(msg) -> None:
+    st.warning(esc(msg))
+
+
+# --- knobs ---------------------------------------------------------------------------------------
+def _b(v: str) -> bool:
+    if v not in ("0", "1", "true", "false"):
+        raise CurationError("use 1 or 0")
+    return v in ("1", "true")
+
+
+def _in_range(lo, hi, cast=float, lo_open=False):
+    def parse(v: str):
+        try:
+            x = cast(v)
+        except (TypeError, ValueError):
+            raise CurationError(f"not a {cast.__name__}") from None
+        if isinstance(x, float) and not np.isfinite(x):
+            raise CurationError("not a finite number")
+        if x < lo or x > hi or (lo_open and x == lo):
+            raise CurationError(f"must lie in {'(' if lo_open else '['}{lo}, {hi}]")
+        return x
+    return parse
+
+
+def _choice(options):
+    def parse(v: str):
+        if v not in options:
+            raise CurationError(f"use one of {', '.join(options)}")
+        return v
+    return parse
+
+
+def _budget(v: str):
+    return selection.parse_budget(v)
+
+
+# knob name (also its URL parameter) -> (default, parser of a URL string that raises CurationError)
 KNOBS = {
-    "sel_budget": (0.25, float),
-    "sel_confounders": ([], lambda v: [c for c in v.split(",") if c]),
-    "sel_mode": ("proportional", str),
-    "sel_temper": (0.5, float),
-    "sel_tail_ratio": (0.44, float),
-    "sel_outliers": ("drop", str),
-    "sel_dedup": (True, lambda v: v == "1"),
-    "sel_dedup_eps": (0.05, float),
-    "sel_gate_fidelity": (1.0, float),
-    "sel_gate_consistency": (1.0, float),
-    "sel_gate_reward_fidelity": (1.0, float),
-    "sel_gate_reward_consistency": (1.0, float),
-    "sel_filter_col": ("(none)", str),
-    "sel_filter_op": ("==", str),
-    "sel_filter_value": ("", str),
-    "sel_seed": (0, int),
+    "budget": (DEFAULT.budget, _budget),
+    "confounders": (list(DEFAULT.confounders), lambda v: [c for c in v.split(",") if c]),
+    "mode": (DEFAULT.mode, _choice(MODES)),
+    "temper": (DEFAULT.temper, _in_range(0.0, 1.0)),
+    "tail_ratio": (DEFAULT.tail_core_ratio, _in_range(0.0, 10.0)),
+    "outliers": (DEFAULT.outliers, _choice(OUTLIER_POLICIES)),
+    "dedup": (DEFAULT.dedup_eps is not None, _b),
+    "dedup_eps": (DEFAULT.dedup_eps or 0.05, _in_range(0.0, 0.999, lo_open=True)),
+    "filter_col": (NO_FILTER, str),
+    "filter_op": ("==", _choice(OPERATORS)),
+    "filter_value": ("", str),
+    "seed": (DEFAULT.seed, _in_range(0, 2**31 - 1, int)),
 }
+GATE_PREFIX = "gate_"  # gate_<axis>: keep the best fraction (1.0 = no gate); axes come from the data
 
 
-GATE_AXES = ("fidelity", "consistency", "reward_fidelity", "reward_consistency")
+def _parse_gate(v: str) -> float:
+    return _in_range(GATE_MIN, 1.0)(v)
+
+
+def _state() -> dict:
+    return st.session_state.setdefault("knobs", {})
 
 
 def init_state() -> None:
-    """Initialise the knobs once per session, from the URL when it carries them."""
-    for key, (default, parse) in KNOBS.items():
-        if key not in st.session_state:
-            raw = st.query_params.get(key.removeprefix("sel_"))
+    """Initialise the knob store once per session, from the URL where it carries valid values."""
+    if "knobs" in st.session_state:
+        return
+    knobs, notices = {}, []
+    for name, (default, parse) in KNOBS.items():
+        knobs[name] = list(default) if isinstance(default, list) else default
+        raw = st.query_params.get(name)
+        if raw is None:
+            continue
+        try:
+            knobs[name] = parse(raw)
+        except CurationError as e:
+            notices.append(f"URL value {name}={raw[:40]!r} ignored ({e}); using {default!r}.")
+    for name in list(st.query_params):
+        if name.startswith(GATE_PREFIX):
+            raw = st.query_params.get(name)
             try:
-                st.session_state[key] = parse(raw) if raw is not None else default
-            except (TypeError, ValueError):
-                st.session_state[key] = default
+                knobs[name] = _parse_gate(raw)
+            except CurationError as e:
+                notices.append(f"URL value {name}={raw[:40]!r} ignored ({e}); no gate.")
+    st.session_state["knobs"] = knobs
+    st.session_state["url_notices"] = notices
+
+
+def get(name: str, default=None):
+    k = _state()
+    if name in k:
+        return k[name]
+    return KNOBS[name][0] if name in KNOBS else default
+
+
+def put(name: str, value) -> None:
+    _state()[name] = value
+
+
+def knob(widget, name: str, *args, **kwargs):
+    """Draw a knob widget keyed ``sel_<name>`` whose value lives in the knob store.
+
+    ``widget`` is a Streamlit widget function (st.slider, st.selectbox...); its value is seeded
+    from the store before it is drawn and copied back on change, so a page that does not draw
+    it never resets it.
+    """
+    key = f"sel_{name}"
+    st.session_state[key] = get(name)
+
+    def changed():
+        put(name, st.session_state[key])
+
+    return widget(*args, key=key, on_change=changed, **kwargs)
 
 
 def sync_query() -> None:
-    """Mirror the knobs into the URL so a view can be bookmarked and shared."""
-    for key, (default, _) in KNOBS.items():
-        v = st.session_state.get(key, default)
-        name = key.removeprefix("sel_")
-        if v == default:
-            if name in st.query_params:
-                del st.query_params[name]
+    """Mirror the knob store into the URL (on every page) so a view can be bookmarked and shared."""
+    k = _state()
+    wanted = {}
+    for name, value in k.items():
+        default = KNOBS[name][0] if name in KNOBS else 1.0
+        if value == default or (isinstance(value, list) and list(value) == list(default)):
             continue
-        st.query_params[name] = ",".join(v) if isinstance(v, list) else ("1" if v is True else
-                                                                         "0" if v is False else str(v))
+        wanted[name] = (",".join(value) if isinstance(value, list) else
+                        "1" if value is True else "0" if value is False else str(value))
+    for name in list(st.query_params):
+        if (name in KNOBS or name.startswith(GATE_PREFIX)) and name not in wanted:
+            del st.query_params[name]
+    for name, v in wanted.items():
+        if st.query_params.get(name) != v:
+            st.query_params[name] = v
 
 
-def config_from_state() -> SelectionConfig:
-    """The SelectionConfig the knobs describe."""
-    s = st.session_state
-    gates = tuple(Gate(axis, top_q=float(s[f"sel_gate_{axis}"])) for axis in GATE_AXES
-                  if float(s.get(f"sel_gate_{axis}", 1.0)) < 1.0)
+def check_knobs(info: dict) -> None:
+    """Drop (with a notice) knob values that do not fit this dataset: unknown columns, a count
+    budget larger than the pool, gates on axes it has not got."""
+    notices = st.session_state.setdefault("url_notices", [])
+    n = info["rows"]
+    b = get("budget")
+    if isinstance(b, int) and b > n:
+        notices.append(f"budget {b:,} is larger than the pool ({n:,} samples); using all {n:,}.")
+        put("budget", n)
+    cols = info["meta_columns"]
+    conf = [c for c in get("confounders") if c in cols]
+    if conf != list(get("confounders")):
+        gone = [c for c in get("confounders") if c not in cols]
+        notices.append(f"confounder column(s) {', '.join(map(str, gone))} not in this dataset; ignored.")
+        put("confounders", conf)
+    if get("filter_col") not in [NO_FILTER] + cols:
+        notices.append(f"filter column {get('filter_col')!r} not in this dataset; filter removed.")
+        put("filter_col", NO_FILTER)
+    axes = set(info.get("gate_axes") or ())
+    for name in [k for k in _state() if k.startswith(GATE_PREFIX)]:
+        if info.get("run_id") and name[len(GATE_PREFIX):] not in axes:
+            notices.append(f"no quality axis {name[len(GATE_PREFIX):]!r} in this dataset; gate removed.")
+            del _state()[name]
+
+
+def show_notices() -> None:
+    for msg in st.session_state.pop("url_notices", []):
+        warning(msg)
+
+
+def config_from_state(n: int) -> tuple[SelectionConfig, list[str]]:
+    """(the SelectionConfig the knobs describe, hints). An incomplete filter is left out with a hint."""
+    hints = []
+    gates = tuple(Gate(name[len(GATE_PREFIX):], top_q=float(v)) for name, v in sorted(_state().items())
+                  if name.startswith(GATE_PREFIX) and float(v) < 1.0)
     filters = ()
-    if s.get("sel_filter_col", "(none)") != "(none)":
-        op = s["sel_filter_op"]
-        raw = s.get("sel_filter_value", "")
-        value = None
-        if op in ("in", "not in"):
-            value = [v.strip() for v in raw.split(",") if v.strip()]
-        elif op not in ("is null", "not null"):
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-        filters = (Filter(s["sel_filter_col"], op, value),)
-    return SelectionConfig(
-        budget=float(s["sel_budget"]), confounders=tuple(s["sel_confounders"]), mode=s["sel_mode"],
-        temper=float(s["sel_temper"]), tail_core_ratio=float(s["sel_tail_ratio"]),
-        outliers=s["sel_outliers"], dedup_eps=float(s["sel_dedup_eps"]) if s["sel_dedup"] else None,
-        gates=gates, filters=filters, seed=int(s["sel_seed"]))
+    col = get("filter_col")
+    if col != NO_FILTER:
+        try:
+            filters = (selection.make_filter(col, get("filter_op"), get("filter_value")),)
+        except CurationError as e:
+            hints.append(f"Filter not applied yet: {e} Type a value, or pick (none).")
+    b = get("budget")
+    cfg = SelectionConfig(
+        budget=min(int(b), n) if isinstance(b, int) else float(b), confounders=tuple(get("confounders")),
+        mode=get("mode"), temper=float(get("temper")), tail_core_ratio=float(get("tail_ratio")),
+        outliers=get("outliers"), dedup_eps=float(get("dedup_eps")) if get("dedup") else None,
+        gates=gates, filters=filters, seed=int(get("seed")))
+    return cfg, hints
 
 
-# ---------------------------------------------------------------------------------------------
+# --- data --------------------------------------------------------------------------------------
 @st.cache_data(max_entries=16, show_spinner=False)
 def dataset_info(path: str, mtime: float) -> dict:
-    """Summary, latest analysis run and its side tables (cheap; keyed by file mtime)."""
+    """Summary, the analysis run to show and its side tables (cheap; keyed by file mtime)."""
+    from curation import analysis
+    from curation.confounders import flagged
+
     with store.open_store(path) as s:
         info = s.summary()
-        info["run_id"] = analysis.latest_run(s)
+        rec = runs.best_analysis(s)
+        info["run_id"] = rec.run_id if rec else None
+        info["run"] = None if rec is None else {"config": rec.config, "timings": rec.timings,
+                                                "outputs": rec.outputs, "steps": list(rec.steps)}
         info["meta_columns"] = s.metadata_columns()
         info["label_column"] = s.meta.get("label_column")
         info["image_root"] = str(s.image_root()) if s.image_root() else None
         info["confounders"] = None
-        info["run"] = None
-        info["reward"] = reward_status(s)
+        info["flagged"] = []
+        info["reward"] = runs.reward_status(s)
         info["reward_key"] = info["reward"]["scored_run"]
-        if info["run_id"]:
-            runs = s.runs("analysis").set_index("run_id")
-            info["run"] = {k: json.loads(runs.loc[info["run_id"], k]) for k in ("config", "timings", "outputs")}
-            try:
-                info["confounders"] = analysis.load_table(s, info["run_id"], "confounders")
-            except CurationError:
-                pass
+        info["gate_axes"] = []
+        if rec is not None:
+            tname = rec.table("confounders")
+            if tname and s.has_table(tname):
+                info["confounders"] = s.read_table(tname)
+                info["flagged"] = flagged(info["confounders"])
+            if "quality" in rec.steps:
+                info["gate_axes"] += ["fidelity", "consistency"]
+        if info["reward_key"]:
+            info["gate_axes"] += [f"reward_{a}" for a in _reward_axes(s)]
+        if rec is not None:
+            info["report"] = _report(path, rec.run_id) if rec.has(("prototypes", "density")) else None
+    del analysis
     return info
 
 
-def reward_status(s) -> dict:
-    """Ratings, trained reward models (with held-out r) and which model scored the pool."""
-    from curation import reward
+def _reward_axes(s) -> list[str]:
     from curation import schema as S
 
-    out = {"n_ratings": 0, "n_ok": 0, "models": [], "scored_by": None, "scored_run": None}
-    if s.has_table(S.REWARD_RATINGS):
-        r = s.read_table(S.REWARD_RATINGS, ["status"])
-        out["n_ratings"], out["n_ok"] = len(r), int((r["status"] == "ok").sum())
-    ms = reward.models(s)
-    if ms is not None:
-        out["models"] = [{"model_id": m.model_id, "created": m.created, "source": m.source,
-                          "metrics": json.loads(m.metrics)} for m in ms.itertuples()]
-    runs = s.runs("reward-score")
-    if len(runs) and s.has_table(S.REWARD_SCORES):
-        out["scored_run"] = runs["run_id"].iloc[-1]
-        out["scored_by"] = json.loads(runs["config"].iloc[-1])["model_id"]
-    return out
+    cols = [c for c, _ in s.con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?",
+        [S.REWARD_SCORES]).fetchall()]
+    return [c[len("reward_"):-len("_score")] for c in cols if c.startswith("reward_") and c.endswith("_score")]
+
+
+def _report(path, run_id) -> str | None:
+    from curation.cli import analysis_report
+
+    try:
+        return analysis_report(path, run_id)
+    except CurationError:
+        return None
 
 
 def _ensure_entry_point() -> None:
@@ -156,23 +312,46 @@ def current() -> tuple[str, dict]:
     """(path, info) of the chosen dataset, or a message on the page and st.stop()."""
     _ensure_entry_point()
     init_state()
-    sync_query()  # widget changes reach session_state before the page runs
     path = st.session_state.get("dataset_path")
     if not path:
         st.info("No dataset yet. Run `python -m curation demo` to build the synthetic demo, or "
                 "`python -m curation ingest` to load yours.")
         st.stop()
     try:
-        return path, dataset_info(path, Path(path).stat().st_mtime)
+        info = dataset_info(path, Path(path).stat().st_mtime)
     except (CurationError, OSError) as e:
-        st.error(f"Cannot open {path}: {e}")
+        error(f"Cannot open {path}: {e}")
         st.stop()
+    check_knobs(info)
+    sync_query()
+    show_notices()
+    _job_banner(path)
+    return path, info
 
 
-def require_analysis(info: dict) -> str:
+def _job_banner(path: str) -> None:
+    from curation import jobs
+
+    job = jobs.job_for(path)
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap["status"] == "running":
+        st.info(esc(f"An analysis of this dataset is running ({snap['step']}, {snap['fraction']:.0%}). "
+                    "The pages show the last complete run until it finishes."))
+
+
+def require_analysis(info: dict, needs=("prototypes", "density")) -> str:
+    """The run to show, or a message and st.stop(): no run, or a run without the steps a page needs."""
     if not info["run_id"]:
         st.warning("This dataset has no analysis yet. Run it on the **Overview** page, or with "
-                   f"`python -m curation analyze {info['path']}`.")
+                   f"`python -m curation analyze {esc(info['path'])}`.")
+        st.stop()
+    missing = [s for s in needs if s not in info["run"]["steps"]]
+    if missing:
+        warning(f"The analysis run {info['run_id']} lacks the step(s) {', '.join(missing)}. Run them with "
+                f"python -m curation analyze {info['path']} --steps {','.join(missing)} (or all steps on the "
+                "Overview page).")
         st.stop()
     return info["run_id"]
 
@@ -182,7 +361,9 @@ def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | N
     """Per-sample analysis results joined with id, image, caption and metadata (row order).
 
     A shared resource, not cache_data: cache_data would unpickle a copy of a 1M-row frame on
-    every rerun (about 0.5 s). Pages only read it."""
+    every rerun (about 0.5 s). Pages only read it (never assign into it)."""
+    from curation import analysis
+
     with store.open_store(path) as s:
         df, _ = analysis.load(s, run_id)
         base = s.samples()
@@ -190,33 +371,50 @@ def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | N
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the selection arrays...")
-def selection_bundle(path: str, fingerprint: str, run_id: str, reward_key: str | None = None) -> dict:
-    """Selection inputs, an order cache and impact contexts, shared by all sessions (read-only)."""
+def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str | None = None):
+    """Immutable selection inputs shared by all sessions."""
     with store.open_store(path) as s:
-        inp = selection.load_inputs(s, run_id)
-    return {"inp": inp, "orders": {}, "contexts": {}}
+        return selection.load_inputs(s, run_id)
 
 
-def impact_context(bundle: dict, columns: tuple, label: str | None):
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, columns: tuple, label, eps: float,
+                    seed: int):
     from curation.metrics import ImpactContext
 
-    key = (columns, label)
-    if key not in bundle["contexts"]:
-        bundle["contexts"][key] = ImpactContext(bundle["inp"], columns=columns, label=label)
-    return bundle["contexts"][key]
+    inp = selection_inputs(path, fingerprint, run_id, reward_key)
+    return ImpactContext(inp, columns=columns, label=label, dedup_eps=eps, seed=seed)
+
+
+def impact_context(path: str, info: dict, cfg: SelectionConfig):
+    """The (immutable, shared) impact context for this dataset, the strata columns shown, the
+    selection's eps and seed."""
+    columns = tuple(cfg.confounders) or tuple(info["flagged"])
+    eps = cfg.dedup_eps if cfg.dedup_eps is not None else (DEFAULT.dedup_eps or 0.05)
+    return _impact_context(path, info["fingerprint"], info["run_id"], info["reward_key"], columns,
+                           info["label_column"], float(eps), int(cfg.seed))
+
+
+def session_cache() -> selection.SelectionCache:
+    """This session's memoised selection work (never shared with another session)."""
+    if "sel_cache" not in st.session_state:
+        st.session_state["sel_cache"] = selection.SelectionCache()
+    return st.session_state["sel_cache"]
 
 
 def run_selection(path: str, info: dict):
-    """(bundle, config, result) for the current knobs, or a message and st.stop()."""
+    """(inputs, config, result) for the current knobs, or a message and st.stop()."""
     run_id = require_analysis(info)
-    bundle = selection_bundle(path, info["fingerprint"], run_id, info["reward_key"])
-    cfg = config_from_state()
+    inp = selection_inputs(path, info["fingerprint"], run_id, info["reward_key"])
+    cfg, hints = config_from_state(inp.n)
+    for h in hints:
+        st.caption(esc(h))
     try:
-        res = selection.select(bundle["inp"], cfg, cache=bundle["orders"])
+        res = selection.select(inp, cfg, cache=session_cache())
     except CurationError as e:
-        st.error(f"This configuration cannot run: {e}")
+        error(f"This configuration cannot run: {e}")
         st.stop()
-    return bundle, cfg, res
+    return inp, cfg, res
 
 
 def show_image(root: str | None, value, caption: str | None = None, width: int = 128) -> None:
@@ -225,16 +423,13 @@ def show_image(root: str | None, value, caption: str | None = None, width: int =
         p = store.resolve_image(Path(root) if root else None, value)
         st.image(str(p), width=width)
     except CurationError as e:
-        st.caption(f"(no image: {e})")
+        st.text(f"(no image: {e})")
     if caption is not None:
         st.text(str(caption))
 
 
 def flagged_columns(info: dict) -> list[str]:
-    conf = info.get("confounders")
-    if conf is None:
-        return []
-    return conf.loc[conf["is_confounder"], "column"].tolist()
+    return list(info.get("flagged") or [])
 
 
 def rows_in_region(df, region: dict | None):
@@ -250,3 +445,35 @@ def selected_mask(n: int, rows: np.ndarray) -> np.ndarray:
     m = np.zeros(n, bool)
     m[rows] = True
     return m
+
+
+def budget_knob(n: int) -> None:
+    """The budget as a fraction of the pool (slider) or a count (number input), one stored value."""
+    b = get("budget")
+    unit = "count" if isinstance(b, int) else "fraction"
+    st.session_state["sel_budget_unit"] = unit
+
+    def unit_changed():
+        new = st.session_state["sel_budget_unit"]
+        cur = get("budget")
+        if new == "count" and not isinstance(cur, int):
+            put("budget", max(1, min(n, int(round(float(cur) * n)))))
+        elif new == "fraction" and isinstance(cur, int):
+            put("budget", min(1.0, max(0.01, round(cur / n, 2))))
+
+    st.radio("Budget as", ["fraction", "count"], key="sel_budget_unit", horizontal=True, on_change=unit_changed)
+    if unit == "count":
+        knob(st.number_input, "budget", "Budget (samples)", min_value=1, max_value=n, step=COUNT_STEP)
+    else:
+        if not 0.01 <= float(b) <= 1.0:  # a valid but tiny fraction from the URL or CLI habit
+            put("budget", min(1.0, max(0.01, float(b))))
+            st.caption(esc(f"Budget {b} is below the slider's smallest fraction; set to 0.01. Use a count "
+                           "for smaller subsets."))
+        knob(st.slider, "budget", "Budget (fraction of the pool)", 0.01, 1.0, step=0.01)
+
+
+def gate_knob(axis: str, label: str, disabled: bool = False, help: str | None = None) -> None:
+    name = GATE_PREFIX + axis
+    if name not in _state():
+        put(name, 1.0)
+    knob(st.slider, name, label, GATE_MIN, 1.0, step=0.01, disabled=disabled, help=help)

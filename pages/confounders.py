@@ -8,7 +8,7 @@ from pages import _shared
 
 st.title("Confounders")
 path, info = _shared.current()
-run_id = _shared.require_analysis(info)
+run_id = _shared.require_analysis(info, needs=("prototypes", "confounders"))
 conf = info["confounders"]
 if conf is None:
     st.warning("The analysis has no confounder statistics: run the `confounders` step.")
@@ -22,11 +22,10 @@ st.dataframe(show.round(3), hide_index=True)
 
 usable = conf.loc[conf["kind"] != "skipped", "column"].tolist()
 flagged = _shared.flagged_columns(info)
-if not st.session_state["sel_confounders"] and flagged and not st.session_state.get("conf_touched"):
-    st.caption(f"Suggested: {', '.join(flagged)}")
-st.session_state["sel_confounders"] = [c for c in st.session_state["sel_confounders"] if c in usable]
-st.multiselect("Stratify the selection by", usable, key="sel_confounders",
-               on_change=lambda: st.session_state.update(conf_touched=True))
+if not _shared.get("confounders") and flagged:
+    st.caption(_shared.esc(f"Suggested: {', '.join(flagged)}"))
+_shared.put("confounders", [c for c in _shared.get("confounders") if c in usable])
+_shared.knob(st.multiselect, "confounders", "Stratify the selection by (applies on Select & export)", usable)
 
 df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 col = st.selectbox("Distribution by cluster of", usable, key="conf_col") if usable else None

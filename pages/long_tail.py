@@ -8,7 +8,7 @@ from pages import _shared
 
 st.title("Long tail")
 path, info = _shared.current()
-run_id = _shared.require_analysis(info)
+run_id = _shared.require_analysis(info, needs=("prototypes",))
 df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 
 sizes = np.bincount(df.prototype.to_numpy())

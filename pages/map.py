@@ -9,22 +9,24 @@ from pages import _shared
 
 st.title("Map")
 path, info = _shared.current()
-run_id = _shared.require_analysis(info)
+run_id = _shared.require_analysis(info, needs=("prototypes", "map"))
 df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
-if "map_x" not in df.columns:
-    st.warning("The analysis has no map yet: run the `map` step (`python -m curation analyze DB --steps map`).")
-    st.stop()
 
 numeric = ["knn_density", "tail_score", "glosh_score", "proto_dist", "fidelity_score", "consistency_score"]
 categorical = ["prototype", "hdbscan_label", "band", "selection"] + info["meta_columns"]
-options = [c for c in categorical + numeric if c == "selection" or c in df.columns]
+can_select = "density" in info["run"]["steps"]
+options = [c for c in categorical + numeric if (c == "selection" and can_select) or c in df.columns]
 color = st.selectbox("Colour by", options, key="map_color")
-max_points = st.slider("Points drawn (a sample; the heatmap shows all)", 2_000, 50_000, 15_000,
-                       step=1_000, key="map_points")
+n_rows = len(df)
+if n_rows > 2_000:
+    max_points = st.slider("Points drawn (a sample; the heatmap shows all)", 2_000, min(50_000, n_rows),
+                           min(15_000, n_rows), step=1_000, key="map_points")
+else:
+    max_points = n_rows
 
 always = None
 if color == "selection":
-    bundle, cfg, res = _shared.run_selection(path, info)
+    inp, cfg, res = _shared.run_selection(path, info)
     always = _shared.selected_mask(len(df), res.selected)
     st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
 is_cat = color in categorical

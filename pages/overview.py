@@ -1,8 +1,10 @@
-"""Overview: the dataset's size, columns, embedding models and dims, and the analysis status."""
+"""Overview: the dataset's size, columns, embedding models and dims, what the analysis found, and
+running the analysis in the background (other pages and sessions keep the last complete run)."""
 
+import pandas as pd
 import streamlit as st
 
-from curation import CurationError, analysis
+from curation import CurationError, analysis, jobs
 from pages import _shared
 
 st.title("Overview")
@@ -13,48 +15,69 @@ c1.metric("Samples", f"{info['rows']:,}")
 c2.metric("Image dim", info["image_dim"] or "none")
 c3.metric("Text dim", info["text_dim"] or "none")
 c4.metric("File size", f"{info['size_mb']} MB")
-st.caption(f"Fingerprint `{info['fingerprint']}` · source `{info['source']}`")
-st.write("**Embedding models**: image: ", info["image_model"] or "not recorded",
-         " · text: ", info["text_model"] or "not recorded")
+st.dataframe(pd.DataFrame({"": ["fingerprint", "source", "image model", "text model"],
+                           "value": [str(info["fingerprint"]), str(info["source"]),
+                                     str(info["image_model"] or "not recorded"),
+                                     str(info["text_model"] or "not recorded")]}),
+             hide_index=True, key="ov_facts")
 if info["shared_space"]:
     st.success("Image and text embeddings share one space: image-text fidelity is available.")
-else:
+elif info["image_dim"] and info["text_dim"]:
     st.warning("Image and text embeddings come from different encoders: image-text fidelity "
                "is not available (the joint space is still built from both).")
 
 st.subheader("Analysis")
 if info["run_id"]:
     run = info["run"]
-    st.write(f"Latest run `{info['run_id']}`: k = {run['outputs']['k']} prototypes in the "
-             f"{run['config']['space']} space, steps {', '.join(run['outputs']['steps'])}.")
-    st.dataframe({k: [round(v, 1)] for k, v in run["timings"].items() if isinstance(v, float)},
-                 hide_index=True)
+    st.markdown(_shared.esc(f"Run {info['run_id']}: k = {run['outputs'].get('k')} prototypes in the "
+                            f"{run['config'].get('space')} space; steps {', '.join(run['steps'])}."))
+    if info.get("report"):
+        st.code(info["report"], language=None)
 else:
     st.info("No analysis yet: prototypes, density, duplicates, the map, quality and confounder "
             "statistics are computed once and cached in the dataset.")
-space_options = ["joint", "image", "text"] if info["image_dim"] and info["text_dim"] else \
-    (["image"] if info["image_dim"] else ["text"])
+
+space_options = (["joint", "image", "text"] if info["image_dim"] and info["text_dim"] else
+                 ["image"] if info["image_dim"] else ["text"])
 space = st.selectbox("Space", space_options, key="ov_space")
-if st.button("Run analysis" if not info["run_id"] else "Run analysis again", key="ov_run"):
-    bar = st.progress(0.0, text="starting")
-    steps = list(analysis.STEPS)
+cfg = analysis.AnalysisConfig(space=space)
+job = jobs.job_for(path)
+running = job is not None and job.snapshot()["status"] == "running"
 
-    def progress(step, done, total):
-        i = steps.index(step) if step in steps else 0
-        frac = (i + (done / total if total else 1)) / len(steps)
-        bar.progress(min(frac, 1.0), text=f"{step}: {done:,} / {total:,}")
 
+@st.fragment(run_every=1.0 if running else None)
+def job_panel():
+    """Progress of a background analysis, polled every second; the page reloads when it ends."""
+    j = jobs.job_for(path)
+    if j is None:
+        return
+    snap = j.snapshot()
+    if snap["status"] == "running":
+        st.progress(snap["fraction"], text=_shared.esc(f"{snap['step']}: {snap['done']:,} / {snap['total']:,} "
+                                                       f"({snap['seconds']:.0f} s)"))
+    elif snap["status"] == "failed":
+        _shared.error(f"The analysis failed: {snap['error']}")
+    elif snap["status"] == "done" and st.session_state.get("ov_seen_run") != snap["run_id"]:
+        st.session_state["ov_seen_run"] = snap["run_id"]
+        st.rerun(scope="app")  # dataset_info is keyed by the file's mtime: the new run shows
+    elif snap["status"] == "done":
+        st.success(_shared.esc(f"Analysis {snap['run_id']} finished in {snap['seconds']:.0f} s."))
+
+
+label = "Run analysis" if not info["run_id"] else "Run analysis (cached when nothing changed)"
+c1, c2 = st.columns([1, 3])
+go = c1.button(label, key="ov_run", disabled=running)
+force = c2.checkbox("Recompute even when this run is stored", key="ov_force")
+if go:
     try:
-        analysis.analyze(path, analysis.AnalysisConfig(space=space), progress=progress)
+        jobs.start_analysis(path, cfg, force=force)
     except CurationError as e:
-        st.error(str(e))
+        _shared.error(str(e))
     else:
-        bar.progress(1.0, text="done")
-        st.cache_data.clear()
-        st.cache_resource.clear()
         st.rerun()
+job_panel()
 
 st.subheader("Columns")
-st.write(", ".join(info["columns"]))
-st.subheader("Stored tables")
-st.write(", ".join(info["tables"]))
+st.dataframe(pd.DataFrame({"column": [str(c) for c in info["columns"]]}), hide_index=True, key="ov_columns")
+with st.expander("Stored tables"):
+    st.dataframe(pd.DataFrame({"table": [str(t) for t in info["tables"]]}), hide_index=True, key="ov_tables")

@@ -13,30 +13,29 @@ from pages import _shared
 
 st.title("Quality")
 path, info = _shared.current()
-run_id = _shared.require_analysis(info)
+run_id = _shared.require_analysis(info, needs=("quality",))
 df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
-reason = info["run"]["timings"].get("fidelity_reason", "")
+reason = info["run"]["outputs"].get("fidelity_reason", "")
 
 
 def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> None:
     """Histogram of one axis with its gate as a red rule, a gate slider, and the six worst pairs."""
     st.subheader(title)
-    key = f"sel_gate_{axis}"
-    st.slider(f"Keep the best fraction by {axis.replace('_', ' ')} (1.0 = no gate)", 0.05, 1.0, key=key,
-              step=0.05)
-    keep = float(st.session_state[key])
+    _shared.gate_knob(axis, f"Keep the best fraction by {axis.replace('_', ' ')} (1.0 = no gate; applies on "
+                            "Select & export)")
+    keep = float(_shared.get(_shared.GATE_PREFIX + axis))
     values = df[value_col].to_numpy(dtype=float)
     rules = {}
     if keep < 1.0:
         rules[f"gate: keep top {keep:.0%}"] = float(np.quantile(values[np.isfinite(values)], 1 - keep))
     st.altair_chart(charts.histogram(values, value_col, rules), width="stretch")
     worst = df.nsmallest(6, value_col)
-    st.write(f"Lowest {axis.replace('_', ' ')}")
+    st.markdown(f"Lowest {axis.replace('_', ' ')}")
     grid = st.columns(6)
     for i, (_, r) in enumerate(worst.iterrows()):
         with grid[i]:
             _shared.show_image(info["image_root"], r.get("image"), r.get("caption"))
-            st.caption(f"{r['id']}: {fmt.format(r[value_col])}")
+            st.text(f"{r['id']}: {fmt.format(r[value_col])}")
 
 
 for axis, title in (("fidelity", "Image-text fidelity (cosine)"),
@@ -57,12 +56,12 @@ c1.metric("Stored ratings", f"{rw['n_ok']:,}", help=f"{rw['n_ratings'] - rw['n_o
 c2.metric("Trained models", len(rw["models"]))
 newest = rw["models"][-1]["model_id"] if rw["models"] else None
 c3.metric("Pool scored", "no" if not rw["scored_by"] else "by the newest model" if rw["scored_by"] == newest
-          else "by an older model", help=rw["scored_by"] or "Train a model, then score the pool.")
+          else "by an older model", help=_shared.esc(rw["scored_by"]) if rw["scored_by"] else "Train a model, then score the pool.")
 if not rw["n_ratings"] and not rw["models"]:
-    st.info("No ratings yet. Rate pairs with a local MLLM server:\n\n"
-            f"`python -m curation reward annotate {path} --endpoint http://localhost:8000/v1 "
-            "--model MODEL --sample 2000`\n\nor upload a ratings CSV below (`id` plus one numeric column per "
-            "axis, any scale, from an MLLM or from experts).")
+    st.info("No ratings yet. Rate pairs with a local MLLM server (command below), or upload a ratings CSV "
+            "(`id` plus one numeric column per axis, any scale, from an MLLM or from experts).")
+    st.code(f"python -m curation reward annotate {path} --endpoint http://localhost:8000/v1 "
+            "--model MODEL --sample 2000", language="bash")
 
 with st.expander("Train a reward model", expanded=not rw["models"]):
     up = st.file_uploader("Ratings CSV (id + one numeric column per axis); leave empty to use the stored ratings",
@@ -79,9 +78,10 @@ with st.expander("Train a reward model", expanded=not rw["models"]):
                 with st.spinner("Training the reward model..."):
                     res = reward.train(path, csv, progress=False)
             except CurationError as e:
-                st.error(str(e))
+                _shared.error(str(e))
             else:
-                st.success(f"Trained {res['model_id']} on {res['n_ratings']:,} ratings ({res['seconds']:.1f} s).")
+                st.success(_shared.esc(f"Trained {res['model_id']} on {res['n_ratings']:,} ratings "
+                                       f"({res['seconds']:.1f} s)."))
                 _shared.dataset_info.clear()
                 st.rerun()
 
@@ -96,19 +96,18 @@ if rw["models"]:
     st.write("Held-out Pearson r per axis (held out by case when the dataset has case ids; RefineNet reports "
              "r = 0.67 against experts):")
     st.dataframe(pd.DataFrame(rows[::-1]), hide_index=True, width="stretch")
-    if rw["scored_by"] != newest and st.button(f"Score the pool with {newest}", key="reward_score"):
+    if rw["scored_by"] != newest and st.button(_shared.esc(f"Score the pool with {newest}"), key="reward_score"):
         from curation import reward
 
         try:
             with st.spinner("Scoring every sample..."):
                 reward.score(path, newest, progress=False)
         except CurationError as e:
-            st.error(str(e))
+            _shared.error(str(e))
         else:
             _shared.dataset_info.clear()
             st.rerun()
 
-for axis in ("fidelity", "consistency"):
-    col = f"reward_{axis}"
-    if col in df:
-        axis_section(col, f"Reward: {axis} (rating scale)", col, "{:.2f}")
+for gate_axis in info["gate_axes"]:  # every reward axis the scored model has, not a fixed pair
+    if gate_axis.startswith("reward_") and gate_axis in df:
+        axis_section(gate_axis, f"Reward: {gate_axis[len('reward_'):]} (rating scale)", gate_axis, "{:.2f}")

@@ -14,39 +14,38 @@ from pages import _shared
 st.title("Select & export")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info)
+inp0 = _shared.selection_inputs(path, info["fingerprint"], run_id, info["reward_key"])
 
 with st.sidebar:
     st.header("Selection knobs")
-    st.slider("Budget (fraction of the pool)", 0.01, 1.0, step=0.01, key="sel_budget")
+    _shared.budget_knob(inp0.n)
     usable = [c for c in info["meta_columns"]
               if info["confounders"] is None or c in set(info["confounders"].query("kind != 'skipped'").column)]
-    st.session_state["sel_confounders"] = [c for c in st.session_state["sel_confounders"] if c in usable]
-    st.multiselect("Confounders (strata)", usable, key="sel_confounders",
-                   help=f"Flagged by the analysis: {', '.join(_shared.flagged_columns(info)) or 'none'}")
-    st.selectbox("Allocation across strata", MODES, key="sel_mode")
-    if st.session_state["sel_mode"] == "tempered":
-        st.slider("Temper (0 = proportional, 1 = balanced)", 0.0, 1.0, step=0.05, key="sel_temper")
-    st.number_input("Tail picks per core pick", 0.0, 10.0, step=0.04, key="sel_tail_ratio")
-    st.selectbox("Outliers", OUTLIER_POLICIES, key="sel_outliers")
-    st.checkbox("Drop near-duplicates", key="sel_dedup")
-    if st.session_state["sel_dedup"]:
-        st.number_input("Duplicate if cosine > 1 - eps; eps =", 0.001, 0.5, step=0.005, format="%.3f",
-                        key="sel_dedup_eps")
-    st.slider("Fidelity gate: keep best fraction", 0.05, 1.0, step=0.05, key="sel_gate_fidelity",
-              disabled="fidelity" in _shared.selection_bundle(path, info["fingerprint"], run_id, info["reward_key"])["inp"].unavailable)
-    st.slider("Consistency gate: keep best fraction", 0.05, 1.0, step=0.05, key="sel_gate_consistency")
-    if info["reward_key"]:  # the pool was scored by a reward model (Quality page / `reward score`)
-        st.slider("Reward fidelity gate: keep best fraction", 0.05, 1.0, step=0.05, key="sel_gate_reward_fidelity")
-        st.slider("Reward consistency gate: keep best fraction", 0.05, 1.0, step=0.05,
-                  key="sel_gate_reward_consistency")
-    st.selectbox("Filter column", ["(none)"] + info["meta_columns"], key="sel_filter_col")
-    if st.session_state["sel_filter_col"] != "(none)":
-        st.selectbox("Operator", OPERATORS, key="sel_filter_op")
-        st.text_input("Value (JSON or text; comma-separated for in)", key="sel_filter_value")
-    st.number_input("Seed (random baseline)", 0, 2**31 - 1, step=1, key="sel_seed")
+    _shared.put("confounders", [c for c in _shared.get("confounders") if c in usable])
+    _shared.knob(st.multiselect, "confounders", "Confounders (strata)", usable,
+                 help="Flagged by the analysis: " + _shared.esc(", ".join(_shared.flagged_columns(info)) or "none"))
+    _shared.knob(st.selectbox, "mode", "Allocation across strata", MODES)
+    if _shared.get("mode") == "tempered":
+        _shared.knob(st.slider, "temper", "Temper (0 = proportional, 1 = balanced)", 0.0, 1.0, step=0.05)
+    _shared.knob(st.number_input, "tail_ratio", "Tail picks per core pick", 0.0, 10.0, step=0.04)
+    _shared.knob(st.selectbox, "outliers", "Outliers", OUTLIER_POLICIES)
+    _shared.knob(st.checkbox, "dedup", "Drop near-duplicates")
+    if _shared.get("dedup"):
+        _shared.knob(st.number_input, "dedup_eps", "Duplicate if cosine > 1 - eps; eps =", 0.0001, 0.999,
+                     step=0.005, format="%.4f")
+    for axis in info["gate_axes"]:
+        reason = inp0.unavailable.get(axis)
+        _shared.gate_knob(axis, f"{axis.replace('_', ' ').capitalize()} gate: keep best fraction",
+                          disabled=reason is not None, help=_shared.esc(reason) if reason else None)
+    _shared.knob(st.selectbox, "filter_col", "Filter column", [_shared.NO_FILTER] + info["meta_columns"])
+    if _shared.get("filter_col") != _shared.NO_FILTER:
+        _shared.knob(st.selectbox, "filter_op", "Operator", OPERATORS)
+        if _shared.get("filter_op") not in ("is null", "not null"):
+            _shared.knob(st.text_input, "filter_value", "Value (comma-separated for in / not in)",
+                         help="Missing values match only `is null`; every other operator leaves them out.")
+    _shared.knob(st.number_input, "seed", "Seed (random baseline)", 0, 2**31 - 1, step=1)
 
-bundle, cfg, res = _shared.run_selection(path, info)
-inp = bundle["inp"]
+inp, cfg, res = _shared.run_selection(path, info)
 sm = res.summary
 if sm["selected"] == 0:
     st.warning("This configuration selects nothing: every sample is filtered, gated, a duplicate or an "
@@ -60,8 +59,7 @@ c4.metric("Pool", f"{sm['pool']:,}")
 if sm["shortfall"]:
     st.warning(f"Only {sm['eligible']:,} samples are eligible: the subset is {sm['shortfall']:,} short of the budget.")
 
-columns = tuple(cfg.confounders) or tuple(_shared.flagged_columns(info))
-ctx = _shared.impact_context(bundle, columns, info["label_column"])
+ctx = _shared.impact_context(path, info, cfg)
 impact = ctx.compare(res.selected, cfg.seed)
 left, right = st.columns([3, 2])
 with left:
@@ -89,23 +87,34 @@ if "map_x" in df:
 
 st.subheader("Export")
 fmt = st.selectbox("Format", manifest.FORMATS, key="exp_format")
-name = st.text_input("File name (written under data/exports/)", "subset", key="exp_name")
-ext = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl", "openclip": "tsv"}[fmt]
-safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_") or "subset"
-out = Path(path).parent / "exports" / f"{safe}.{ext}"
+default_name = manifest.default_name(info["name"], run_id, cfg)
+name = st.text_input("File name (written under data/exports/; the suffix follows the format)", default_name,
+                     key="exp_name")
+safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_.") .strip(".") or default_name
+out = Path(path).parent / "exports" / f"{safe}{manifest.EXTENSIONS[fmt]}"
+overwrite = st.checkbox("Overwrite an existing export of this name", key="exp_overwrite")
+if out.exists() and not overwrite:
+    st.caption(_shared.esc(f"{out.name} exists: tick Overwrite, or choose another name."))
 if st.button("Export manifest", key="exp_go"):
     try:
         with store.open_store(path) as s:
-            side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"))
+            side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
+                                   overwrite=overwrite)
         st.session_state["exp_last"] = {"path": str(out), "sidecar": side}
     except (CurationError, OSError) as e:
-        st.error(f"Export failed: {e}")
+        _shared.error(f"Export failed: {e}")
 last = st.session_state.get("exp_last")
 if last and Path(last["path"]).is_file():
-    st.success(f"Wrote {last['path']} ({last['sidecar']['manifest']['rows']:,} rows) with "
-               f"{manifest.paths_for(last['path'])['sidecar'].name} and {manifest.paths_for(last['path'])['dropped'].name}.")
-    st.download_button("Download the manifest", Path(last["path"]).read_bytes(),
+    side_paths = manifest.paths_for(last["path"])
+    st.success(_shared.esc(f"Wrote {last['path']} ({last['sidecar']['manifest']['rows']:,} rows) with "
+                           f"{side_paths['sidecar'].name} and {side_paths['dropped'].name}."))
+    c1, c2 = st.columns(2)
+    c1.download_button("Download the manifest", Path(last["path"]).read_bytes(),
                        file_name=Path(last["path"]).name, key="exp_download")
+    if side_paths["sidecar"].is_file():
+        c2.download_button("Download the sidecar", side_paths["sidecar"].read_bytes(),
+                           file_name=side_paths["sidecar"].name, key="exp_download_sidecar")
     st.json(json.loads(json.dumps(last["sidecar"])), expanded=False)
-    st.caption(f"Reproduce from the command line: `python -m curation select --from "
-               f"{manifest.paths_for(last['path'])['sidecar']} --out {last['path']}`")
+    st.text("Reproduce from the command line:")
+    st.code(f"python -m curation select --from {side_paths['sidecar']} --out {last['path']} --overwrite",
+            language="bash")

@@ -111,7 +111,7 @@ def test_knn_recall_against_exact(analyzed_db, result):
 
     with store.open_store(analyzed_db) as s:
         X, _ = _features(s, s.n_rows)
-        run = analysis.run_id_for(analysis.AnalysisConfig(), s.fingerprint)
+        run = analysis.latest_run(s)
         pt = analysis.load_table(s, run, "prototypes")
     cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
     q = np.random.default_rng(0).choice(len(X), 300, replace=False)

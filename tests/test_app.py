@@ -47,7 +47,8 @@ def test_overview_shows_the_demo_summary(data_dir):
     assert at.title[0].value == "Overview"
     assert [m.value for m in at.metric][:3] == ["4,000", "64", "64"]
     assert at.sidebar.selectbox[0].value == "demo"
-    assert any("Latest run" in md.value for md in at.markdown)
+    assert any(md.value.startswith("Run analysis\\-") for md in at.markdown), [m.value for m in at.markdown]
+    assert "near-duplicate groups" in at.code[0].value  # the CLI's report of the run
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -125,7 +126,7 @@ def test_missing_image_is_a_message(analyzed_db, tmp_path, monkeypatch):
     (d / "demo_images").mkdir()  # the thumbnails are gone
     monkeypatch.setenv("CURATION_DATA_DIR", str(d))
     at = _app("pages/long_tail.py")
-    assert any("missing" in c.value for c in at.caption)
+    assert any("missing" in t.value for t in at.text)
 
 
 def test_no_dataset_is_a_message_not_a_traceback(tmp_path, monkeypatch):

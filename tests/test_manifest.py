@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from curation import manifest, store
+from curation import CurationError, manifest, store
 from curation.selection import SelectionConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "sidecar_v1.json"
@@ -30,8 +30,8 @@ def test_select_writes_manifest_sidecar_and_dropped(db, tmp_path, run_cli):
                                 "--mode", "proportional", "--seed", "0", "--out", out)
     assert code == 0, err
     kept = pq.read_table(out).to_pandas()
-    dropped = pq.read_table(tmp_path / "out" / "subset.dropped.parquet").to_pandas()
-    side = json.loads((tmp_path / "out" / "subset.sidecar.json").read_text())
+    dropped = pq.read_table(tmp_path / "out" / "subset.parquet.dropped.parquet").to_pandas()
+    side = json.loads((tmp_path / "out" / "subset.parquet.sidecar.json").read_text())
     assert len(kept) == 1000 and len(kept) + len(dropped) == 4000
     assert {"id", "image", "image_path", "caption", "rank", "reason", "fidelity_score", "proto_dist"} <= set(kept)
     assert kept["rank"].tolist() == list(range(1000))
@@ -51,14 +51,14 @@ def test_same_config_byte_identical_and_reproducible_from_sidecar(db, tmp_path, 
     assert run_cli("select", db, *args, "--out", a)[0] == 0
     assert run_cli("select", db, *args, "--out", b)[0] == 0
     assert _sha(a) == _sha(b)
-    code, _, err = run_cli("select", "--from", tmp_path / "a.sidecar.json", "--out", c)
+    code, _, err = run_cli("select", "--from", tmp_path / "a.parquet.sidecar.json", "--out", c)
     assert code == 0, err
     assert _sha(a) == _sha(c)
 
 
 def test_from_sidecar_refuses_a_changed_dataset(db, tmp_path, run_cli):
     assert run_cli("select", db, "--budget", "100", "--out", tmp_path / "a.parquet")[0] == 0
-    side = json.loads((tmp_path / "a.sidecar.json").read_text())
+    side = json.loads((tmp_path / "a.parquet.sidecar.json").read_text())
     side["dataset"]["fingerprint"] = "0" * 32
     (tmp_path / "x.sidecar.json").write_text(json.dumps(side))
     code, _, err = run_cli("select", "--from", tmp_path / "x.sidecar.json", "--out", tmp_path / "z.parquet")
@@ -92,7 +92,7 @@ def test_a_failed_export_leaves_the_old_manifest(db, tmp_path, run_cli, monkeypa
 
     monkeypatch.setattr(manifest, "_write_table", boom)
     with pytest.raises(OSError):
-        run_cli("select", db, "--budget", "60", "--out", out)
+        run_cli("select", db, "--budget", "60", "--out", out, "--overwrite")
     assert _sha(out) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -122,5 +122,5 @@ def test_unknown_sidecar_version_refused(tmp_path):
     side = json.loads(GOLDEN.read_text())
     side["sidecar_version"] = 7
     (tmp_path / "s.json").write_text(json.dumps(side))
-    with pytest.raises(Exception, match="version 7"):
+    with pytest.raises(CurationError, match="has version 7; this tool reads up to 1"):
         manifest.read_sidecar(tmp_path / "s.json")

@@ -7,7 +7,7 @@ import pytest
 
 from curation import CurationError, selection, store
 from curation.metrics import ImpactContext, tvd
-from curation.selection import Filter, Gate, SelectionConfig, select
+from curation.selection import Filter, Gate, SelectionCache, SelectionConfig, select
 
 
 @pytest.fixture(scope="module")
@@ -15,18 +15,19 @@ def inp(analyzed_db):
     from curation import analysis
 
     with store.open_store(analyzed_db) as s:
-        run = analysis.run_id_for(analysis.AnalysisConfig(), s.fingerprint)
+        run = analysis.latest_run(s)
         i = selection.load_inputs(s, run)
-        i.truth = s.read_table("demo_truth")
+        object.__setattr__(i, "truth", s.read_table("demo_truth"))  # test-only attachment
     return i
 
 
 def test_cache_gives_the_same_result(inp):
-    cache = {}
+    cache = SelectionCache()
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
     a = select(inp, cfg, cache=cache)
     b = select(inp, replace(cfg, budget=900), cache=cache)
-    assert len(cache) == 1 and np.array_equal(b.selected[:300], a.selected)
+    # one order, one duplicate table (eps 0.05) and one column's strata codes: the budget reused them
+    assert len(cache) == 3 and np.array_equal(b.selected[:300], a.selected)
     assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
     assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
 
@@ -157,7 +158,7 @@ def test_bad_configs(inp, cfg, message):
 
 def test_unavailable_axis_is_named(inp):
     inp2 = replace(inp, unavailable={"fidelity": "not available: different encoders"},
-                   scores={k: v for k, v in inp.scores.items() if k != "fidelity"}, _dup_cache={})
+                   scores={k: v for k, v in inp.scores.items() if k != "fidelity"})
     with pytest.raises(CurationError, match="different encoders"):
         select(inp2, SelectionConfig(gates=(Gate("fidelity", top_q=0.5),)))
 

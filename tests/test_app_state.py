@@ -1,0 +1,224 @@
+"""App state you can trust: knobs survive page changes and stay in the URL, junk URL values are
+notices, user strings render as text, sessions do not share selection state, analysis runs in the
+background."""
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from curation import analysis, jobs, selection, store
+from curation.selection import Gate, SelectionConfig
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+OTHER_PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pages/quality.py", "pages/overview.py"]
+
+
+@pytest.fixture
+def data_dir(analyzed_db, tmp_path, monkeypatch):
+    d = tmp_path / "data"
+    d.mkdir()
+    shutil.copy(analyzed_db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
+    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
+    return d
+
+
+def _app(page=None, params=None):
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _qp(at, name):
+    v = at.query_params.get(name)
+    return v[0] if isinstance(v, list) else v
+
+
+def _inputs(db):
+    with store.open_store(db) as s:
+        return selection.load_inputs(s)
+
+
+def test_knobs_and_url_survive_every_page(data_dir):
+    at = _app("pages/select.py")
+    at.slider(key="sel_budget").set_value(0.4).run()
+    at.selectbox(key="sel_mode").set_value("balanced").run()
+    at.multiselect(key="sel_confounders").set_value(["site"]).run()
+    assert _metric(at, "Selected") == "1,600"
+    for page in OTHER_PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert (_qp(at, "budget"), _qp(at, "mode"), _qp(at, "confounders")) == ("0.4", "balanced", "site"), page
+        if page == "pages/map.py":  # the map's selection colouring uses the same knobs
+            at.selectbox(key="map_color").set_value("selection").run()
+            assert any("1,600 selected" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.switch_page("pages/select.py").run()
+    assert at.slider(key="sel_budget").value == 0.4
+    assert at.selectbox(key="sel_mode").value == "balanced"
+    assert at.multiselect(key="sel_confounders").value == ["site"]
+    assert _metric(at, "Selected") == "1,600"
+
+
+def test_strata_from_confounders_and_gate_from_quality_reach_select(data_dir):
+    at = _app("pages/confounders.py")
+    at.multiselect(key="sel_confounders").set_value(["scanner"]).run()
+    at.switch_page("pages/quality.py").run()
+    at.slider(key="sel_gate_fidelity").set_value(0.5).run()
+    at.switch_page("pages/select.py").run()
+    assert not at.exception
+    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(
+        confounders=("scanner",), gates=(Gate("fidelity", top_q=0.5),)))
+    assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
+    assert at.multiselect(key="sel_confounders").value == ["scanner"]
+    assert at.slider(key="sel_gate_fidelity").value == 0.5
+
+
+@pytest.mark.parametrize("name, value", [
+    ("budget", "-1"), ("budget", "1e400"), ("budget", "2.5"), ("budget", "lots"), ("mode", "foo"),
+    ("temper", "2"), ("tail_ratio", "-1"), ("outliers", "sometimes"), ("dedup", "maybe"),
+    ("dedup_eps", "0"), ("dedup_eps", "1.5"), ("gate_fidelity", "-1"), ("gate_fidelity", "nan"),
+    ("gate_nosuch", "0.5"), ("filter_col", "nosuch"), ("filter_op", "~"), ("confounders", "nosuch"),
+    ("seed", "x"), ("seed", "-3"),
+])
+def test_junk_url_values_are_notices_not_tracebacks(data_dir, name, value):
+    at = _app(None, {name: value})  # the notice shows on the page the link opens
+    assert not at.exception
+    notices = [w.value for w in at.warning]
+    assert any("ignored" in w or "removed" in w or "not in this dataset" in w for w in notices), notices
+    at.switch_page("pages/select.py").run()
+    assert not at.exception
+    assert _metric(at, "Selected") == "1,000"  # the defaults apply
+    assert name not in at.query_params  # a dropped value leaves the URL too
+
+
+@pytest.mark.parametrize("name, value, widget, shown", [
+    ("budget", "5", "number_input", 5), ("budget", "0.00001", "slider", 0.01), ("dedup_eps", "0.9", "number_input", 0.9),
+])
+def test_valid_url_values_are_kept_as_given(data_dir, name, value, widget, shown):
+    at = _app("pages/select.py", {name: value})
+    assert not at.exception
+    got = getattr(at, widget)(key=f"sel_{name}").value
+    assert got == pytest.approx(shown)
+
+
+def test_budget_as_a_count(data_dir):
+    at = _app("pages/select.py")
+    at.radio(key="sel_budget_unit").set_value("count").run()
+    assert at.number_input(key="sel_budget").value == 1000  # 0.25 of 4,000, converted
+    at.number_input(key="sel_budget").set_value(123).run()
+    assert _metric(at, "Selected") == "123" and _qp(at, "budget") == "123"
+    at.switch_page("pages/map.py").run()
+    at.switch_page("pages/select.py").run()
+    assert at.number_input(key="sel_budget").value == 123 and _metric(at, "Selected") == "123"
+
+
+def test_an_incomplete_filter_is_a_hint_not_an_error(data_dir):
+    at = _app("pages/select.py")
+    at.selectbox(key="sel_filter_col").set_value("age").run()
+    assert not at.exception and not at.error
+    assert _metric(at, "Selected") == "1,000"
+    assert any("Filter not applied yet" in c.value for c in at.caption)
+    at.text_input(key="sel_filter_value").set_value("40").run()
+    at.selectbox(key="sel_filter_op").set_value(">=").run()
+    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(
+        filters=(selection.Filter("age", ">=", 40),)))
+    assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
+
+
+def test_two_sessions_selecting_at_once_get_their_own_results(data_dir):
+    budgets = {0.1: "400", 0.3: "1,200"}
+    out, errors = {}, []
+
+    def session(b):
+        try:
+            at = _app("pages/select.py")
+            for _ in range(3):  # several reruns each, interleaved with the other session's
+                at.slider(key="sel_budget").set_value(b).run()
+                at.checkbox(key="sel_dedup").set_value(False).run()
+                at.checkbox(key="sel_dedup").set_value(True).run()
+            out[b] = _metric(at, "Selected")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=session, args=(b,)) for b in budgets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert out == budgets
+
+
+HOSTILE = "![x](http://127.0.0.1:8999/a) <img src=x onerror=alert(1)> **bold** :red[r]"
+
+
+@pytest.fixture
+def hostile_dir(tmp_path, monkeypatch, run_cli):
+    """A dataset whose ids, image paths, model names and a column name are Markdown/HTML."""
+    rng = np.random.default_rng(0)
+    n = 240
+    d = tmp_path / "data"
+    d.mkdir()
+    lines = ["id,image,caption,site"]
+    for i in range(n):
+        ident = f"\"{HOSTILE.replace(chr(34), '')} {i}\""
+        lines.append(f"{ident},\"![p](http://127.0.0.1:8999/p{i}).png\",\"caption **{i}** <b>x</b>\",s{i % 3}")
+    (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
+    centres = rng.normal(size=(6, 16))
+    img = centres[np.arange(n) % 6] + 0.3 * rng.normal(size=(n, 16))
+    np.save(tmp_path / "img.npy", img.astype(np.float32))
+    np.save(tmp_path / "txt.npy", (img + 0.3 * rng.normal(size=(n, 16))).astype(np.float32))
+    db = d / "demo.duckdb"
+    code, _, err = run_cli("ingest", db, "--metadata", tmp_path / "meta.csv", "--image-emb", tmp_path / "img.npy",
+                           "--text-emb", tmp_path / "txt.npy", "--shared-space", "--image-model", HOSTILE,
+                           "--text-model", HOSTILE)
+    assert code == 0, err
+    analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density", "quality", "confounders"])
+    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
+    return d
+
+
+def _markdown_values(at):
+    els = [*at.markdown, *at.caption, *at.error, *at.warning, *at.info, *at.success, *at.subheader, *at.title]
+    return [e.value for e in els]
+
+
+@pytest.mark.parametrize("page", ["pages/overview.py", "pages/quality.py", "pages/long_tail.py",
+                                  "pages/confounders.py", "pages/select.py", "pages/map.py"])
+def test_user_strings_render_as_text(hostile_dir, page):
+    at = _app(None if page == "pages/overview.py" else page)
+    assert not at.exception
+    for v in _markdown_values(at):
+        for raw in ("![x](", "![p](", "<img", "**bold**", ":red[", "**0**", "<b>"):
+            assert raw not in v, (page, v)
+    texts = [t.value for t in at.text]
+    if page == "pages/quality.py":
+        assert any(HOSTILE in t for t in texts), texts[:5]  # the id is shown, as literal text
+
+
+def test_run_analysis_button_runs_in_the_background(data_dir):
+    db = data_dir / "demo.duckdb"
+    at = _app()
+    at.button(key="ov_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = jobs.job_for(db)
+    assert job is not None
+    snap = job.wait(120)
+    assert snap["status"] == "done", snap["error"]
+    at.run()
+    assert not at.exception
+    with store.open_store(db) as s:
+        assert len(s.runs("analysis")) == 1  # the stored run was reused: no second row
