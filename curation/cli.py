@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -458,9 +459,9 @@ def cmd_select(a) -> int:
         base = SelectionConfig()
         if a.config:
             try:
-                base = SelectionConfig.from_json(Path(a.config).read_text())
-            except OSError as e:
-                raise CurationError(f"cannot read --config {a.config}: {e}") from e
+                base = SelectionConfig.from_json(Path(a.config).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise CurationError(f"cannot read --config {a.config}: {e}. Fix: pass a UTF-8 JSON file.") from None
         elif a.budget is None:
             raise CurationError("--budget is required (a count such as 5000 or a fraction such as 0.25).")
         cfg = _config_from_args(a, base)
@@ -542,9 +543,15 @@ def cmd_evaluate(a) -> int:
     from curation.projection import pca_reduce
     from curation.selection import SelectionConfig
 
+    if a.random < 1:
+        raise CurationError(f"--random {a.random}: the curated subset is compared with random subsets; "
+                            f"use 1 or more (default 5).")
     base = SelectionConfig()
     if a.config:
-        base = SelectionConfig.from_json(Path(a.config).read_text())
+        try:
+            base = SelectionConfig.from_json(Path(a.config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise CurationError(f"cannot read --config {a.config}: {e}. Fix: pass a UTF-8 JSON file.") from None
     cfg = _config_from_args(a, base)
     with store.open_store(a.db) as s:
         rec = runs.require(s, a.analysis_run)
@@ -554,6 +561,9 @@ def cmd_evaluate(a) -> int:
         F, slices = analysis._features(s, s.n_rows)
         X = analysis._space(F, slices, space)
         split = a.split_column or ("split" if "split" in inp.meta.columns else None)
+        if split is not None and split not in inp.meta.columns:
+            raise CurationError(f"--split-column {split!r} is not a column. Fix: use one of: "
+                                f"{', '.join(inp.meta.columns)}, or omit it for a case-grouped 20% split.")
     Z = pca_reduce(X, 64, seed=cfg.seed)
     del F, X
     res = metrics.evaluate(inp, Z, a.label, cfg, split_column=split, n_random=a.random)
@@ -579,6 +589,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_INTERNAL = 1
+# what an interrupted command leaves behind, said when Ctrl-C stops it
+ON_INTERRUPT = {
+    "embed": "finished shards are kept; run the same command again to resume.",
+    "reward": "ratings received before the interrupt are stored.",
+}
+
+
+def _close_bars() -> None:
+    """End any progress bar's line, so an error starts on a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -586,8 +614,31 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except CurationError as e:
+        _close_bars()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("interrupted; nothing was written.", file=sys.stderr)
+        _close_bars()
+        print(f"interrupted; {ON_INTERRUPT.get(args.command, 'nothing was written.')}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head -1` closed the pipe: not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush quiet
+        except OSError:
+            pass
+        return 0
+    except MemoryError:
+        _close_bars()
+        print("error: out of memory. Fix: close other programs, or use a machine with more memory "
+              "(the analysis needs about 4x the vectors' size).", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as e:  # a bug, not bad input: say so, and how to report it
+        _close_bars()
+        logging.getLogger("curation").debug("internal error", exc_info=True)
+        print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in curation, not a problem with your "
+              f"input. Please report it with the command you ran; `-v` shows the traceback.", file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_INTERNAL

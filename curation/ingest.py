@@ -76,11 +76,26 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
         if not files:
             raise InputError("folder holds no .parquet files.", file=p,
                              fix="point at a Parquet file or a folder of them.")
+        parts = []
+        for f in files:
+            try:
+                parts.append(pq.read_table(f))
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"cannot read Parquet: {e}", file=f,
+                                 fix="check that the file is valid Parquet.") from None
         try:
-            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(f"cannot read Parquet: {e}", file=p,
-                             fix="check that the file is valid Parquet.") from e
+            table = pa.concat_tables(parts, promote_options="default")
+        except pa.ArrowException as e:
+            col = next((n for n in parts[0].column_names if any(
+                n in t.column_names and t.schema.field(n).type != parts[0].schema.field(n).type for t in parts)), None)
+            other = next((f for f, t in zip(files, parts) if col in t.column_names and
+                          t.schema.field(col).type != parts[0].schema.field(col).type), None)
+            raise InputError(f"the files disagree on a column's type ({files[0].name}: "
+                             f"{parts[0].schema.field(col).type if col else '?'}, "
+                             f"{other.name if other else '?'}: "
+                             f"{parts[files.index(other)].schema.field(col).type if other else '?'}): {e}",
+                             file=p, column=col, fix="write that column with one type in every file.") from None
+        _check_unique_names(table.column_names, p)
         _check_utf8_arrow(table, p)
         return table
     if p.suffix.lower() in (".jsonl", ".ndjson"):
@@ -92,6 +107,7 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
             m = re.search(r"[Rr]ow #?(\d+)", str(e))
             raise InputError(f"cannot parse JSON lines: {e}", file=p, row=int(m.group(1)) if m else None,
                              fix="one JSON object per line, UTF-8.") from e
+        _check_unique_names(table.column_names, p)
         for c in string_columns:
             if c in table.column_names and not pa.types.is_string(table.column(c).type):
                 table = table.set_column(table.column_names.index(c), c, table.column(c).cast(pa.string()))
@@ -100,6 +116,8 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
         raise InputError(f"unsupported metadata format '{p.suffix}'.", file=p,
                          fix="use a .csv, .tsv, .jsonl or .parquet file.")
     raw = p.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not part of the first column's name
+        raw = raw[3:]
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -115,16 +133,42 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
     header = raw.split(b"\n", 1)[0].decode("utf-8")
     delim = "\t" if p.suffix.lower() == ".tsv" or ("\t" in header and "," not in header) else ","
     names = [h.strip().strip('"') for h in header.rstrip("\r").split(delim)]
+    _check_unique_names(names, p)
     types = {c: pa.string() for c in string_columns if c in names}
     try:
         return pcsv.read_csv(
             pa.py_buffer(raw), parse_options=pcsv.ParseOptions(delimiter=delim, newlines_in_values=True),
             convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
         )
-    except pa.ArrowInvalid as e:
-        m = re.search(r"[Rr]ow #?(\d+)", str(e))
-        raise InputError(f"cannot parse CSV: {e}", file=p, row=int(m.group(1)) if m else None,
-                         fix="check quoting and the number of fields on that row.") from e
+    except pa.ArrowException as e:
+        msg = str(e)
+        line = _csv_error_line(raw, msg)
+        where = f" (line {line} of the file)" if line else ""
+        m = re.search(r"[Rr]ow #?(\d+)", msg)
+        row = int(m.group(1)) if m else (line - 2 if line and line >= 2 else None)
+        raise InputError(f"cannot parse CSV{where}: {msg.splitlines()[0][:300]}", file=p, row=row,
+                         fix="check quoting and the number of fields on that row.") from None
+
+
+def _check_unique_names(names, path) -> None:
+    seen, dup = set(), []
+    for n in names:
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise InputError(f"column name(s) {', '.join(repr(d) for d in dup)} appear more than once in the header.",
+                         file=path, fix="give every column its own name.")
+
+
+def _csv_error_line(raw: bytes, msg: str) -> int | None:
+    """1-based line of the file Arrow's parse error quotes (it quotes the row, not its number)."""
+    m = re.search(r"got \d+: (.*)$", msg, re.S)
+    if not m:
+        return None
+    quoted = m.group(1).strip().encode("utf-8", "replace")
+    pos = raw.find(quoted[:200]) if quoted else -1
+    return raw.count(b"\n", 0, pos) + 1 if pos >= 0 else None
 
 
 def _check_utf8_arrow(table, path) -> None:
@@ -154,9 +198,13 @@ def load_npy(path: str | Path) -> np.ndarray:
         raise InputError("embedding file not found.", file=p, fix="check the path.")
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad header
+    except (ValueError, OSError, EOFError) as e:  # numpy's errors for a bad header or a truncated file
         raise InputError(f"not a readable .npy array ({e}).", file=p,
-                         fix="save embeddings with numpy.save as a 2-D float array.") from e
+                         fix="save embeddings with numpy.save as a 2-D float array.") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive (np.load returns an NpzFile) under a .npy name
+        keys = list(getattr(arr, "files", []))
+        raise InputError(f"this is an .npz archive (arrays {', '.join(keys[:6])}), not an .npy array.", file=p,
+                         fix="extract the embedding array (np.save('img.npy', np.load(FILE)['KEY'])) and pass that.")
     if arr.ndim != 2:
         raise InputError(f"expected a 2-D array (rows x dim), got shape {arr.shape}.", file=p,
                          fix="reshape to (n_samples, dim) before saving.")
@@ -227,15 +275,16 @@ def list_column_to_array(col, path, name) -> np.ndarray:
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
         raise InputError("no rows.", file=path, fix="check that the file holds data.")
-    d = int(lengths[0])
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):
+        raise InputError("empty embedding (a list with no values).", file=path, column=name, row=int(empty[0]),
+                         fix="compute that embedding or drop the sample.")
+    d = int(np.bincount(lengths).argmax())  # the common length: one odd row is that row's fault
     bad = np.flatnonzero(lengths != d)
     if len(bad):
-        raise InputError(f"embedding has {lengths[bad[0]]} values, row 0 has {d}: mixed dimensions.",
+        raise InputError(f"embedding has {lengths[bad[0]]} values where the others have {d}: mixed dimensions.",
                          file=path, column=name, row=int(bad[0]),
                          fix="every embedding in a column must have the same length.")
-    if d == 0:
-        raise InputError("embeddings are empty (dimension 0).", file=path, column=name, row=0,
-                         fix="compute the embeddings.")
     values = pc.list_flatten(col)
     return values.to_numpy(zero_copy_only=False).reshape(len(col), d)
 
@@ -248,33 +297,55 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
     if not root.is_dir():
         raise InputError("folder not found.", file=root, fix="pass the clip-retrieval output folder.")
 
-    def shards(sub, pattern):
+    def shards(sub, prefix, ext):
+        """{shard number: file} of ``sub/PREFIX_<number>.EXT``; any other file there is refused,
+        since pairing by position would give rows another shard's vectors."""
         d = root / sub
-        files = list(d.glob(pattern)) if d.is_dir() else []
-        return sorted(files, key=lambda f: int(re.findall(r"(\d+)", f.stem)[-1])
-                      if re.findall(r"(\d+)", f.stem) else -1)
+        out = {}
+        for f in sorted(d.iterdir()) if d.is_dir() else []:
+            if f.name.startswith(".") or not f.is_file():
+                continue
+            m = re.fullmatch(rf"{prefix}_(\d+)\.{ext}", f.name)
+            if not m:
+                raise InputError(f"unexpected file {f.name}: shards must be named {prefix}_<number>.{ext}.",
+                                 file=f, fix=f"remove or rename it; shards are paired by their number.")
+            num = int(m.group(1))
+            if num in out:
+                raise InputError(f"two shards with number {num} ({out[num].name}, {f.name}).", file=d,
+                                 fix="keep one of them.")
+            out[num] = f
+        return out
 
-    meta_files = shards("metadata", "*.parquet")
+    meta_files = shards("metadata", "metadata", "parquet")
     if not meta_files:
         raise InputError("no metadata/*.parquet shards.", file=root / "metadata",
                          fix="point at the folder clip-retrieval wrote (it has metadata/, img_emb/, text_emb/).")
-    img_files, txt_files = shards("img_emb", "*.npy"), shards("text_emb", "*.npy")
+    img_files, txt_files = shards("img_emb", "img_emb", "npy"), shards("text_emb", "text_emb", "npy")
     if not img_files and not txt_files:
         raise InputError("no img_emb/*.npy or text_emb/*.npy shards.", file=root,
                          fix="run clip-retrieval inference with image and/or text embeddings enabled.")
+    numbers = sorted(meta_files)
+    for sub, files in (("img_emb", img_files), ("text_emb", txt_files)):
+        if files and sorted(files) != numbers:
+            missing = sorted(set(numbers) - set(files))
+            extra = sorted(set(files) - set(numbers))
+            raise InputError(f"shard numbers do not match metadata/: {sub} lacks {missing or 'none'}, has extra "
+                             f"{extra or 'none'}.", file=root / sub,
+                             fix="re-run or remove incomplete shards; every metadata_<n> needs its "
+                                 f"{sub}_<n>.")
     tables = []
-    for i, mf in enumerate(meta_files):
+    for num in numbers:
+        mf = meta_files[num]
         t = read_table_file(mf)
         tables.append(t)
         for files in (img_files, txt_files):
             if files:
-                if len(files) != len(meta_files):
-                    raise InputError(f"{len(files)} embedding shards for {len(meta_files)} metadata shards.",
-                                     file=files[0].parent, fix="re-run or remove incomplete shards.")
-                rows = load_npy(files[i]).shape[0]
+                rows = load_npy(files[num]).shape[0]
                 if rows != t.num_rows:
                     raise InputError(f"shard has {rows} rows, its metadata {mf.name} has {t.num_rows}.",
-                                     file=files[i], fix="re-run the shard; embeddings and metadata must align.")
+                                     file=files[num], fix="re-run the shard; embeddings and metadata must align.")
+    img_files = [img_files[k] for k in numbers] if img_files else []
+    txt_files = [txt_files[k] for k in numbers] if txt_files else []
     table = pa.concat_tables(tables, promote_options="default")
     vectors = {"image": np.concatenate([load_npy(f) for f in img_files]) if img_files else None,
                "text": np.concatenate([load_npy(f) for f in txt_files]) if txt_files else None}
@@ -290,9 +361,7 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
     meta, source = {}, f"clip-retrieval:{root.name}"
     info_file = root / "embed_info.json"  # written by `python -m curation embed`
     if info_file.exists():
-        import json
-
-        info = json.loads(info_file.read_text(encoding="utf-8"))
+        info = _read_embed_info(info_file)
         if not info.get("complete"):
             raise InputError("the embed run that wrote this folder has not finished.", file=info_file,
                              fix="run the same `python -m curation embed` command again: it resumes.")
@@ -306,6 +375,24 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
     return IngestInput(table, vectors, {"metadata": str(root / "metadata"), "image": str(root / "img_emb"),
                                         "text": str(root / "text_emb")},
                        Path(image_root) if image_root else root, source=source, meta=meta)
+
+
+def _read_embed_info(path: Path) -> dict:
+    """``embed_info.json`` checked: a JSON object naming its model, in UTF-8."""
+    import json
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"not valid UTF-8 JSON ({e}).", file=path,
+                         fix="restore the file `embed` wrote, or delete it and pass --image-model/--text-model.") from None
+    if not isinstance(info, dict):
+        raise InputError(f"expected a JSON object, found a {type(info).__name__}.", file=path,
+                         fix="restore the file `embed` wrote, or delete it.")
+    if not isinstance(info.get("model"), str) or not info["model"]:
+        raise InputError("it names no model (the 'model' field).", file=path,
+                         fix="restore the file `embed` wrote, or delete it and pass --image-model/--text-model.")
+    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +490,7 @@ def validate(inp: IngestInput) -> None:
             finite = np.isfinite(block).all(axis=1)
             nonzero = (block != 0).any(axis=1)
             if finite.all() and nonzero.all():
+                _check_float32_range(block, start, kind, vfile, ids)
                 continue
             if id_list is None:
                 id_list = ids
@@ -415,6 +503,59 @@ def validate(inp: IngestInput) -> None:
             raise InputError(f"{kind} embedding of id '{id_list[r].as_py()}' is all zeros.",
                              file=vfile, row=r, fix="recompute that embedding (all-zero usually means "
                              "the image or caption failed to load) or drop the sample.")
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(block: np.ndarray, start: int, kind: str, vfile, ids) -> None:
+    """Vectors are stored as float32 and L2-normalised: refuse a value that overflows float32, and
+    a row whose float32 norm is 0 or not finite (values that underflow, or whose squares overflow)."""
+    if block.dtype != np.float32:
+        big = np.abs(block) > F32_MAX
+        if big.any():
+            r, c = map(int, np.argwhere(big)[0])
+            raise InputError(f"{kind} embedding of id '{ids[start + r].as_py()}' has the value {block[r, c]:g} "
+                             f"(dimension {c}), beyond float32's range (about 3.4e38).", file=vfile, row=start + r,
+                             fix="recompute that embedding, or rescale the vectors (only directions matter).")
+    b32 = block.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.sqrt(np.einsum("nd,nd->n", b32.astype(np.float64), b32.astype(np.float64)))
+    tiny = ~(norms > 1e-30) | (b32 == 0).all(axis=1)
+    if tiny.any():
+        r = int(np.flatnonzero(tiny)[0])
+        raise InputError(f"{kind} embedding of id '{ids[start + r].as_py()}' is zero or too small to normalise "
+                         f"in float32 (norm {norms[r]:.3g}).", file=vfile, row=start + r,
+                         fix="recompute that embedding (it is effectively all zeros) or drop the sample.")
+
+
+def check_target(db: Path, inp: "IngestInput | None" = None, replace: bool = False) -> None:
+    """Refuse a dataset target that would lose data: an existing file without ``replace``; with
+    ``replace``, anything that is not a curation dataset (a folder, an input file, a foreign
+    database); a target that is one of the input files."""
+    from curation import store
+
+    db = Path(db)
+    if str(db).endswith(("/", "\\")) or db.is_dir():
+        raise InputError("the target is a folder.", file=db, fix="name a file such as data/mydata.duckdb.")
+    inputs = []
+    for v in (inp.sources.values() if inp is not None else []):
+        head = str(v).split(":", 1)[0] if not Path(str(v)).exists() else str(v)
+        if head and head != "None" and Path(head).exists():
+            inputs.append(Path(head).resolve())
+    if db.exists() and db.resolve() in inputs:
+        raise InputError("the target is one of the input files; writing it would destroy the input.", file=db,
+                         fix="name a new .duckdb file for the dataset.")
+    if not db.exists():
+        return
+    if not replace:
+        raise InputError("dataset already exists.", file=db,
+                         fix="pass --replace to overwrite it, or choose another path; "
+                             "datasets are never merged silently.")
+    if not store.is_dataset(db):
+        raise InputError("--replace refused: this file is not a curation dataset (no dataset_meta table), "
+                         "so replacing it would destroy something else.", file=db,
+                         fix="name a new .duckdb file, or delete that file yourself if it is really unwanted.")
 
 
 def infer_case_column(names, given: str | None = None) -> str | None:
@@ -462,10 +603,7 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
         extra_meta = {"embed": inp.meta["embed"], **(extra_meta or {})}
 
     db = Path(db)
-    if db.exists() and not replace:
-        raise InputError("dataset already exists.", file=db,
-                         fix="pass --replace to overwrite it, or choose another path; "
-                             "datasets are never merged silently.")
+    check_target(db, inp, replace)
     validate(inp)
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     if shared_space and (dims["image"] is None or dims["image"] != dims["text"]):

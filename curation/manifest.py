@@ -153,11 +153,16 @@ def build_frames(store, inp, result, cfg, run_id: str):
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through a temporary file in the target folder, renamed into place: a failure (disk
+    full, permissions) leaves the previous file as it was and is reported as one line."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise CurationError(f"cannot write {path}: {e.strerror or e}. Nothing was replaced. Fix: free disk "
+                            f"space or choose a writable location.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -236,9 +241,15 @@ def read_sidecar(path: str | Path) -> dict:
     if not p.is_file():
         raise CurationError(f"sidecar {p} not found. Fix: pass the <stem>.sidecar.json written by `select`.")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CurationError(f"sidecar {p} is not UTF-8 text ({e.reason} at byte {e.start}). Fix: pass the "
+                            f"sidecar `select` wrote.") from None
     except json.JSONDecodeError as e:
-        raise CurationError(f"sidecar {p} is not valid JSON: {e}") from e
+        raise CurationError(f"sidecar {p} is not valid JSON: {e}. Fix: pass the sidecar `select` wrote.") from None
+    if not isinstance(data, dict):
+        raise CurationError(f"sidecar {p} is a JSON {type(data).__name__}, not an object. Fix: pass the sidecar "
+                            f"`select` wrote.")
     v = data.get("sidecar_version")
     if not isinstance(v, int) or v > SIDECAR_VERSION:
         raise CurationError(f"sidecar {p} has version {v!r}; this tool reads up to {SIDECAR_VERSION}. "
@@ -246,6 +257,14 @@ def read_sidecar(path: str | Path) -> dict:
     for key in ("dataset", "config", "analysis_run"):
         if key not in data:
             raise CurationError(f"sidecar {p} lacks '{key}'. Fix: re-export the selection.")
+    ds = data["dataset"]
+    if not isinstance(ds, dict) or not isinstance(ds.get("path"), str) or not isinstance(ds.get("fingerprint"), str):
+        raise CurationError(f"sidecar {p}: 'dataset' must be an object with text 'path' and 'fingerprint'. "
+                            f"Fix: re-export the selection.")
+    if not isinstance(data["analysis_run"], str) or not data["analysis_run"]:
+        raise CurationError(f"sidecar {p}: 'analysis_run' must be a run id. Fix: re-export the selection.")
+    if not isinstance(data["config"], dict):
+        raise CurationError(f"sidecar {p}: 'config' must be a JSON object. Fix: re-export the selection.")
     return data
 
 

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -105,11 +106,28 @@ def build_request(model: str, caption: str, image_url: str) -> dict:
 
 
 class EndpointDown(CurationError):
-    pass
+    """The endpoint gave no usable response. ``response`` is True when something came back broken
+    (a bad status line, a truncated body): that is stored with its text as ``transport_error``;
+    False when nothing came back (refused, timed out): nothing is stored."""
+
+    def __init__(self, msg: str, response: bool = False):
+        super().__init__(msg)
+        self.response = response
+
+
+class Stopped(Exception):
+    """Raised inside a rating worker once the run was told to stop (Ctrl-C)."""
 
 
 def _post(url: str, body: dict, timeout: float, api_key: str | None) -> str:
-    """POST a chat-completions request; the answer's text. Connection problems raise EndpointDown."""
+    """POST a chat-completions request and return the answer's text.
+
+    An answer of any other shape (not JSON, not UTF-8, no ``choices[0].message.content``, content
+    that is null or not text) is returned as its raw text, which :func:`parse_rating` then reports
+    as malformed: it is stored with that text, never a crash. Transport failures (refused
+    connection, timeout, a bad status line, a truncated body) raise :class:`EndpointDown`.
+    """
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -119,21 +137,23 @@ def _post(url: str, body: dict, timeout: float, api_key: str | None) -> str:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            payload = json.loads(r.read().decode("utf-8"))
+            raw = r.read()
     except urllib.error.HTTPError as e:
         detail = e.read()[:300].decode("utf-8", "replace")
         if e.code in (401, 403, 404):
             raise CurationError(f"endpoint {url} answered HTTP {e.code}: {detail}. Fix: check --endpoint "
                                 "(it ends in /v1), --model and the API key (OPENAI_API_KEY).") from None
         raise EndpointDown(f"HTTP {e.code}: {detail}") from None
+    except (http.client.HTTPException, ConnectionResetError) as e:  # something came back, broken
+        raise EndpointDown(f"{type(e).__name__}: {e}", response=True) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-        raise EndpointDown(str(getattr(e, "reason", e))) from None
-    except json.JSONDecodeError:
-        raise EndpointDown("the answer was not JSON") from None
+        raise EndpointDown(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+    text = raw.decode("utf-8", "replace")
     try:
-        return payload["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise EndpointDown("the answer had no choices[0].message.content") from None
+        content = json.loads(text)["choices"][0]["message"]["content"]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return text[:2000]
+    return content if isinstance(content, str) else text[:2000]
 
 
 def _chat_url(endpoint: str) -> str:
@@ -142,13 +162,18 @@ def _chat_url(endpoint: str) -> str:
 
 
 def rate_one(url, model, caption, image_url, *, retries=2, timeout=60.0, api_key=None,
-             down_retries=3, backoff=1.0) -> dict:
-    """Rate one pair: retry malformed answers up to ``retries`` times, transient errors with backoff."""
+             down_retries=3, backoff=1.0, stop=None) -> dict:
+    """Rate one pair: retry malformed answers up to ``retries`` times, transient errors with backoff.
+
+    ``stop`` (a threading.Event): when set, no further request is sent (:class:`Stopped` is raised).
+    """
     body = build_request(model, caption, image_url)
     answers = []
     attempts = 0
     for _ in range(retries + 1):
         for k in range(down_retries + 1):
+            if stop is not None and stop.is_set():
+                raise Stopped()
             try:
                 attempts += 1
                 text = _post(url, body, timeout, api_key)
@@ -156,7 +181,10 @@ def rate_one(url, model, caption, image_url, *, retries=2, timeout=60.0, api_key
             except EndpointDown:
                 if k == down_retries:
                     raise
-                time.sleep(backoff * 2 ** k)
+                if stop is not None:
+                    stop.wait(backoff * 2 ** k)
+                else:
+                    time.sleep(backoff * 2 ** k)
         answers.append(text)
         parsed = parse_rating(text)
         if parsed:
@@ -176,7 +204,6 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     is raised with the fix.
     """
     import pandas as pd
-    from concurrent.futures import ThreadPoolExecutor
 
     from curation import store as store_mod
 
@@ -191,47 +218,99 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
         old = s.read_table(S.REWARD_RATINGS) if s.has_table(S.REWARD_RATINGS) else None
     done = set()
     if old is not None:
-        mine = old[(old["source"] == f"mllm:{model}") & (old["prompt_version"] == PROMPT_VERSION)]
+        mine = old[(old["source"] == f"mllm:{model}") & (old["prompt_version"] == PROMPT_VERSION)
+                   & (old["status"] != "transport_error")]  # a broken response is tried again
         done = set(mine[S.ROW].tolist())
     todo = np.setdiff1d(np.arange(len(samples)), np.fromiter(done, np.int64, len(done)))
     if len(todo) == 0:
         return {"rated": 0, "malformed": 0, "no_image": 0, "total": len(done)}
     rows = np.sort(np.random.default_rng(seed).choice(todo, size=min(n, len(todo)), replace=False))
 
+    import queue
+    import threading
+
+    stop = threading.Event()
+    tasks: "queue.Queue[int]" = queue.Queue()
+    for r in rows:
+        tasks.put(int(r))
+    results_q: "queue.Queue" = queue.Queue()
+
     def work(r):
         caption = samples[S.CAPTION].iat[r]
         try:
             img = image_data_url(store_mod.resolve_image(root, samples[S.IMAGE].iat[r]))
-        except Exception as e:  # noqa: BLE001 - a missing or broken image is recorded, not fatal
-            return r, {"status": "no_image", "fidelity": None, "consistency": None, "attempts": 0,
-                       "answer": str(e)[:500]}
-        return r, rate_one(url, model, caption, img, retries=retries, timeout=timeout, api_key=api_key,
-                           down_retries=down_retries, backoff=backoff)
+        except (CurationError, OSError, ValueError) as e:  # missing, unreadable or undecodable image
+            return {"status": "no_image", "fidelity": None, "consistency": None, "attempts": 0,
+                    "answer": str(e)[:500]}
+        return rate_one(url, model, caption, img, retries=retries, timeout=timeout, api_key=api_key,
+                        down_retries=down_retries, backoff=backoff, stop=stop)
+
+    def worker():
+        while not stop.is_set():
+            try:
+                r = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results_q.put((r, work(r), None))
+            except Stopped:
+                return
+            except EndpointDown as e:
+                failed = ({"status": "transport_error", "fidelity": None, "consistency": None,
+                           "attempts": down_retries + 1, "answer": str(e)[:2000]} if e.response else None)
+                results_q.put((r, failed, e))
+                stop.set()
+                return
+            except CurationError as e:  # the endpoint refuses us (401/403/404): no point going on
+                results_q.put((r, None, e))
+                stop.set()
+                return
 
     from tqdm import tqdm
 
-    results, down = [], None
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as ex, \
-            tqdm(total=len(rows), unit="pair", desc="rating", disable=not progress) as bar:
-        futures = [ex.submit(work, int(r)) for r in rows]
-        for f in futures:
-            try:
-                results.append(f.result())
-            except EndpointDown as e:
-                down = e
-                for g in futures:
-                    g.cancel()
-                break
-            bar.update(1)
+    # daemon threads, not an executor: an interrupted run must not wait for requests in flight
+    threads = [threading.Thread(target=worker, daemon=True, name=f"rate-{i}")
+               for i in range(max(1, min(concurrency, len(rows))))]
+    results, down, interrupted = [], None, False
+    with tqdm(total=len(rows), unit="pair", desc="rating", disable=not progress, file=sys.stderr) as bar:
+        for t in threads:
+            t.start()
+        try:
+            while len(results) < len(rows):
+                try:
+                    r, res, err = results_q.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and results_q.empty():
+                        break
+                    continue
+                if res is not None:
+                    results.append((r, res))
+                down = down or err
+                bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+    while not results_q.empty():  # answers that arrived while stopping are kept too
+        r, res, err = results_q.get_nowait()
+        if res is not None:
+            results.append((r, res))
+        down = down or err
+    results.sort(key=lambda x: x[0])
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
     new = pd.DataFrame([{S.ROW: r, S.ID: samples[S.ID].iat[r], "source": f"mllm:{model}",
                          "prompt_version": PROMPT_VERSION, "created": created, **res} for r, res in results])
     if len(new):
         _append_ratings(db, new)
+    if interrupted:
+        log.warning("interrupted: %d ratings stored", len(new))
+        raise KeyboardInterrupt
     counts = {"rated": int((new["status"] == "ok").sum()) if len(new) else 0,
               "malformed": int((new["status"] == "malformed").sum()) if len(new) else 0,
               "no_image": int((new["status"] == "no_image").sum()) if len(new) else 0,
+              "transport_error": int((new["status"] == "transport_error").sum()) if len(new) else 0,
               "total": len(done) + len(new)}
+    if down is not None and not isinstance(down, EndpointDown):
+        raise CurationError(f"{down} {len(new)} ratings gathered before that were stored.")
     if down is not None:
         raise CurationError(f"endpoint {url} is not answering ({down}); {len(new)} ratings gathered before "
                             "that were stored. Fix: start the server (e.g. `vllm serve MODEL`), check "
@@ -278,6 +357,9 @@ class RewardConfig:
     seed: int = 0
 
 
+RATING_ABS_MAX = 1e6  # any real rating scale fits; 1e308 would overflow the mean/sd the model standardises by
+
+
 def read_ratings_csv(path, ids, axes=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Ratings from a CSV: ``id`` plus one numeric column per axis. Returns (rows, values, axes).
 
@@ -309,6 +391,14 @@ def read_ratings_csv(path, ids, axes=None) -> tuple[np.ndarray, np.ndarray, list
                              row=int(np.flatnonzero(bad)[0]),
                              fix="ratings must be numeric (any scale); name the rating columns with --axes "
                                  "when the file has other columns.")
+    for a in axes:
+        v = t[a].to_numpy(np.float64)
+        bad = ~np.isfinite(v) & ~np.isnan(v) | (np.abs(np.nan_to_num(v)) > RATING_ABS_MAX)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise InputError(f"rating {v[r]!r} is not a usable number (infinite, or beyond +-{RATING_ABS_MAX:g}).",
+                             file=path, column=a, row=r, fix="ratings are finite scores on any ordinary scale "
+                             "(1-5, 0-100...); fix or drop that row.")
     pos = pd.Series(np.arange(len(ids)), index=pd.Index(ids))
     dup = t[S.ID].duplicated()
     if dup.any():

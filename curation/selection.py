@@ -131,6 +131,7 @@ class SelectionConfig:
             raise CurationError(f"selection config version {version} is not supported (this tool reads "
                                 f"version {CONFIG_VERSION}). Fix: upgrade curation or re-create the config.")
         d = dict(d)
+        _check_types(d)
         try:
             d["confounders"] = tuple(d.get("confounders", ()))
             d["gates"] = tuple(g if isinstance(g, Gate) else Gate(**g) for g in d.get("gates", ()))
@@ -169,6 +170,49 @@ class SelectionConfig:
             raise CurationError(f"budget {int(b)} is larger than the pool ({n} samples). "
                                 f"Fix: use at most {n}, or a fraction such as 0.25.")
         return int(b)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_types(d: dict) -> None:
+    """Every field of a config read from JSON has its type (a sidecar may have been edited by hand)."""
+    def bad(key, want):
+        raise CurationError(f"selection config: '{key}' is {d[key]!r}; it must be {want}. Fix: correct it, "
+                            f"or re-export the selection.")
+
+    for key in ("budget", "temper", "tail_core_ratio"):
+        if key in d and not _is_num(d[key]):
+            bad(key, "a number")
+    if "dedup_eps" in d and d["dedup_eps"] is not None and not _is_num(d["dedup_eps"]):
+        bad("dedup_eps", "a number or null")
+    for key in ("seed", "version"):
+        if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
+            bad(key, "a whole number")
+    for key in ("mode", "outliers"):
+        if key in d and not isinstance(d[key], str):
+            bad(key, "text")
+    if "confounders" in d and (not isinstance(d["confounders"], (list, tuple))
+                               or not all(isinstance(c, str) for c in d["confounders"])):
+        bad("confounders", "a list of column names")
+    for key, known in (("gates", {"axis", "min_score", "top_q"}), ("filters", {"column", "op", "value"})):
+        items = d.get(key, ())
+        if not isinstance(items, (list, tuple)):
+            bad(key, "a list")
+        for g in items:
+            if isinstance(g, (Gate, Filter)):
+                continue
+            if not isinstance(g, dict) or set(g) - known:
+                bad(key, f"a list of objects with keys {sorted(known)}")
+            if key == "gates":
+                if not isinstance(g.get("axis"), str):
+                    bad(key, "objects whose 'axis' is text")
+                for k in ("min_score", "top_q"):
+                    if g.get(k) is not None and not _is_num(g[k]):
+                        bad(key, f"objects whose '{k}' is a number or null")
+            elif not isinstance(g.get("column"), str) or not isinstance(g.get("op"), str):
+                bad(key, "objects whose 'column' and 'op' are text")
 
 
 class SelectionCache:

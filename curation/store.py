@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -66,6 +67,27 @@ def open_store(path: str | os.PathLike, read_only: bool = True, wait: float = 10
             f"or `python -m curation ingest {p} ...`."
         )
     return Store(p, read_only=read_only, wait=wait)
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a curation dataset (a DuckDB file with a ``dataset_meta`` table)."""
+    import duckdb
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as f:
+            if f.read(16)[8:12] != b"DUCK":
+                return False
+        con = duckdb.connect(str(p), read_only=True)
+    except (OSError, duckdb.Error):
+        return False
+    try:
+        return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                [S.META]).fetchone()[0])
+    finally:
+        con.close()
 
 
 class Store:
@@ -134,7 +156,16 @@ class Store:
             if not self.has_table(S.META):
                 raise StateError(f"{self.path} is not a curation dataset (no {S.META} table).")
             rows = self.con.execute(f"SELECT key, value FROM {S.META}").fetchall()
-            self._meta = {k: json.loads(v) for k, v in rows}
+            try:
+                meta = {k: json.loads(v) for k, v in rows}
+            except (TypeError, json.JSONDecodeError) as e:
+                raise StateError(f"{self.path}: the {S.META} table holds a value that is not JSON ({e}). "
+                                 f"Fix: re-ingest the dataset.") from None
+            missing = [k for k in ("fingerprint", "n_rows") if k not in meta]
+            if missing or not isinstance(meta.get("n_rows"), int):
+                raise StateError(f"{self.path}: the {S.META} table lacks {', '.join(missing) or 'a whole n_rows'}; "
+                                 f"the file is damaged or was not written by curation. Fix: re-ingest the dataset.")
+            self._meta = meta
         return self._meta
 
     @property
@@ -421,6 +452,39 @@ def _vectors_to_arrow(vecs: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(values, d)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted write of ``path`` left (``.NAME.tmp-PID-*`` and
+    their ``.wal``) whose writing process is gone. Returns what was removed.
+
+    Called by every write of that dataset, so a kill -9 costs disk space only until the next write.
+    Files of a process still running (a concurrent writer) are left alone.
+    """
+    path = Path(path)
+    removed = []
+    for f in path.parent.glob(f".{path.name}.tmp-*"):
+        m = re.match(rf"\.{re.escape(path.name)}\.tmp-(\d+)-", f.name)
+        if m and _pid_alive(int(m.group(1))):
+            continue  # (an old-style name without a pid is from an older version: stale)
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d stale temporary file(s) of %s", len(removed), path)
+    return removed
+
+
 def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
     """Content hash of a dataset: the samples table (Arrow IPC bytes) and every vector byte.
 
@@ -479,7 +543,18 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
             f"dataset {path} already exists. Fix: pass --replace to overwrite it, or choose "
             f"another path; datasets are never merged silently."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not is_dataset(path):
+        raise CurationError(f"{path} exists and is not a curation dataset; refused to replace it. "
+                            f"Fix: choose another path.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CurationError(f"cannot create the folder {path.parent}: {e.strerror}. Fix: choose a writable "
+                            f"location for the dataset.") from None
+    if not os.access(path.parent, os.W_OK):
+        raise CurationError(f"the folder {path.parent} is not writable. Fix: choose a writable location "
+                            f"for the dataset, or fix its permissions.")
+    remove_stale_temps(path)
     n = samples.num_rows
     vectors = {k: (None if v is None else np.ascontiguousarray(v, dtype=np.float32))
                for k, v in vectors.items()}
@@ -499,7 +574,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
     emb_table = pa.table(emb_cols)
     meta_table = pa.table({"key": list(m), "value": [json.dumps(m[k], sort_keys=True) for k in m]})
 
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         con = duckdb.connect(str(tmp))
         try:
@@ -510,9 +585,15 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
                 con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT * FROM _incoming")
                 con.unregister("_incoming")
             con.execute("CHECKPOINT")
+        except duckdb.InterruptException:
+            raise KeyboardInterrupt from None  # Ctrl-C inside a query: the CLI's interrupt message
+        except duckdb.Error as e:
+            raise CurationError(f"cannot write dataset {path}: {e}. Nothing was changed.") from None
         finally:
             con.close()
         os.replace(tmp, path)
+    except OSError as e:
+        raise CurationError(f"cannot write dataset {path}: {e.strerror or e}. Nothing was changed.") from None
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
             if leftover.exists():

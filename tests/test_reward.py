@@ -52,7 +52,7 @@ def test_parse_rating_is_strict(text, expected):
 def test_annotate_rates_stores_and_resumes(demo_copy):
     with FakeMLLM(lambda body, n: GOOD) as srv:
         counts = reward.annotate(demo_copy, srv.url, "fake-vlm", 12, progress=False)
-        assert counts == {"rated": 12, "malformed": 0, "no_image": 0, "total": 12}
+        assert counts == {"rated": 12, "malformed": 0, "no_image": 0, "transport_error": 0, "total": 12}
         req = srv.requests[0]
         assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "fake-vlm"
         assert req["body"]["temperature"] == 0
