@@ -441,6 +441,9 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         kinds = [k for k in S.EMB_KINDS if store.dim(k) is not None]
         config = resolve_space(config, kinds)
         config.validate(n)
+        if "map" in steps and n < MAP_MIN_ROWS:  # before any vector is read
+            raise CurationError(f"the map step needs at least {MAP_MIN_ROWS} samples; this dataset has {n}. "
+                                f"Fix: leave out the map step (--steps prototypes,density,quality,confounders).")
         fingerprint = store.fingerprint
         run_id = run_id_for(config, fingerprint)
         names = table_names(run_id)

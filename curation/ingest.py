@@ -135,11 +135,21 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
     names = [h.strip().strip('"') for h in header.rstrip("\r").split(delim)]
     _check_unique_names(names, p)
     types = {c: pa.string() for c in string_columns if c in names}
-    try:
+    def parse(block_size=None):
         return pcsv.read_csv(
             pa.py_buffer(raw), parse_options=pcsv.ParseOptions(delimiter=delim, newlines_in_values=True),
             convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+            read_options=pcsv.ReadOptions(block_size=block_size) if block_size else None,
         )
+
+    try:
+        try:
+            return parse()
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e) or len(raw) >= 2**31 - 1:
+                raise
+            # a value longer than Arrow's 1 MB block (a 10 MB caption): parse the file as one block
+            return parse(block_size=len(raw) + 1)
     except pa.ArrowException as e:
         msg = str(e)
         line = _csv_error_line(raw, msg)
