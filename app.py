@@ -9,12 +9,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from curation import store
+from curation import charts, store
 from pages import _shared
 
 DATA_DIR = Path(os.environ.get("CURATION_DATA_DIR", "data"))
 
 st.set_page_config(page_title="curation", layout="wide")
+charts.configure_altair()  # once per run of the entry point; the chart builders bound their rows
 
 datasets = store.list_datasets(DATA_DIR)
 names = [p.name.removesuffix(store.SUFFIX) for p in datasets]

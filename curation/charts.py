@@ -12,10 +12,19 @@ import numpy as np
 MAX_POINTS = 20_000
 
 
+def configure_altair() -> None:
+    """Lift Altair's 5,000-row guard, once per process (the app calls it at start; call it in a
+    notebook too). Altair's data transformer is global state: setting it on every chart build, as
+    this module once did, changed it behind every caller's back. The builders below bound the rows
+    they send themselves (:data:`MAX_POINTS`, binned density)."""
+    import altair as alt
+
+    alt.data_transformers.disable_max_rows()
+
+
 def _alt():
     import altair as alt
 
-    alt.data_transformers.disable_max_rows()  # we bound the rows ourselves
     return alt
 
 

@@ -389,7 +389,9 @@ def analysis_report(db, run_id) -> str:
 
 def _add_select(sub):
     from curation.manifest import FORMATS
-    from curation.selection import MODES, OUTLIER_POLICIES
+    from curation.selection import MODES, OUTLIER_POLICIES, SelectionConfig
+
+    d = SelectionConfig()  # the defaults the help shows are the config's: one source
 
     p = sub.add_parser(
         "select", help="select a budgeted subset and export its manifest",
@@ -401,18 +403,19 @@ def _add_select(sub):
     p.add_argument("--config", help="a SelectionConfig JSON file (flags below override it)")
     p.add_argument("--budget", help="a count (5000) or a fraction of the pool (0.25)")
     p.add_argument("--confounders", help="comma-separated metadata columns to stratify by")
-    p.add_argument("--mode", choices=MODES, help="allocation across strata (default: proportional)")
-    p.add_argument("--temper", type=float, help="for --mode tempered: 0 = proportional, 1 = balanced")
-    p.add_argument("--tail-core-ratio", type=float, help="tail picks per core pick (default: 0.44)")
-    p.add_argument("--outliers", choices=OUTLIER_POLICIES, help="outlier policy (default: drop)")
-    p.add_argument("--dedup-eps", type=float, help="near-duplicate threshold (default: 0.05)")
+    p.add_argument("--mode", choices=MODES, help=f"allocation across strata (default: {d.mode})")
+    p.add_argument("--temper", type=float,
+                   help=f"for --mode tempered: 0 = proportional, 1 = balanced (default: {d.temper})")
+    p.add_argument("--tail-core-ratio", type=float, help=f"tail picks per core pick (default: {d.tail_core_ratio})")
+    p.add_argument("--outliers", choices=OUTLIER_POLICIES, help=f"outlier policy (default: {d.outliers})")
+    p.add_argument("--dedup-eps", type=float, help=f"near-duplicate threshold (default: {d.dedup_eps})")
     p.add_argument("--no-dedup", action="store_true", help="keep near-duplicates")
     p.add_argument("--gate", action="append", default=[],
                    help="quality gate AXIS:min=S or AXIS:top=Q, e.g. fidelity:top=0.9 (repeatable)")
     p.add_argument("--filter", action="append", default=[],
                    help='metadata filter "COLUMN OP VALUE", e.g. "modality == CT" or "age >= 18" (repeatable)')
-    p.add_argument("--seed", type=int, help="seed of the random baseline (default: 0)")
-    p.add_argument("--analysis-run", help="analysis run id (default: the latest)")
+    p.add_argument("--seed", type=int, help=f"seed of the random baseline (default: {d.seed})")
+    p.add_argument("--analysis-run", help="analysis run id (default: the latest with prototypes and density)")
     p.add_argument("--out", required=True, help="manifest path, e.g. data/subset.parquet")
     p.add_argument("--format", choices=FORMATS,
                    help="manifest format (default: from --out's suffix: .parquet, .csv, .jsonl, .tsv = openclip)")
@@ -501,6 +504,7 @@ def cmd_select(a) -> int:
           + (f"; short by {sm['shortfall']:,}: not enough eligible samples" if sm["shortfall"] else ""))
     print("reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sm["reasons"].items())))
     print(impact.round(4).to_string())
+    print(f"(duplicate_rate measured at eps {ctx.dedup_eps:g}, the selection's)")
     print(f"wrote {a.out} ({fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), "
           f"{manifest.paths_for(a.out)['sidecar'].name}, {manifest.paths_for(a.out)['dropped'].name}")
     return 0

@@ -126,7 +126,7 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndar
     Returns
     -------
     pandas.DataFrame with columns column, role, kind, levels, cramers_v, mutual_info, nmi,
-    probe_accuracy, majority_accuracy, probe_lift, is_confounder, note
+    probe_accuracy, chance_accuracy, probe_lift, is_confounder, note
     """
     import pandas as pd
     from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
@@ -146,7 +146,7 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndar
         role = "label" if col in label_columns else "metadata"
         row = {"column": col, "role": role, "kind": kind, "levels": len(levels), "cramers_v": np.nan,
                "mutual_info": np.nan, "nmi": np.nan, "probe_accuracy": np.nan,
-               "majority_accuracy": np.nan, "probe_lift": np.nan, "is_confounder": False, "note": ""}
+               "chance_accuracy": np.nan, "probe_lift": np.nan, "is_confounder": False, "note": ""}
         if codes is None:
             row["note"] = kind
             row["kind"] = "skipped"
@@ -156,7 +156,7 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndar
         row["mutual_info"] = float(mutual_info_score(codes, clusters))
         row["nmi"] = float(normalized_mutual_info_score(codes, clusters))
         acc, base = probe_accuracy(Z, codes[sub], groups, seed=seed)
-        row.update(probe_accuracy=acc, majority_accuracy=base, probe_lift=acc - base)
+        row.update(probe_accuracy=acc, chance_accuracy=base, probe_lift=acc - base)
         flagged = row["probe_lift"] >= lift_threshold or row["cramers_v"] >= v_threshold
         row["is_confounder"] = bool(flagged and role != "label")
         if flagged and role == "label":

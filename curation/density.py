@@ -25,6 +25,10 @@ from curation.prototypes import _members
 log = logging.getLogger(__name__)
 
 
+# core distances on the 2-D layout in parallel: the target machines have 2 cores (DESIGN section 7)
+HDBSCAN_JOBS = 2
+
+
 def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k: int = 10,
                         progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate kNN (cosine): each sample searches the members of its ``probes`` clusters.
@@ -187,7 +191,7 @@ def hdbscan_glosh(xy: np.ndarray, min_cluster_size: int | None = None, min_sampl
     n = len(xy)
     mcs = min_cluster_size or max(10, n // 1000)
     model = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min_samples or min(10, mcs),
-                            core_dist_n_jobs=2)
+                            core_dist_n_jobs=HDBSCAN_JOBS)
     labels = model.fit_predict(np.ascontiguousarray(xy, dtype=np.float64))
     scores = np.nan_to_num(model.outlier_scores_, nan=0.0, posinf=1.0).astype(np.float32)
     return labels.astype(np.int32), scores

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from curation import schema as S
-from curation.errors import CurationError, InputError
+from curation.errors import CurationError, PairError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ class EmbedConfig:
             raise CurationError(f"--dtype {self.out_dtype!r}: use one of {', '.join(OUT_DTYPES)}.")
         if self.precision not in PRECISIONS:
             raise CurationError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
-
-
-class PairError(Exception):
-    """One pair cannot be embedded (the reason is reported, the pair skipped)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,8 +209,13 @@ class TarPairs:
         f = handles.get(tar_path)
         if f is None:
             f = handles[tar_path] = open(tar_path, "rb")
-        f.seek(offset)
-        data = f.read(size)
+        try:
+            f.seek(offset)
+            data = f.read(size)
+        except OSError as e:
+            raise PairError(f"cannot read the image member from {Path(tar_path).name} ({e})") from None
+        if len(data) != size:
+            raise PairError(f"the image member is truncated in {Path(tar_path).name}") from None
         import io
 
         return _open_image(io.BytesIO(data)), caption
@@ -427,16 +428,20 @@ TINY_MODEL_CFG = {"embed_dim": 32,
 # ---------------------------------------------------------------------------------------------
 def load_pair(pairs, item, handles: dict, transform):
     """(transform(image), caption, None) for one pair, or (None, None, reason) when it cannot be
-    embedded. Never raises: one bad pair must not stop a run (local or Ray)."""
+    embedded: a missing, unreadable or undecodable image (:class:`PairError`, raised by the pair
+    sources), or an image the transform cannot convert (PIL's OSError / ValueError while converting
+    an odd mode). Anything else is a bug in the transform or the model and fails the run, which is
+    then not marked complete."""
     try:
         img, caption = pairs.load(item, handles)
         if not isinstance(caption, str) or not caption.strip():
             raise PairError("empty caption")
-        return transform(img), caption, None
     except PairError as e:
         return None, None, str(e)
-    except Exception as e:  # noqa: BLE001
-        return None, None, f"{type(e).__name__}: {e}"
+    try:
+        return transform(img), caption, None
+    except (OSError, ValueError) as e:  # PIL decodes lazily and converts modes inside the transform
+        return None, None, f"image could not be converted ({type(e).__name__}: {e})"
 
 
 class _Dataset:

@@ -47,3 +47,8 @@ class InputError(CurationError):
 
 class StateError(CurationError):
     """The dataset is not in the state an operation needs (no analysis yet, fingerprint changed...)."""
+
+
+class PairError(CurationError):
+    """One image-caption pair cannot be embedded (missing or undecodable image, empty caption...):
+    the pair is skipped and its reason reported; the run goes on."""

@@ -120,14 +120,12 @@ def build_frames(store, inp, result, cfg, run_id: str):
     """(kept, dropped) DataFrames: kept in rank order with the scores the decision used."""
     import pandas as pd
 
-    from curation import analysis
     from curation import schema as S
 
     base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION) if c in [n for n, _ in store.columns()]]
     base = store.samples(base_cols)
     root = store.image_root()
-    df, _ = analysis.load(store, run_id)
-    n = inp.n
+    n = inp.n  # every analysis value the manifest carries is already in ``inp``
     frame = pd.DataFrame({
         "id": base[S.ID].astype(str),
         "image": base[S.IMAGE] if S.IMAGE in base else None,

@@ -13,9 +13,15 @@ from curation.errors import CurationError
 from curation.selection import MISSING, SelectionInputs
 
 
+# Offsets that give the random baselines their own random streams: the selection seed also seeds
+# other draws (the held-out split), and a baseline drawn from the same stream would share its draws.
+RANDOM_BASELINE_SEED_OFFSET = 7919        # a prime, so seed and seed + offset never coincide across seeds 0..7918
+EVAL_RANDOM_SUBSET_SEED_OFFSET = 1000     # evaluate's i-th random subset uses seed + 1000 + i
+
+
 def random_order(n: int, seed: int) -> np.ndarray:
     """A seeded permutation of the pool: a random subset of size b is its first b rows."""
-    return np.random.default_rng(seed + 7919).permutation(n)
+    return np.random.default_rng(seed + RANDOM_BASELINE_SEED_OFFSET).permutation(n)
 
 
 def _cached_random(ctx, seed: int) -> np.ndarray:
@@ -216,7 +222,7 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
         progress(1, n_random + 1)
     rnd = []
     for i in range(n_random):
-        rows = np.random.default_rng(cfg.seed + 1000 + i).choice(train_rows, len(res.selected), replace=False)
+        rows = np.random.default_rng(cfg.seed + EVAL_RANDOM_SUBSET_SEED_OFFSET + i).choice(train_rows, len(res.selected), replace=False)
         rnd.append(probe_scores(features[rows], codes[rows], Zte, yte, labels, rare))
         if progress:
             progress(i + 2, n_random + 1)

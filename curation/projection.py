@@ -21,6 +21,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# Sharpness of the soft kNN placement: a neighbour 0.05 less similar than the nearest weighs
+# exp(-1) as much, so a point lands near its closest fitted neighbours, not their centroid.
+PLACE_TEMPERATURE = 20.0
+
+
 def pca_basis(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0):
     """Top ``dims`` principal axes of the rows of ``X``, fitted on a seeded sample of at most
     ``fit_max`` rows. Returns (mean (d,), components (dims, d), sd (dims,)) as float32; signs are
@@ -95,7 +100,7 @@ def interpolate(Z_fit: np.ndarray, xy_fit: np.ndarray, Z_new: np.ndarray, k: int
     step = 1 << 15
     for i in range(0, len(Z_new), step):
         s, idx = index.search(unit(Z_new[i:i + step]), k)
-        w = np.exp((s - s[:, :1]) * 20.0)  # soft weights favouring the closest neighbours
+        w = np.exp((s - s[:, :1]) * PLACE_TEMPERATURE)  # soft weights favouring the closest neighbours
         w /= w.sum(axis=1, keepdims=True)
         out[i:i + step] = np.einsum("nk,nkd->nd", w, xy_fit[idx])
     return out

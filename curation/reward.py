@@ -356,6 +356,19 @@ class RewardConfig:
     patience: int = 0  # > 0: early stopping on an inner validation slice (noisy with rare defects)
     seed: int = 0
 
+    def check(self) -> None:
+        """Refuse values training cannot run with (one clear line each)."""
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise CurationError(f"--epochs {self.epochs}: train for at least one epoch.")
+        if self.patience < 0:
+            raise CurationError(f"patience {self.patience}: use 0 (no early stopping) or more.")
+        if not 0 < self.test_fraction < 1:
+            raise CurationError(f"test fraction {self.test_fraction}: use a value in (0, 1).")
+
+
+# the inner early-stopping split draws from its own stream, so it never repeats the held-out split's draws
+INNER_SPLIT_SEED_OFFSET = 1
+
 
 RATING_ABS_MAX = 1e6  # any real rating scale fits; 1e308 would overflow the mean/sd the model standardises by
 
@@ -429,61 +442,10 @@ def stored_ratings(store, source: str | None = None) -> tuple[np.ndarray, np.nda
     return df[S.ROW].to_numpy(), df[list(AXES)].to_numpy(np.float64), list(AXES), src
 
 
-class _Net:
-    """Factory for the reward network (a torch Module built lazily to keep torch out of imports)."""
+def _build_net(d_img, d_txt, k, shared, n_axes, hidden, dropout):
+    from curation.reward_net import RewardNet  # torch, imported only here
 
-    @staticmethod
-    def build(d_img, d_txt, k, shared, n_axes, hidden, dropout):
-        import torch
-        from torch import nn
-
-        class RewardNet(nn.Module):
-            """Embeddings -> fixed whitened PCA bases (fitted on the whole pool, stored as buffers) ->
-            learned projections a (image), b (text) -> MLP on [a, b, a*b] -> one output per axis.
-
-            In a shared CLIP-style space (image and text of one dimension, one basis for both) the
-            image-text cosine, the strongest single fidelity signal, also has a linear path to the
-            outputs. Few ratings (hundreds to thousands) against 512-768-d inputs: the PCA keeps the
-            learned part small enough not to memorise rater noise."""
-
-            def __init__(self):
-                super().__init__()
-                self.shared = bool(shared)
-                for name, d in (("img", d_img), ("txt", d_txt)):
-                    if d:
-                        self.register_buffer(f"{name}_mean", torch.zeros(d))
-                        self.register_buffer(f"{name}_comp", torch.zeros(k, d))
-                        self.register_buffer(f"{name}_sd", torch.ones(k))
-                self.pi = nn.Linear(k, hidden) if d_img else None
-                self.pt = nn.Linear(k, hidden) if d_txt else None
-                both = bool(d_img and d_txt)
-                self.cos = nn.Linear(1, n_axes) if both and self.shared else None
-                self.register_buffer("cos_stats", torch.tensor([0.0, 1.0]))  # pool mean, sd of the cosine
-                n_in = hidden * (3 if both else 1)
-                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.GELU(),
-                                          nn.Dropout(dropout), nn.Linear(hidden, n_axes))
-
-            def set_basis(self, name, mean, comp, sd):
-                for part, v in (("mean", mean), ("comp", comp), ("sd", sd)):
-                    getattr(self, f"{name}_{part}").copy_(torch.as_tensor(v))
-
-            def _pc(self, name, x):
-                return (x - getattr(self, f"{name}_mean")) @ getattr(self, f"{name}_comp").T / \
-                    getattr(self, f"{name}_sd").clamp(min=1e-6)
-
-            def forward(self, img, txt):
-                a = self.pi(self._pc("img", img)) if self.pi is not None else None
-                b = self.pt(self._pc("txt", txt)) if self.pt is not None else None
-                parts = [x for x in (a, b) if x is not None]
-                if a is not None and b is not None:
-                    parts.append(a * b)
-                out = self.head(torch.cat(parts, dim=1))
-                if self.cos is not None:
-                    c = (img * txt).sum(dim=1, keepdim=True)
-                    out = out + self.cos((c - self.cos_stats[0]) / self.cos_stats[1].clamp(min=1e-6))
-                return out
-
-        return RewardNet()
+    return RewardNet(d_img, d_txt, k, shared, n_axes, hidden, dropout)
 
 
 def _fit_bases(net, img_all, txt_all, k, shared, seed, fit_max=50_000):
@@ -534,13 +496,15 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
 
     Returns
     -------
-    dict : ``model_id``, ``axes``, ``metrics`` ({axis: {"r", "n_train", "n_test", ...}}), ``source``.
+    dict : ``model_id``, ``axes``, ``metrics`` ({axis: {"r", "n_train", "n_test", ...}}), ``source``,
+    ``train_rows`` / ``heldout_rows`` (dataset rows of each side of the split).
     """
     import pandas as pd
     import torch
 
     from curation import store as store_mod
 
+    config.check()
     t0 = time.time()
     with store_mod.open_store(db) as s:
         ids = s.samples([S.ID])[S.ID].astype(str).to_numpy()
@@ -589,14 +553,16 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
     d_txt = txt_all.shape[1] if txt_all is not None else 0
     k = min(config.pca_dims, *(d for d in (d_img, d_txt) if d))
     torch.manual_seed(config.seed)
-    net = _Net.build(d_img, d_txt, k, shared, len(axes), config.hidden, config.dropout)
+    net = _build_net(d_img, d_txt, k, shared, len(axes), config.hidden, config.dropout)
     _fit_bases(net, img_all, txt_all, k, shared, config.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    # early stopping on an inner validation slice of the training split (never the held-out one)
-    rng = np.random.default_rng(config.seed + 1)
-    inner = rng.permutation(tr)
-    n_val = max(len(inner) // 10, 1)
-    val, fit = inner[:n_val], inner[n_val:]
+    if config.patience:
+        # early stopping on an inner validation slice of the training split (never the held-out one)
+        inner = np.random.default_rng(config.seed + INNER_SPLIT_SEED_OFFSET).permutation(tr)
+        n_val = max(len(inner) // 10, 1)
+        val, fit = inner[:n_val], inner[n_val:]
+    else:  # no early stopping: every training rating trains the model
+        val, fit = tr[:0], tr
 
     def tensors(idx):
         img, txt = feats(rows[idx])
@@ -604,7 +570,7 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
         return T(img), T(txt), torch.from_numpy(Z[idx].astype(np.float32))
 
     Xi, Xt, Yf = tensors(fit)
-    Vi, Vt, Yv = tensors(val)
+    Vi, Vt, Yv = tensors(val) if config.patience else (None, None, None)
 
     def loss_fn(pred, y):
         m = torch.isfinite(y)
@@ -612,9 +578,10 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
 
     from tqdm import tqdm
 
-    best, best_state, since = float("inf"), None, 0
+    best, best_state, since, epochs_run = float("inf"), None, 0, 0
     g = torch.Generator().manual_seed(config.seed)
     for epoch in tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress):
+        epochs_run = epoch + 1
         net.train()
         perm = torch.randperm(len(Yf), generator=g)
         for i in range(0, len(perm), config.batch_size):
@@ -623,11 +590,11 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
             loss = loss_fn(net(Xi[b] if Xi is not None else None, Xt[b] if Xt is not None else None), Yf[b])
             loss.backward()
             opt.step()
+        if not config.patience:
+            continue
         net.eval()
         with torch.no_grad():
             v = float(loss_fn(net(Vi, Vt), Yv))
-        if not config.patience:
-            continue
         if v < best - 1e-4:
             best, since = v, 0
             best_state = {k: t.clone() for k, t in net.state_dict().items()}
@@ -654,7 +621,7 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
               "metrics": json.dumps(metrics, sort_keys=True),
               "arch": json.dumps({"d_img": d_img, "d_txt": d_txt, "k": k, "shared": shared, "mu": mu.tolist(),
                                   "sd": sd.tolist(), "grouped_by_case": groups is not None,
-                                  "epochs_run": epoch + 1}),
+                                  "epochs_run": epochs_run, "n_fit": int(len(fit))}),
               "fingerprint": fingerprint, "state": buf.getvalue()}
     with store_mod.open_store(db, read_only=False) as s:
         old = s.read_table(S.REWARD_MODELS) if s.has_table(S.REWARD_MODELS) else None
@@ -664,7 +631,8 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
                      timings={"train": round(time.time() - t0, 2)}, outputs={"model_id": model_id},
                      run_id=model_id, extra_tables={S.REWARD_MODELS: table})
     return {"model_id": model_id, "axes": axes, "metrics": metrics, "source": source,
-            "n_ratings": int(len(rows)), "grouped_by_case": groups is not None, "seconds": round(time.time() - t0, 2)}
+            "n_ratings": int(len(rows)), "grouped_by_case": groups is not None, "seconds": round(time.time() - t0, 2),
+            "train_rows": rows[tr], "heldout_rows": rows[te]}
 
 
 def models(store):
@@ -704,7 +672,7 @@ def score(db, model_id: str | None = None, *, batch: int = 65536, progress=True)
         img_all, txt_all = s.embeddings("image"), s.embeddings("text")
         n = s.n_rows
     axes, arch, cfg = json.loads(row["axes"]), json.loads(row["arch"]), json.loads(row["config"])
-    net = _Net.build(arch["d_img"], arch["d_txt"], arch["k"], arch["shared"], len(axes), cfg["hidden"],
+    net = _build_net(arch["d_img"], arch["d_txt"], arch["k"], arch["shared"], len(axes), cfg["hidden"],
                      cfg["dropout"])
     net.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
     net.eval()

@@ -522,30 +522,46 @@ def validate_config(cfg: SelectionConfig, inp: SelectionInputs) -> None:
     cfg.budget_count(inp.n)
 
 
+def _coerce(f: Filter, value, numeric: bool):
+    """A filter value in the column's terms: a number for a numeric column, text otherwise (so
+    ``site == 1`` matches the text "1", and ``age in 30,40`` compares numbers as ``age == 30`` does)."""
+    if numeric:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise CurationError(f"filter {f.column} {f.op} {f.value!r}: the column is numeric, {value!r} is not "
+                                f"a number.") from None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _filter_mask(f: Filter, series) -> np.ndarray:
+    """Rows that pass ``f``. One rule for missing values: they match only ``is null``; every other
+    operator (``!=`` and ``not in`` included) leaves them out."""
     import pandas as pd
 
     s = series
+    present = s.notna().to_numpy()
     if f.op == "is null":
-        return s.isna().to_numpy()
+        return ~present
     if f.op == "not null":
-        return s.notna().to_numpy()
+        return present
+    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    col = s if numeric else s.astype(object).where(s.notna(), None).map(lambda x: None if x is None else str(x))
     if f.op in ("in", "not in"):
         vals = f.value if isinstance(f.value, (list, tuple)) else [f.value]
-        m = s.isin(list(vals)).to_numpy()
-        return m if f.op == "in" else ~m & s.notna().to_numpy()
-    v = f.value
-    if pd.api.types.is_numeric_dtype(s):
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise CurationError(f"filter {f.column} {f.op} {f.value!r}: the column is numeric, the value is not.") from None
+        m = col.isin([_coerce(f, v, numeric) for v in vals]).to_numpy()
+        return (m if f.op == "in" else ~m) & present
+    v = _coerce(f, f.value, numeric)
     try:
-        m = {"==": s == v, "!=": s != v, "<": s < v, "<=": s <= v, ">": s > v, ">=": s >= v}[f.op]
+        m = {"==": col == v, "!=": col != v, "<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
     except TypeError:
         raise CurationError(f"filter {f.column} {f.op} {f.value!r}: cannot compare that column with "
                             f"this value.") from None
-    return m.fillna(False).to_numpy(dtype=bool)
+    return m.fillna(False).to_numpy(dtype=bool) & present
 
 
 def factorize_column(series) -> tuple[np.ndarray, list[str]]:

@@ -122,7 +122,7 @@ class Store:
                 if busy:
                     raise CurationError(f"cannot open dataset {self.path}: another process or session is "
                                         f"writing it ({e}). Fix: wait for it to finish, then try again.") from e
-                raise CurationError(f"cannot open dataset {self.path}: {e}") from e
+                raise CurationError(f"cannot open dataset {self.path}: {_first_line(e)}") from e
         self._meta: dict | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -337,7 +337,8 @@ class Store:
             except duckdb.Error:  # the failed statement already ended the transaction
                 pass
             if isinstance(e, duckdb.Error):
-                raise CurationError(f"cannot write to dataset {self.path}: {e}. Nothing was changed.") from e
+                raise CurationError(f"cannot write to dataset {self.path}: {_first_line(e)}. "
+                                    f"Nothing was changed.") from e
             raise
 
     def _replace_tables(self, tables: Mapping[str, object]) -> None:
@@ -406,6 +407,11 @@ class Store:
         df = self.read_table(S.RUNS)
         df = df.sort_values("created", kind="stable").reset_index(drop=True)
         return df if kind is None else df[df["kind"] == kind].reset_index(drop=True)
+
+
+def _first_line(e) -> str:
+    """An error's first line: DuckDB adds multi-line advice meant for programmers."""
+    return (str(e).strip().splitlines() or [""])[0].rstrip(".")
 
 
 RUN_COLUMNS = ("run_id", "kind", "created", "config", "fingerprint", "version", "timings", "outputs")
@@ -588,7 +594,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         except duckdb.InterruptException:
             raise KeyboardInterrupt from None  # Ctrl-C inside a query: the CLI's interrupt message
         except duckdb.Error as e:
-            raise CurationError(f"cannot write dataset {path}: {e}. Nothing was changed.") from None
+            raise CurationError(f"cannot write dataset {path}: {_first_line(e)}. Nothing was changed.") from None
         finally:
             con.close()
         os.replace(tmp, path)

@@ -16,7 +16,9 @@ if conf is None:
 st.write("Bias-corrected Cramér's V and mutual information against the prototype clusters, and a "
          "cross-validated linear probe from the embeddings (balanced accuracy against chance). "
          "Flagged: predictable from the embeddings, or tied to the clusters.")
-show = conf[["column", "role", "kind", "levels", "cramers_v", "nmi", "probe_accuracy", "majority_accuracy",
+if "majority_accuracy" in conf.columns:  # runs stored before the rename held chance under this name
+    conf = conf.rename(columns={"majority_accuracy": "chance_accuracy"})
+show = conf[["column", "role", "kind", "levels", "cramers_v", "nmi", "probe_accuracy", "chance_accuracy",
              "probe_lift", "is_confounder", "note"]]
 st.dataframe(show.round(3), hide_index=True)
 

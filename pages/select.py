@@ -65,6 +65,8 @@ left, right = st.columns([3, 2])
 with left:
     st.subheader("Impact: subset vs random subset of the same size")
     st.dataframe(impact.round(4), key="impact_table")
+    st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
+               f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
 with right:
     st.subheader("Reasons")
     st.dataframe({"reason": list(sm["reasons"]), "samples": list(sm["reasons"].values())}, hide_index=True)

@@ -182,3 +182,14 @@ def test_quality_page_reward_model_train_score_and_gate(data_dir, tmp_path):
     res = selection.select(_inputs(db), SelectionConfig(gates=(Gate("reward_fidelity", top_q=0.9),)))
     assert _metric(at, "Selected") == f"{len(res.selected):,}"
     assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
+
+
+def test_streamlit_config_keeps_patient_data_local():
+    """Localhost only, no usage statistics, XSRF on, and no error details: an exception shows a
+    short message without traceback or "Ask Google / ChatGPT" links that would carry its text out."""
+    import tomllib
+
+    cfg = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "localhost" and cfg["server"]["enableXsrfProtection"] is True
+    assert cfg["browser"]["gatherUsageStats"] is False
+    assert cfg["client"]["showErrorDetails"] == "none"

@@ -131,8 +131,13 @@ def test_planted_ratings_are_learned(trained):
         assert m["r"] >= 0.6, (axis, m)  # RefineNet reports r = 0.67 against experts
         assert m["n_train"] + m["n_test"] == 2000 and m["n_test"] >= 300
     with store.open_store(db) as s:
-        # held-out cases are disjoint from training cases: checked through the stored model record
+        # held-out cases are disjoint from training cases: checked on the rows each side used
+        cases = s.samples(["case_id"])["case_id"].to_numpy()
+        assert not set(cases[res["train_rows"]]) & set(cases[res["heldout_rows"]])
+        assert len(res["train_rows"]) + len(res["heldout_rows"]) == 2000
         rec = reward.models(s).iloc[-1]
+        # no early stopping by default: every training rating trained the model (no inner slice)
+        assert json.loads(rec["arch"])["n_fit"] == len(res["train_rows"])
         assert json.loads(rec["metrics"]) == res["metrics"] and json.loads(rec["arch"])["grouped_by_case"]
         assert s.runs("reward-train")["run_id"].iloc[-1] == res["model_id"]
 
@@ -233,20 +238,29 @@ def test_state_errors(demo_copy, run_cli):
 
 
 def test_train_on_annotated_ratings(demo_copy):
-    """The whole loop through the fake MLLM: ratings it gives (a function of the caption's finding
-    word) are stored, trained on and scored."""
+    """The whole loop through the fake MLLM: the ratings it gives (planted: a normal study rates 5,
+    any finding 2) are stored, trained on, and the pool's scores follow the planted rule."""
+    def planted(caption):
+        return 5 if "normal" in caption else 2
+
     def answer(body, n):
-        cap = caption_of(body)
-        f = 1 + (len(cap) % 5)
+        f = planted(caption_of(body))
         return json.dumps({"fidelity": f, "consistency": 6 - f})
 
     with FakeMLLM(answer) as srv:
-        reward.annotate(demo_copy, srv.url, "m", 120, concurrency=8, progress=False)
+        reward.annotate(demo_copy, srv.url, "m", 400, concurrency=8, progress=False)
     res = reward.train(demo_copy, progress=False)
-    assert res["source"] == "mllm:m" and res["n_ratings"] == 120
+    assert res["source"] == "mllm:m" and res["n_ratings"] == 400
     assert set(res["metrics"]) == {"fidelity", "consistency"}
     sc = reward.score(demo_copy, progress=False)
     assert sc["n"] == 4000
+    with store.open_store(demo_copy) as s:
+        captions = s.samples(["caption"])["caption"]
+        scores = reward.load_scores(s)
+    truth = captions.map(planted).to_numpy(float)
+    for axis, sign in (("fidelity", 1), ("consistency", -1)):
+        r = np.corrcoef(scores[f"reward_{axis}"].to_numpy(), truth)[0, 1]
+        assert sign * r > 0.7, (axis, r)  # learned on 400 ratings, checked on all 4,000 (measured 0.80)
 
 
 def test_ratings_csv_column_errors_name_file(trained, tmp_path):
@@ -256,3 +270,21 @@ def test_ratings_csv_column_errors_name_file(trained, tmp_path):
         ids = s.samples([S.ID])[S.ID].to_numpy()
     with pytest.raises(InputError, match="noid.csv.*no id column"):
         reward.read_ratings_csv(tmp_path / "noid.csv", ids)
+
+
+def test_epochs_zero_is_refused(trained, run_cli):
+    db, csv, _, _ = trained
+    code, _, err = run_cli("reward", "train", db, "--ratings", csv, "--epochs", "0", "--quiet")
+    assert code == 2 and "--epochs 0: train for at least one epoch" in err
+
+
+def test_early_stopping_holds_out_an_inner_slice(trained, tmp_path):
+    import shutil as sh
+
+    db, csv, _, _ = trained
+    copy = tmp_path / "d.duckdb"
+    sh.copy(db, copy)
+    res = reward.train(copy, csv, config=reward.RewardConfig(patience=3, epochs=20), progress=False)
+    with store.open_store(copy) as s:
+        arch = json.loads(reward.models(s).iloc[-1]["arch"])
+    assert arch["n_fit"] == len(res["train_rows"]) - len(res["train_rows"]) // 10

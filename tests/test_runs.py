@@ -106,7 +106,9 @@ def test_run_ids_are_a_primary_key(tmp_path, demo_db):
         df = s.runs("analysis")
         assert df["run_id"].tolist() == ["analysis-x"]
         assert json.loads(df["outputs"].iloc[0])["steps"] == ["prototypes", "density"]
-        with pytest.raises(Exception, match="(?i)constraint|duplicate"):
+        import duckdb
+
+        with pytest.raises(duckdb.ConstraintException, match="(?i)duplicate key"):
             s.con.execute("INSERT INTO runs SELECT * FROM runs")
 
 

@@ -206,3 +206,43 @@ def test_evaluate_curated_beats_random_on_rare_classes(analyzed_copy, run_cli):
 def test_evaluate_unknown_label(analyzed_copy, run_cli):
     code, _, err = run_cli("evaluate", analyzed_copy, "--label", "nope")
     assert code == 2 and "unknown label column 'nope'" in err
+
+
+# --- one rule for missing values: they match only `is null`; every other operator leaves them out ---
+@pytest.mark.parametrize("op, value, expected", [
+    ("==", "F", [0]), ("!=", "F", [1]), ("in", ["F"], [0]), ("not in", ["F"], [1]),
+    ("is null", None, [2, 3]), ("not null", None, [0, 1]),
+])
+def test_filter_operators_and_missing_text(op, value, expected):
+    import pandas as pd
+
+    from curation.selection import _filter_mask
+
+    s = pd.Series(["F", "M", None, np.nan], dtype=object)
+    assert np.flatnonzero(_filter_mask(Filter("sex", op, value), s)).tolist() == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("age == 30", [0]), ("age != 30", [1, 2]), ("age < 40", [0]), ("age <= 40", [0, 1]), ("age > 30", [1, 2]),
+    ("age >= 30", [0, 1, 2]), ("age in 30,40", [0, 1]), ("age not in 30,40", [2]), ("age is null", [3]),
+    ("age not null", [0, 1, 2]),
+])
+def test_filter_operators_and_missing_numbers(text, expected):
+    import pandas as pd
+
+    from curation.selection import _filter_mask, parse_filter
+
+    s = pd.Series([30.0, 40.0, 50.0, np.nan])
+    assert np.flatnonzero(_filter_mask(parse_filter(text), s)).tolist() == expected
+
+
+def test_filter_values_follow_the_column_type():
+    import pandas as pd
+
+    from curation.selection import _filter_mask, parse_filter
+
+    s = pd.Series(["1", "2", "x", None], dtype=object)  # a text column holding digits
+    assert np.flatnonzero(_filter_mask(parse_filter("site == 1"), s)).tolist() == [0]
+    assert np.flatnonzero(_filter_mask(parse_filter("site in 1,2"), s)).tolist() == [0, 1]
+    with pytest.raises(CurationError, match="the column is numeric, 'old' is not a number"):
+        _filter_mask(parse_filter("age == old"), pd.Series([1.0, 2.0]))

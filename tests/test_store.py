@@ -55,7 +55,7 @@ def test_failed_replace_leaves_old_file(tmp_path, monkeypatch):
     img = np.ones((10, 4), np.float32)
     fp = store.create_dataset(tmp_path / "d.duckdb", _samples(10), {"image": img})
     bad_extra = {"broken": object()}  # registering an object fails halfway through the write
-    with pytest.raises(Exception):
+    with pytest.raises(CurationError, match=r"cannot write dataset .*not suitable.*Nothing was changed"):
         store.create_dataset(tmp_path / "d.duckdb", _samples(20), {"image": np.ones((20, 4), np.float32)},
                              replace=True, extra_tables=bad_extra)
     with store.open_store(tmp_path / "d.duckdb") as s:
@@ -69,7 +69,7 @@ def test_write_tables_is_atomic(tmp_path):
     store.create_dataset(tmp_path / "d.duckdb", _samples(10), {"image": np.ones((10, 4), np.float32)})
     with store.open_store(tmp_path / "d.duckdb", read_only=False) as s:
         s.write_tables({"t1": pd.DataFrame({"x": [1, 2]})})
-        with pytest.raises(Exception):
+        with pytest.raises(CurationError, match=r"cannot write to dataset .*not suitable.*Nothing was changed"):
             s.write_tables({"t1": pd.DataFrame({"x": [9, 9, 9]}), "t2": object()})
         assert s.read_table("t1")["x"].tolist() == [1, 2]
         assert not s.has_table("t2")
