@@ -36,9 +36,11 @@ STEPS = ("prototypes", "density", "map", "quality", "confounders")
 # which step writes which per-sample columns
 STEP_COLUMNS = {
     "prototypes": ["prototype", "second_prototype", "proto_dist", "second_dist", "proto_pct", "band", "fps_rank"],
-    "density": ["knn_density", "tail_score", "dup_group", "is_dup"],
+    "density": ["knn_density", "tail_score", "dup_group", "is_dup", "image_prototype"],
     "map": ["map_x", "map_y", "map_fitted", "hdbscan_label", "glosh_score"],
-    "quality": ["fidelity", "fidelity_score", "consistency", "consistency_score", "image_prototype"],
+    "quality": ["fidelity", "fidelity_score", "consistency", "consistency_score", "image_prototype",
+                "caption_quality", "caption_score", "caption_words", "caption_dup_cases", "caption_dup_images",
+                "is_placeholder"],
     "confounders": [],
 }
 REQUIRES = {"density": "prototypes", "confounders": "prototypes"}
@@ -126,7 +128,7 @@ def run_id_for(config: AnalysisConfig, fingerprint: str) -> str:
 def table_names(run_id: str) -> dict[str, str]:
     h = run_id.split("-", 1)[1]
     return {"samples": f"analysis_{h}", "prototypes": f"prototypes_{h}", "knn": f"knn_{h}",
-            "confounders": f"confounders_{h}"}
+            "dedup_knn": f"dedupknn_{h}", "confounders": f"confounders_{h}"}
 
 
 def latest_run(store, needs=()) -> str | None:
@@ -249,6 +251,7 @@ class _Inputs:
     case_column: str | None = None
     label_column: str | None = None
     centroids: np.ndarray | None = None  # from a previous prototypes step of this run
+    captions: object = None         # caption texts (quality), None without a caption column
 
 
 def _step_prototypes(inp: _Inputs, prog) -> StepResult:
@@ -277,24 +280,53 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
                                             "centroid": [c.tobytes() for c in protos.centroids]})})
 
 
+def dedup_kind(slices) -> str:
+    """The modality near-duplicates are decided on: the image embedding when there is one, else
+    the text. In the joint space an identical caption lifts two different images above the
+    threshold (MedPix: 290 "duplicates" in the joint space, 162 images with any image neighbour
+    above 0.95), so duplicates are never decided there."""
+    return "image" if "image" in slices else "text"
+
+
 def _step_density(inp: _Inputs, prog) -> StepResult:
+    """kNN density and the long-tail score in the analysis space; near-duplicate groups on the
+    :func:`dedup_kind` embedding (its own kNN graph, unless the analysis space is that modality)."""
     from curation import density as D
     from curation import prototypes as P
 
     cfg, n, X = inp.config, inp.n, inp.X
+    kind = dedup_kind(inp.slices)
+    same = cfg.space == kind
+    total = n if same else 2 * n
     done = [0]
 
     def knn_prog(m):
         done[0] += m
-        prog("density", done[0], n)
+        prog("density", done[0], total)
 
     probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes)
     nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog)
     dens = D.knn_density(sim)
-    group, is_dup = D.duplicate_groups(nbr, sim, cfg.dedup_eps, case=inp.case,
+    cols = dict(knn_density=dens, tail_score=D.tail_score(dens))
+    tables = {"knn": _knn_table(nbr, sim)}
+    if same:
+        dnbr, dsim = nbr, sim
+    else:
+        # a view of F (no copy): in the joint layout its rows have norm 1/sqrt(2), so every inner
+        # product is half the cosine; k-means and the neighbour order are unaffected by the scale
+        Xd = _half(inp.F, inp.slices, kind, copy=False)
+        scale = np.float32(2.0 if len(inp.slices) == 2 else 1.0)
+        pd_ = P.fit_prototypes(Xd, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters, max_train=cfg.kmeans_train_max)
+        dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes)
+        dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog)
+        dsim = np.where(np.isfinite(dsim), dsim * scale, dsim).astype(np.float32)
+        tables["dedup_knn"] = _knn_table(dnbr, dsim)
+        if kind == "image":
+            cols["image_prototype"] = pd_.assign  # the quality step's image clusters too
+    group, is_dup = D.duplicate_groups(dnbr, dsim, cfg.dedup_eps, case=inp.case,
                                        keep_key=inp.out["proto_dist"].to_numpy())
-    return StepResult(columns=dict(knn_density=dens, tail_score=D.tail_score(dens), dup_group=group, is_dup=is_dup),
-                      tables={"knn": _knn_table(nbr, sim)})
+    cols.update(dup_group=group, is_dup=is_dup)
+    return StepResult(columns=cols, tables=tables, outputs={"dedup_space": kind})
 
 
 def _step_map(inp: _Inputs, prog) -> StepResult:
@@ -334,6 +366,9 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
         if cfg.space == "image" and "prototype" in inp.out.columns:
             img_assign = inp.out["prototype"].to_numpy()
             outputs["consistency_clusters"] = "the run's prototypes (image space)"
+        elif "image_prototype" in inp.out.columns:  # fitted by the density step for duplicates
+            img_assign = inp.out["image_prototype"].to_numpy()
+            outputs["consistency_clusters"] = f"image-space k-means, k={inp.k} (column image_prototype)"
         else:
             img_assign = P.fit_prototypes(img, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters,
                                           max_train=cfg.kmeans_train_max).assign
@@ -350,6 +385,12 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
     else:
         cols.update(fidelity=fid, fidelity_score=Q.rank_score(fid))
     outputs["fidelity_reason"] = reason or "available"
+    if inp.captions is not None:
+        cq = Q.caption_quality(inp.captions, inp.case)
+        cols.update(cq, caption_score=Q.tied_rank_score(cq["caption_quality"]))
+        outputs["caption_placeholders"] = int(cq["is_placeholder"].sum())
+    else:
+        outputs["caption_reason"] = "not available: the dataset has no captions"
     prog("quality", 2, 2)
     return StepResult(columns=cols, outputs=outputs)
 
@@ -468,7 +509,9 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
             centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
         inp = _Inputs(config=config, n=n, k=config.k or _default_k(n), F=None, slices={}, X=None, out=out,
                       shared_space=bool(store.meta.get("shared_space")), centroids=centroids,
-                      case=_case_codes(store) if "density" in steps else None,
+                      case=_case_codes(store) if {"density", "quality"} & set(steps) else None,
+                      captions=(store.samples([S.CAPTION])[S.CAPTION].tolist()
+                                if "quality" in steps and S.CAPTION in [c for c, _ in store.columns()] else None),
                       meta=store.samples(store.metadata_columns()) if "confounders" in steps else None,
                       case_column=store.meta.get("case_column"), label_column=store.meta.get("label_column"))
         inp.F, inp.slices = _features(store, n)
@@ -521,9 +564,17 @@ def _knn_table(nbr: np.ndarray, sim: np.ndarray):
                      "sim": fixed(sim.astype(np.float32), pa.float32())})
 
 
-def load_knn(store, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The stored kNN graph: (nbr (n, k) int64, sim (n, k) float32), read through Arrow."""
-    t = store.read_arrow(table_names(run_id)["knn"], ["nbr", "sim"])
+def load_knn(store, run_id: str, which: str = "knn") -> tuple[np.ndarray, np.ndarray]:
+    """A stored kNN graph: (nbr (n, k) int64, sim (n, k) float32), read through Arrow.
+
+    ``which``: "knn" (the analysis space: density) or "dedup_knn" (the duplicate space, see
+    :func:`dedup_kind`; runs whose analysis space is that modality, and runs stored before this
+    table existed, have only "knn", which is then returned).
+    """
+    name = table_names(run_id)[which]
+    if which == "dedup_knn" and not store.has_table(name):
+        name = table_names(run_id)["knn"]
+    t = store.read_arrow(name, ["nbr", "sim"])
     out = []
     for name, dtype in (("nbr", np.int64), ("sim", np.float32)):
         col = t.column(name).combine_chunks()

@@ -521,7 +521,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 def _check_float32_range(block: np.ndarray, start: int, kind: str, vfile, ids) -> None:
     """Vectors are stored as float32 and L2-normalised: refuse a value that overflows float32, and
     a row whose float32 norm is 0 or not finite (values that underflow, or whose squares overflow)."""
-    if block.dtype != np.float32:
+    if block.dtype.itemsize > 4:  # only wider floats can exceed float32 (float16 never does)
         big = np.abs(block) > F32_MAX
         if big.any():
             r, c = map(int, np.argwhere(big)[0])

@@ -77,3 +77,85 @@ def rank_score(x: np.ndarray) -> np.ndarray:
     r = np.empty(n, np.float64)
     r[order] = np.arange(n)
     return (r / (n - 1)).astype(np.float32)
+
+
+# --- caption quality: a model-free axis that catches boilerplate ----------------------------------
+# A caption that is only one of these (after lower-casing and trimming punctuation) says nothing.
+PLACEHOLDER = (r"in progress|pending|tbd|to do|todo|n/?a|none|null|nil|no caption|no description|untitled|"
+               r"unknown|image|images|figure|fig|picture|photo|see (?:text|report|above|below|case)|"
+               r"lorem ipsum.*|test|xx+|\W*")
+# Words that carry no finding: a caption made only of these ("MR Image", "Axial CT scan") is boilerplate.
+GENERIC_WORDS = frozenset("""
+a an the of and or in on at to with without for from by as is are was were be been this that these those
+image images scan scans slice slices study series view views sequence sequences figure fig picture photo
+ct mr mri cta mra pet spect xray x ray radiograph radiography ultrasound us sonogram
+axial sagittal coronal oblique plane planes transverse weighted t1 t2 flair dwi adc gre swi stir contrast
+enhanced non post pre phase arterial venous delayed shows showing demonstrates demonstrating seen see noted
+level levels through above below left right bilateral patient case
+""".split())
+CONTENT_WORDS_FULL = 6  # captions with this many finding words or more get full length credit
+
+
+def _normalize_caption(text) -> str:
+    import re
+
+    if not isinstance(text, str):
+        return ""
+    t = re.sub(r"\s+", " ", text.lower()).strip()
+    return t.strip(" .,:;-_*#()[]\"'")
+
+
+def caption_quality(captions, case=None) -> dict:
+    """A caption quality score in [0, 1] from the text alone (no model), with its parts.
+
+    Three signals, multiplied: **content** (words that are not generic imaging vocabulary,
+    :data:`GENERIC_WORDS`; full credit at :data:`CONTENT_WORDS_FULL`), **placeholder** (a caption
+    that is only boilerplate such as "IN PROGRESS" or "MR Image" scores 0), and **repetition** (the
+    same caption on many different cases is a template, not a description: 1 / (1 + log2 r) for a
+    caption shared by r cases; sharing within one case, as slices of one study do, costs nothing).
+
+    Parameters
+    ----------
+    captions : sequence of str (n,)
+    case : ndarray (n,) of case codes, optional (each row its own case when None)
+
+    Returns
+    -------
+    dict of ndarrays (n,): ``caption_quality`` (float32), ``caption_words`` (content words, int32),
+    ``caption_dup_cases`` (cases sharing the exact caption, int32), ``caption_dup_images`` (other
+    images with the exact caption, int32: the caption-duplicate signal), ``is_placeholder`` (bool).
+    """
+    import re
+
+    import pandas as pd
+
+    norm = pd.Series([_normalize_caption(c) for c in captions], dtype=object)
+    n = len(norm)
+    placeholder = norm.str.fullmatch(PLACEHOLDER, flags=re.I).fillna(True).to_numpy(bool).copy()
+    words = norm.map(lambda t: sum(1 for w in re.findall(r"[a-z][a-z0-9']+", t)
+                                   if len(w) >= 3 and w not in GENERIC_WORDS)).to_numpy(np.int32)
+    placeholder |= words == 0
+    codes = pd.factorize(norm)[0]
+    case = np.arange(n) if case is None else np.asarray(case)
+    pairs = pd.DataFrame({"c": codes, "k": case}).drop_duplicates()
+    cases_per_caption = np.bincount(pairs["c"].to_numpy(), minlength=codes.max() + 1 if n else 0)
+    images_per_caption = np.bincount(codes, minlength=codes.max() + 1 if n else 0)
+    r = cases_per_caption[codes] if n else np.zeros(0, np.int64)
+    content = np.minimum(1.0, words / CONTENT_WORDS_FULL)
+    repetition = 1.0 / (1.0 + np.log2(np.maximum(r, 1)))
+    q = np.where(placeholder, 0.0, content * repetition).astype(np.float32)
+    return {"caption_quality": q, "caption_words": words,
+            "caption_dup_cases": r.astype(np.int32),
+            "caption_dup_images": (images_per_caption[codes] - 1).astype(np.int32) if n else np.zeros(0, np.int32),
+            "is_placeholder": placeholder}
+
+
+def tied_rank_score(x: np.ndarray) -> np.ndarray:
+    """Percentile rank in [0, 1] where equal values share the lowest rank (a gate then keeps or
+    drops a tie as a whole; :func:`rank_score` breaks ties by row)."""
+    from scipy.stats import rankdata
+
+    n = len(x)
+    if n < 2:
+        return np.ones(n, np.float32)
+    return ((rankdata(x, method="min") - 1) / (n - 1)).astype(np.float32)

@@ -30,17 +30,21 @@ import numpy as np
 
 from curation.errors import CurationError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2 added fidelity_guard; a version-1 config reads as fidelity_guard=None (as it ran)
 MODES = ("proportional", "balanced", "tempered")
 OUTLIER_POLICIES = ("drop", "keep_last", "keep_first")
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "not null")
 MISSING = "(missing)"
+#: quality axes the analysis computes (reward-model axes ``reward_<name>`` join them when scored)
+QUALITY_AXES = ("fidelity", "consistency", "caption")
 
 # reason codes, one per pool sample
 KEPT_TAIL, KEPT_CORE, KEPT_OUTLIER = "kept_tail", "kept_core_fps", "kept_outlier"
 DROP_DUP, DROP_GATE, DROP_OUTLIER = "dropped_duplicate", "dropped_below_gate", "dropped_outlier"
 DROP_FILTER, DROP_BUDGET = "dropped_filtered", "dropped_over_budget"
-REASONS = (KEPT_TAIL, KEPT_CORE, KEPT_OUTLIER, DROP_DUP, DROP_GATE, DROP_OUTLIER, DROP_FILTER, DROP_BUDGET)
+DROP_GUARD = "dropped_low_fidelity"
+REASONS = (KEPT_TAIL, KEPT_CORE, KEPT_OUTLIER, DROP_DUP, DROP_GATE, DROP_OUTLIER, DROP_FILTER, DROP_BUDGET,
+           DROP_GUARD)  # new reasons go last: stored codes keep their meaning
 _CODE = {r: np.int8(i) for i, r in enumerate(REASONS)}
 
 
@@ -95,6 +99,15 @@ class SelectionConfig:
     gates, filters : tuples of :class:`Gate` / :class:`Filter`
     seed : int
         Seeds the random baseline subset.
+    fidelity_guard : float in [0, 0.5) or None
+        The quality guard, on by default: the pairs in the pool's bottom ``q`` of image-text
+        fidelity are not eligible (``dropped_low_fidelity``), except that a cluster made only of
+        such pairs keeps its best one (no cluster disappears because of the guard). The tail and
+        farthest-point picks favour atypical pairs, and a caption that belongs to another image
+        makes a pair atypical: without the guard the default subset of the demo holds twice the
+        pool's share of mismatched pairs. (A per-cluster decile was tried first and fails: k-means
+        gathers mismatched pairs into small clusters of their own.) Inert when fidelity is not
+        available (encoders that do not share a space). None turns it off.
     """
 
     budget: float = 0.25
@@ -107,6 +120,7 @@ class SelectionConfig:
     gates: tuple[Gate, ...] = ()
     filters: tuple[Filter, ...] = ()
     seed: int = 0
+    fidelity_guard: float | None = 0.1
     version: int = CONFIG_VERSION
 
     # -- JSON ------------------------------------------------------------------------------
@@ -127,6 +141,9 @@ class SelectionConfig:
         if unknown:
             raise CurationError(f"unknown selection config key(s) {unknown}. Fix: use only {sorted(known)}.")
         version = d.get("version", CONFIG_VERSION)
+        if version == 1:  # written before the guard existed: reproduce it as it ran, without one
+            d = {**d, "fidelity_guard": d.get("fidelity_guard"), "version": CONFIG_VERSION}
+            version = CONFIG_VERSION
         if version != CONFIG_VERSION:
             raise CurationError(f"selection config version {version} is not supported (this tool reads "
                                 f"version {CONFIG_VERSION}). Fix: upgrade curation or re-create the config.")
@@ -185,8 +202,9 @@ def _check_types(d: dict) -> None:
     for key in ("budget", "temper", "tail_core_ratio"):
         if key in d and not _is_num(d[key]):
             bad(key, "a number")
-    if "dedup_eps" in d and d["dedup_eps"] is not None and not _is_num(d["dedup_eps"]):
-        bad("dedup_eps", "a number or null")
+    for key in ("dedup_eps", "fidelity_guard"):
+        if key in d and d[key] is not None and not _is_num(d[key]):
+            bad(key, "a number or null")
     for key in ("seed", "version"):
         if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
             bad(key, "a whole number")
@@ -273,7 +291,7 @@ class SelectionInputs:
     meta : pandas.DataFrame
         Metadata columns (for strata and filters).
     scores : dict {axis: ndarray of float in [0, 1] or all-NaN when not available}
-    knn_nbr, knn_sim : ndarray (n, k), the stored kNN graph (duplicates at any eps)
+    knn_nbr, knn_sim : ndarray (n, k), the stored duplicate-space kNN graph (duplicates at any eps)
     case : ndarray of int or None
     unavailable : dict {axis: reason} for score axes that cannot be used
     key : str
@@ -395,6 +413,9 @@ class SelectionResult:
             group, _ = inp.duplicates(cfg.dedup_eps, cache)
             out[m] = [f"duplicate of {inp.ids[g]}" for g in group[m]]
         out[code == _CODE[DROP_OUTLIER]] = "outlier: farther from its prototype than the tail band"
+        if cfg.fidelity_guard:
+            out[code == _CODE[DROP_GUARD]] = (f"quality guard: among the {cfg.fidelity_guard:.0%} lowest image-text "
+                                              "fidelity of the pool")
         out[code == _CODE[DROP_BUDGET]] = "eligible, over budget"
         return out
 
@@ -508,6 +529,8 @@ def validate_config(cfg: SelectionConfig, inp: SelectionInputs) -> None:
         raise CurationError(f"unknown outlier policy {cfg.outliers!r}. Fix: use one of {', '.join(OUTLIER_POLICIES)}.")
     if cfg.dedup_eps is not None and not 0 < cfg.dedup_eps < 1:
         raise CurationError(f"dedup_eps must be in (0, 1) or null; got {cfg.dedup_eps}.")
+    if cfg.fidelity_guard is not None and not (math.isfinite(cfg.fidelity_guard) and 0 <= cfg.fidelity_guard < 0.5):
+        raise CurationError(f"fidelity_guard must be in [0, 0.5) or null (off); got {cfg.fidelity_guard}.")
     for g in cfg.gates:
         g.threshold()
         if g.axis in inp.unavailable:
@@ -605,6 +628,26 @@ def strata(meta, columns, cache: dict | None = None) -> tuple[np.ndarray, list[s
     return codes.astype(np.int64), labels, np.bincount(codes, minlength=len(present))
 
 
+def _low_fidelity(inp: SelectionInputs, q: float) -> np.ndarray:
+    """Rows in the pool's bottom ``q`` of image-text fidelity (the lowest ``floor(q x n)``, ties by
+    row), except each prototype cluster's best-fidelity pair when all of its pairs are that low,
+    so no cluster leaves the subset because of the guard."""
+    fid = np.nan_to_num(inp.scores["fidelity"], nan=-1.0)
+    n = inp.n
+    order = np.lexsort((np.arange(n), fid))  # lowest fidelity first
+    low = np.zeros(n, bool)
+    low[order[: int(np.floor(q * n))]] = True
+    cl = inp.prototype.astype(np.int64)
+    k = int(cl.max()) + 1
+    all_low = np.bincount(cl, weights=~low, minlength=k) == 0
+    if all_low.any():
+        best = np.full(k, -1, np.int64)
+        best[cl[order]] = order  # the last write per cluster wins: its highest fidelity
+        keep = best[all_low & (best >= 0)]
+        low[keep] = False
+    return _frozen(low)
+
+
 def _strata_cached(inp: SelectionInputs, columns: list, cache: SelectionCache | None):
     if cache is None:
         return strata(inp.meta, columns)
@@ -671,6 +714,9 @@ def select(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
         "reasons": {r: int(m) for r, m in zip(REASONS, n_codes) if m},
         "strata": [{"stratum": labels[s], "pool": int(pool_sizes[s]), "eligible": int(eligible[s]),
                     "selected": int(counts[s])} for s in range(len(labels))],
+        "fidelity_guard": ("off" if not cfg.fidelity_guard else
+                           "not applied: " + inp.unavailable.get("fidelity", "no fidelity scores")
+                           if "fidelity" not in inp.scores else f"applied (bottom {cfg.fidelity_guard:g} of the pool)"),
     }
     return SelectionResult(order, selected, code, which, stratum, labels, summary)
 
@@ -692,6 +738,11 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
         newly = eligible & ~m
         code[newly], which[newly] = _CODE[DROP_GATE], i
         eligible &= m
+    if cfg.fidelity_guard and "fidelity" in inp.scores:
+        low = (_low_fidelity(inp, cfg.fidelity_guard) if cache is None else
+               cache.get((inp.key, "guard", float(cfg.fidelity_guard)), lambda: _low_fidelity(inp, cfg.fidelity_guard)))
+        code[eligible & low] = _CODE[DROP_GUARD]
+        eligible &= ~low
     if cfg.dedup_eps is not None:
         _, is_dup = inp.duplicates(cfg.dedup_eps, cache)
         code[eligible & is_dup] = _CODE[DROP_DUP]
@@ -765,16 +816,18 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
     run_id = rec.run_id
     df, _ = analysis.load(store, run_id)
-    nbr, sim = analysis.load_knn(store, run_id)
+    nbr, sim = analysis.load_knn(store, run_id, "dedup_knn")  # duplicates: image space (text if no images)
     meta = store.samples(store.metadata_columns())
     ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
     scores, unavailable = {}, {}
-    for axis in ("fidelity", "consistency"):
+    for axis in QUALITY_AXES:
         col = f"{axis}_score"
         if col in df.columns and df[col].notna().any():
             scores[axis] = df[col].to_numpy(np.float64)
         else:
-            unavailable[axis] = NOT_SHARED if axis == "fidelity" else "not computed (run the quality step)"
+            unavailable[axis] = (NOT_SHARED if axis == "fidelity" else
+                                 "not available: no captions, or the quality step has not run" if axis == "caption"
+                                 else "not computed (run the quality step)")
     for col in df.columns:  # reward model scores, when present
         if col.startswith("reward_") and col.endswith("_score"):
             scores[col[: -len("_score")]] = df[col].to_numpy(np.float64)
