@@ -410,6 +410,11 @@ def _add_select(sub):
     p.add_argument("--outliers", choices=OUTLIER_POLICIES, help=f"outlier policy (default: {d.outliers})")
     p.add_argument("--dedup-eps", type=float, help=f"near-duplicate threshold (default: {d.dedup_eps})")
     p.add_argument("--no-dedup", action="store_true", help="keep near-duplicates")
+    p.add_argument("--fidelity-guard", type=float, metavar="Q",
+                   help=f"quality guard: pairs in the pool's bottom Q of image-text fidelity are not eligible "
+                        f"(a cluster made only of them keeps its best); needs a shared space "
+                        f"(default: {d.fidelity_guard})")
+    p.add_argument("--no-fidelity-guard", action="store_true", help="turn the quality guard off")
     p.add_argument("--gate", action="append", default=[],
                    help="quality gate AXIS:min=S or AXIS:top=Q, e.g. fidelity:top=0.9 (repeatable)")
     p.add_argument("--filter", action="append", default=[],
@@ -438,6 +443,10 @@ def _config_from_args(a, base):
             changes[name] = getattr(a, name)
     if a.no_dedup:
         changes["dedup_eps"] = None
+    if getattr(a, "fidelity_guard", None) is not None:
+        changes["fidelity_guard"] = a.fidelity_guard or None
+    if getattr(a, "no_fidelity_guard", False):
+        changes["fidelity_guard"] = None
     if a.gate:
         changes["gates"] = tuple(selection.parse_gate(g) for g in a.gate)
     if a.filter:
@@ -480,8 +489,9 @@ def cmd_select(a) -> int:
                                     label=s.meta.get("label_column"), seed=cfg.seed,
                                     dedup_eps=cfg.dedup_eps if cfg.dedup_eps is not None else 0.05)
         impact = ctx.compare(res.selected, cfg.seed)
+        warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders)
         side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
-                                   impact=impact.to_dict(orient="index"), overwrite=a.overwrite)
+                                   impact=impact.to_dict(orient="index"), overwrite=a.overwrite, warnings=warns)
     try:
         with store.open_store(db, read_only=False) as s:
             s.record_run("selection", cfg.to_dict(), outputs={"manifest": str(Path(a.out).resolve()),
@@ -504,7 +514,10 @@ def cmd_select(a) -> int:
           + (f"; short by {sm['shortfall']:,}: not enough eligible samples" if sm["shortfall"] else ""))
     print("reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sm["reasons"].items())))
     print(impact.round(4).to_string())
-    print(f"(duplicate_rate measured at eps {ctx.dedup_eps:g}, the selection's)")
+    print(f"(duplicate_rate measured at eps {ctx.dedup_eps:g}, the selection's; quality guard: "
+          f"{sm['fidelity_guard']})")
+    for w in warns:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {a.out} ({fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), "
           f"{manifest.paths_for(a.out)['sidecar'].name}, {manifest.paths_for(a.out)['dropped'].name}")
     return 0

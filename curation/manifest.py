@@ -196,7 +196,7 @@ def file_hash(path: Path) -> str:
 
 
 def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "parquet",
-           impact: dict | None = None, overwrite: bool = False) -> dict:
+           impact: dict | None = None, overwrite: bool = False, warnings: list | None = None) -> dict:
     """Write manifest, dropped file and sidecar atomically; return the sidecar as a dict.
 
     The target is checked first (:func:`check_out`): an existing export is replaced only with
@@ -219,6 +219,7 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
         "summary": {k: v for k, v in result.summary.items() if k != "strata"},
         "strata": result.summary["strata"],
         "impact": impact or {},
+        "warnings": list(warnings or []),
     }
     _atomic_write(p["sidecar"], lambda t: t.write_text(json.dumps(sidecar, indent=2, sort_keys=True,
                                                                   default=_json_default) + "\n"))

@@ -46,6 +46,24 @@ def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray, k: int) -> float:
     return float(0.5 * np.abs(p - q).sum())
 
 
+#: which way each impact metric is better ("" for size); tvd_* lower, *_score_mean higher
+DIRECTIONS = {"size": "", "cluster_coverage": "higher", "rare_cluster_coverage": "higher", "sparse_share": "higher",
+              "duplicate_rate": "lower", "label_coverage": "higher", "label_min_count": "higher"}
+NOISE_SUBSETS = 5      # random subsets of the same size that measure TVD's noise (no formula for it)
+NOISE_SIGMAS = 3.0     # worse than random by more than this many standard deviations (one-sided 0.13%)...
+MIN_GAP = 0.01         # ...and by at least this much (counts: 1), so exact ties never warn
+MIN_STRATUM = 5        # a stratum with fewer selected samples is warned about
+
+
+def direction(metric: str) -> str:
+    """"higher", "lower" or "" (no better side) for an impact metric name."""
+    if metric.startswith("tvd_"):
+        return "lower"
+    if metric.endswith("_score_mean"):
+        return "higher"
+    return DIRECTIONS.get(metric, "")
+
+
 class ImpactContext:
     """Pool-level arrays precomputed once per dataset, so each subset costs a few bincounts.
 
@@ -84,6 +102,7 @@ class ImpactContext:
             self.label = (label, codes, k)
         self.seed = int(seed)
         self.random = random_order(self.n, self.seed)
+        self.noise_orders = [random_order(self.n, self.seed + 1 + i) for i in range(NOISE_SUBSETS)]
         self.pool = self.impact(np.arange(self.n))
 
     def impact(self, rows: np.ndarray) -> dict:
@@ -111,7 +130,81 @@ class ImpactContext:
 
         rnd = _cached_random(self, seed)[: len(selected)]
         a, b, p = self.impact(selected), self.impact(rnd), self.pool
-        return pd.DataFrame({"subset": a, "random": b, "pool": p})
+        out = pd.DataFrame({"subset": a, "random": b, "pool": p})
+        out["better"] = [direction(m) for m in out.index]
+        return out
+
+    def expected_random(self, size: int) -> dict:
+        """{metric: (mean, sd)} of a uniformly random subset of ``size``, computed exactly where a
+        formula exists: hypergeometric hit probabilities for coverage, the finite-population
+        standard error for shares and score means. TVD uses :data:`NOISE_SUBSETS` simulations."""
+        from math import lgamma
+
+        n, b = self.n, int(size)
+        fpc = np.sqrt(max(n - b, 0) / max(n - 1, 1))
+        out = {}
+
+        def miss(m):  # P(a group of m samples gets none of a random b of n)
+            if n - m < b:
+                return 0.0
+            return float(np.exp(lgamma(n - m + 1) - lgamma(n - m - b + 1) - lgamma(n + 1) + lgamma(n - b + 1)))
+
+        sizes = np.bincount(self.prototype, minlength=self.k)
+        p_hit = np.array([1 - miss(int(m)) for m in sizes])
+        for name, mask in (("cluster_coverage", sizes > 0), ("rare_cluster_coverage", self.rare & (sizes > 0))):
+            if mask.any():
+                p = p_hit[mask]
+                out[name] = (float(p.mean()), float(np.sqrt((p * (1 - p)).sum()) / mask.sum()))
+        for name, v in (("sparse_share", self.sparse), ("duplicate_rate", self.is_dup)):
+            p = float(np.mean(v))
+            out[name] = (p, float(np.sqrt(p * (1 - p) / max(b, 1)) * fpc))
+        for a, v in self.scores.items():
+            x = v[np.isfinite(v)]
+            if len(x):
+                out[f"{a}_score_mean"] = (float(x.mean()), float(x.std() / np.sqrt(max(b, 1)) * fpc))
+        sims = [self.impact(o[:b]) for o in self.noise_orders]
+        for c in self.cols:
+            vals = np.array([r[f"tvd_{c}"] for r in sims], float)
+            out[f"tvd_{c}"] = (float(vals.mean()), float(vals.std(ddof=1)))
+        return out
+
+    def warnings(self, selected: np.ndarray, summary: dict | None = None, mode: str = "proportional",
+                 strata_columns=()) -> list[str]:
+        """Where the subset is worse than a random subset of its size beyond noise.
+
+        For every metric with a better side (:func:`direction`), the subset is compared with the
+        random expectation (:meth:`expected_random`): a warning when it is worse by more than
+        :data:`NOISE_SIGMAS` standard deviations and by at least :data:`MIN_GAP`. TVD is checked
+        for the chosen ``strata_columns`` in ``proportional`` mode only (balanced and tempered change
+        the mix on purpose; unchosen columns shift with the tail picks by design). Strata
+        (``summary["strata"]``) with fewer than :data:`MIN_STRATUM` selected samples get one warning
+        that lists them. Returns one sentence per warning.
+        """
+        out = []
+        size = len(selected)
+        if size == 0:
+            return out
+        sub = self.impact(selected)
+        expected = self.expected_random(size)
+        for m, v in sub.items():
+            d = direction(m)
+            if not d or m not in expected or not np.isfinite(v):
+                continue
+            if m.startswith("tvd_") and (mode != "proportional" or m[4:] not in set(strata_columns)):
+                continue
+            mean, sd = expected[m]
+            gap = max(NOISE_SIGMAS * sd, MIN_GAP)
+            if (v < mean - gap) if d == "higher" else (v > mean + gap):
+                out.append(f"{m} is {v:.4g} in the subset against {mean:.4g} +- {sd:.2g} for a random subset of "
+                           f"the same size ({d} is better).")
+        strata = (summary or {}).get("strata", [])
+        small = [st for st in strata if st["selected"] < MIN_STRATUM] if len(strata) > 1 else []
+        if small:
+            shown = ", ".join(f"'{st['stratum']}' ({st['selected']} of {st['pool']})" for st in small[:5])
+            out.append(f"{len(small)} of {len(strata)} strata have fewer than {MIN_STRATUM} samples in the subset: "
+                       f"{shown}{' ...' if len(small) > 5 else ''}. Too few to learn from or to balance with: merge "
+                       f"rare levels or drop a confounder column.")
+        return out
 
     def coverage_curve(self, order: np.ndarray, seed: int, points: int = 50):
         """Cluster coverage (all and rare) against the budget, for the selection order and random.

@@ -101,6 +101,7 @@ KNOBS = {
     "filter_op": ("==", _choice(OPERATORS)),
     "filter_value": ("", str),
     "seed": (DEFAULT.seed, _in_range(0, 2**31 - 1, int)),
+    "guard": (DEFAULT.fidelity_guard or 0.0, _in_range(0.0, 0.45)),
 }
 GATE_PREFIX = "gate_"  # gate_<axis>: keep the best fraction (1.0 = no gate); axes come from the data
 
@@ -230,7 +231,8 @@ def config_from_state(n: int) -> tuple[SelectionConfig, list[str]]:
         budget=min(int(b), n) if isinstance(b, int) else float(b), confounders=tuple(get("confounders")),
         mode=get("mode"), temper=float(get("temper")), tail_core_ratio=float(get("tail_ratio")),
         outliers=get("outliers"), dedup_eps=float(get("dedup_eps")) if get("dedup") else None,
-        gates=gates, filters=filters, seed=int(get("seed")))
+        gates=gates, filters=filters, seed=int(get("seed")),
+        fidelity_guard=float(get("guard")) or None)
     return cfg, hints
 
 
@@ -260,8 +262,10 @@ def dataset_info(path: str, mtime: float) -> dict:
             if tname and s.has_table(tname):
                 info["confounders"] = s.read_table(tname)
                 info["flagged"] = flagged(info["confounders"])
-            if "quality" in rec.steps:
-                info["gate_axes"] += ["fidelity", "consistency"]
+            if "quality" in rec.steps:  # the quality axes this run stored (older runs lack caption)
+                cols = {c for c, in s.con.execute("SELECT column_name FROM information_schema.columns "
+                                                   "WHERE table_name = ?", [rec.table("samples")]).fetchall()}
+                info["gate_axes"] += [a for a in selection.QUALITY_AXES if f"{a}_score" in cols]
         if info["reward_key"]:
             info["gate_axes"] += [f"reward_{a}" for a in _reward_axes(s)]
         if rec is not None:

@@ -38,13 +38,22 @@ def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> 
             st.text(f"{r['id']}: {fmt.format(r[value_col])}")
 
 
-for axis, title in (("fidelity", "Image-text fidelity (cosine)"),
-                    ("consistency", "Caption consistency with similar images")):
-    if axis not in df or df[axis].isna().all():
+for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fidelity"),
+                               ("consistency", "Caption consistency with similar images", "consistency"),
+                               ("caption", "Caption quality (content words, placeholders, repetition)",
+                                "caption_quality")):
+    if value_col not in df or df[value_col].isna().all():
         st.subheader(title)
-        st.info(reason if axis == "fidelity" else "Not computed: run the `quality` step.")
+        st.info(_shared.esc(reason) if axis == "fidelity" else
+                "Not computed: run the `quality` step (caption quality needs a caption column).")
         continue
-    axis_section(axis, title, axis)
+    axis_section(axis, title, value_col)
+    if axis == "caption":
+        st.caption(_shared.esc(
+            f"{int(df['is_placeholder'].sum()):,} placeholder or content-free captions; "
+            f"{int((df['caption_dup_cases'] > 1).sum()):,} captions shared by more than one case; "
+            f"{int((df['caption_dup_images'] > 0).sum()):,} images share their exact caption with another image "
+            "(a caption signal: never a duplicate drop)."))
 
 # ---------------------------------------------------------------------------------------------
 st.header("Reward model (RefineNet)")

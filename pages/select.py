@@ -33,6 +33,11 @@ with st.sidebar:
     if _shared.get("dedup"):
         _shared.knob(st.number_input, "dedup_eps", "Duplicate if cosine > 1 - eps; eps =", 0.0001, 0.999,
                      step=0.005, format="%.4f")
+    _shared.knob(st.number_input, "guard", "Quality guard: drop the lowest-fidelity fraction (0 = off)", 0.0,
+                 0.45, step=0.05, disabled="fidelity" in inp0.unavailable,
+                 help="Pairs in the pool's bottom fraction of image-text fidelity are not eligible (a cluster "
+                      "made only of them keeps its best pair). On by default: the tail and farthest-point picks "
+                      "favour atypical pairs, and a wrong caption makes a pair atypical. Needs a shared space.")
     for axis in info["gate_axes"]:
         reason = inp0.unavailable.get(axis)
         _shared.gate_knob(axis, f"{axis.replace('_', ' ').capitalize()} gate: keep best fraction",
@@ -65,6 +70,9 @@ left, right = st.columns([3, 2])
 with left:
     st.subheader("Impact: subset vs random subset of the same size")
     st.dataframe(impact.round(4), key="impact_table")
+    warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders)
+    for w in warns:
+        st.warning(_shared.esc(w))
     st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
                f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
 with right:
@@ -101,7 +109,7 @@ if st.button("Export manifest", key="exp_go"):
     try:
         with store.open_store(path) as s:
             side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
-                                   overwrite=overwrite)
+                                   overwrite=overwrite, warnings=warns)
         st.session_state["exp_last"] = {"path": str(out), "sidecar": side}
     except (CurationError, OSError) as e:
         _shared.error(f"Export failed: {e}")

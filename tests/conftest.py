@@ -138,3 +138,19 @@ def tar_dir(pairs_dir, tmp_path_factory) -> Path:
                 add(tf, "broken.txt", b"caption of a broken image")
                 add(tf, "nocaption.png", (pairs_dir / "images" / "0.png").read_bytes())
     return d
+
+
+@pytest.fixture(scope="session")
+def medpix_db(tmp_path_factory) -> Path:
+    """MedPix (2,050 real CT/MR pairs, MobileNetV2 + MiniLM embeddings) ingested and analysed once
+    (every step but the map, which the tests that read this do not need: about 15 s)."""
+    from curation import analysis
+    from curation.cli import main
+
+    if not MEDPIX.is_dir():
+        pytest.skip("MedPix sample not present (CI requires it: see pytest_collection_modifyitems)")
+    db = tmp_path_factory.mktemp("medpix") / "medpix.duckdb"
+    assert main(["ingest", str(db), "--metadata", str(MEDPIX / "metadata.csv"), "--image-emb",
+                 str(MEDPIX / "image_mobilenetv2.npy"), "--text-emb", str(MEDPIX / "text_minilm.npy")]) == 0
+    analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density", "quality", "confounders"])
+    return db

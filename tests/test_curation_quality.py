@@ -1,0 +1,162 @@
+"""Curation that beats random: duplicates per modality, the quality guard, the caption axis and the
+warnings, on the demo's ground truth and on real MedPix data."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation import analysis, selection, store
+from curation.metrics import ImpactContext
+from curation.selection import Gate, SelectionConfig
+from curation.spaces import normalize
+
+
+@pytest.fixture(scope="module")
+def demo(analyzed_db):
+    with store.open_store(analyzed_db) as s:
+        inp = selection.load_inputs(s)
+        truth = s.read_table("demo_truth")
+        df, _ = analysis.load(s)
+    return inp, truth, df
+
+
+def _pairs(group):
+    return {(min(i, g), max(i, g)) for i, g in enumerate(group) if g >= 0 and g != i}
+
+
+def test_planted_duplicates_found_on_the_image_side(demo):
+    _, truth, df = demo
+    found, planted = _pairs(df["dup_group"].to_numpy()), _pairs(truth["dup_group"].to_numpy())
+    precision, recall = len(found & planted) / len(found), len(found & planted) / len(planted)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+
+
+def test_default_subset_holds_at_most_half_the_pools_mismatched_share(demo):
+    inp, truth, _ = demo
+    mm = truth["is_mismatched"].to_numpy()
+    res = selection.select(inp, SelectionConfig())
+    impact = ImpactContext(inp).compare(res.selected, 0)
+    assert mm[res.selected].mean() <= mm.mean() / 2, (mm[res.selected].mean(), mm.mean())
+    assert impact.loc["rare_cluster_coverage", "subset"] == 1.0
+    assert res.summary["fidelity_guard"].startswith("applied")
+    # without the guard the tail picks favour the atypical, mismatched pairs (the bug it fixes)
+    off = selection.select(inp, SelectionConfig(fidelity_guard=None))
+    assert mm[off.selected].mean() > mm.mean()
+
+
+def test_the_guard_never_removes_a_whole_cluster(demo):
+    inp, _, _ = demo
+    low = selection._low_fidelity(inp, 0.45)
+    sizes = np.bincount(inp.prototype)
+    kept = np.bincount(inp.prototype[~low], minlength=len(sizes))
+    assert (kept[sizes > 0] >= 1).all()
+
+
+def test_a_version_1_config_reads_without_the_guard():
+    cfg = SelectionConfig.from_dict({"budget": 0.25, "version": 1})
+    assert cfg.fidelity_guard is None and cfg.version == 2
+    assert SelectionConfig().fidelity_guard == 0.1
+
+
+def test_impact_says_which_side_is_better(demo):
+    inp, _, _ = demo
+    res = selection.select(inp, SelectionConfig())
+    imp = ImpactContext(inp, columns=("site",)).compare(res.selected, 0)
+    assert imp.loc["cluster_coverage", "better"] == "higher" and imp.loc["duplicate_rate", "better"] == "lower"
+    assert imp.loc["tvd_site", "better"] == "lower" and imp.loc["fidelity_score_mean", "better"] == "higher"
+
+
+def test_warnings_fire_for_a_subset_worse_than_random(demo):
+    inp, _, _ = demo
+    ctx = ImpactContext(inp)
+    # the worst-fidelity quarter of the pool: far below random on fidelity
+    worst = np.argsort(inp.scores["fidelity"])[: inp.n // 4]
+    assert any(w.startswith("fidelity_score_mean is") for w in ctx.warnings(worst))
+    # random subsets are not worse than random: no false alarm over 20 of them, at three sizes
+    rng = np.random.default_rng(99)
+    for size in (200, 1000, 3000):
+        for _ in range(20):
+            assert ctx.warnings(rng.permutation(inp.n)[:size]) == []
+    # the analytic expectation agrees with simulation
+    exp = ctx.expected_random(1000)
+    sims = [ctx.impact(rng.permutation(inp.n)[:1000]) for _ in range(200)]
+    for m in ("cluster_coverage", "rare_cluster_coverage", "sparse_share", "fidelity_score_mean"):
+        vals = np.array([r[m] for r in sims])
+        assert abs(vals.mean() - exp[m][0]) < 0.01 and abs(vals.std() - exp[m][1]) < 0.5 * exp[m][1] + 1e-3, m
+
+
+def test_caption_gate_from_the_cli(analyzed_copy, run_cli, tmp_path):
+    code, out, err = run_cli("select", analyzed_copy, "--budget", "0.25", "--gate", "caption:top=0.9",
+                             "--out", tmp_path / "m.parquet")
+    assert code == 0, err
+    kept = pd.read_parquet(tmp_path / "m.parquet")
+    assert kept["caption_score"].min() >= 0.1 - 1e-9
+
+
+# --- MedPix: real CT/MR slices and captions ------------------------------------------------------
+@pytest.fixture(scope="module")
+def medpix(medpix_db):
+    with store.open_store(medpix_db) as s:
+        df, _ = analysis.load(s)
+        img = normalize(s.embeddings("image"))
+        meta = s.samples(["caption", "case_id", "sex", "modality"])
+        inp = selection.load_inputs(s)
+    return df.join(meta), img, inp
+
+
+def test_medpix_every_dropped_duplicate_is_an_image_duplicate_of_a_kept_sample(medpix):
+    df, img, inp = medpix
+    eps = 0.05
+    res = selection.select(inp, SelectionConfig(budget=1.0))
+    dropped = np.flatnonzero(res.code == selection._CODE[selection.DROP_DUP])
+    group, _ = inp.duplicates(eps)
+    assert 0 < len(dropped) < 120  # 290 when decided in the joint space
+    kept = np.zeros(inp.n, bool)
+    kept[res.selected] = True
+    rep = group[dropped]
+    cos = (img[dropped] * img[rep]).sum(axis=1)
+    assert (cos > 1 - eps).all(), cos.min()
+    assert (df.case_id.to_numpy()[dropped] == df.case_id.to_numpy()[rep]).all()  # never across cases
+    assert kept[rep].all() or (res.code[rep] != selection._CODE[selection.DROP_DUP]).all()
+
+
+def test_medpix_junk_caption_cluster_is_in_the_caption_axis_bottom_decile(medpix):
+    df, _, _ = medpix
+    share = df.groupby("prototype")["is_placeholder"].mean()
+    junk = share[share >= 0.75].index
+    assert len(junk) >= 1, share.sort_values().tail()
+    members = df[df.prototype.isin(junk)]
+    assert {"MR Image", "IN PROGRESS"} & set(members.caption.str.strip(" .")), members.caption.tolist()
+    assert (members["caption_score"] <= df["caption_score"].quantile(0.1)).all()
+    worst = df.nsmallest(10, "caption_quality").caption.tolist()
+    assert all(len(c.split()) <= 4 for c in worst), worst
+
+
+def test_medpix_balanced_sex_by_modality_prints_warnings(medpix_db, run_cli, tmp_path):
+    code, out, err = run_cli("select", medpix_db, "--budget", "0.25", "--confounders", "sex,modality", "--mode",
+                             "balanced", "--out", tmp_path / "b.parquet")
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert any("strata have fewer than 5 samples" in x for x in lines), err
+    side = json.loads((tmp_path / "b.parquet.sidecar.json").read_text())
+    assert side["warnings"] == [x[len("warning: "):] for x in lines]
+
+
+def test_medpix_default_subset_beats_random_where_curation_should(medpix):
+    """Redundancy down, the tail up: no near-duplicate kept, every cluster and every rare cluster
+    covered, and more of the sparse tail than a random subset of the same size."""
+    _, _, inp = medpix
+    res = selection.select(inp, SelectionConfig())
+    imp = ImpactContext(inp).compare(res.selected, 0)
+    assert imp.loc["duplicate_rate", "subset"] == 0 < imp.loc["duplicate_rate", "random"]
+    assert imp.loc["cluster_coverage", "subset"] == 1.0 and imp.loc["rare_cluster_coverage", "subset"] == 1.0
+    assert imp.loc["sparse_share", "subset"] > 1.5 * imp.loc["sparse_share", "random"]
+    assert res.summary["fidelity_guard"].startswith("not applied")  # two encoders: no fidelity
+
+
+def test_gate_on_the_caption_axis_on_medpix(medpix):
+    _, _, inp = medpix
+    res = selection.select(inp, SelectionConfig(gates=(Gate("caption", top_q=0.9),)))
+    assert (inp.scores["caption"][res.selected] >= 0.1).all()
