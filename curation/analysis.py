@@ -159,6 +159,19 @@ def load(store, run_id: str | None = None):
     return df, rec.config
 
 
+def cluster_label_map(store, run_id: str) -> dict[int, str]:
+    """{prototype: its label} of a run ("" where none; {} for runs stored before labels)."""
+    name = table_names(run_id)["prototypes"]
+    if not store.has_table(name):
+        return {}
+    cols = [c for c, in store.con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                                          [name]).fetchall()]
+    if "label" not in cols:
+        return {}
+    t = store.read_table(name, ["prototype", "label"])
+    return dict(zip(t["prototype"].astype(int), t["label"].fillna("").astype(str)))
+
+
 def load_table(store, run_id: str, which: str):
     """One of the run's side tables: "prototypes", "knn" or "confounders"."""
     return store.read_table(table_names(run_id)[which])
@@ -272,11 +285,16 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
 
     fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog)
     inp.centroids = protos.centroids
+    from curation.labels import cluster_labels
+
+    labels = (cluster_labels(inp.captions, protos.assign, inp.k) if inp.captions is not None
+              else [""] * inp.k)
     prog("prototypes", n, n)
     return StepResult(
         columns=dict(prototype=protos.assign, second_prototype=protos.second, proto_dist=protos.dist,
                      second_dist=protos.second_dist, proto_pct=pct, band=band, fps_rank=fps),
         tables={"prototypes": pd.DataFrame({"prototype": np.arange(inp.k), "size": protos.sizes,
+                                            "label": labels,
                                             "centroid": [c.tobytes() for c in protos.centroids]})})
 
 
@@ -511,7 +529,8 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                       shared_space=bool(store.meta.get("shared_space")), centroids=centroids,
                       case=_case_codes(store) if {"density", "quality"} & set(steps) else None,
                       captions=(store.samples([S.CAPTION])[S.CAPTION].tolist()
-                                if "quality" in steps and S.CAPTION in [c for c, _ in store.columns()] else None),
+                                if {"quality", "prototypes"} & set(steps)
+                                and S.CAPTION in [c for c, _ in store.columns()] else None),
                       meta=store.samples(store.metadata_columns()) if "confounders" in steps else None,
                       case_column=store.meta.get("case_column"), label_column=store.meta.get("label_column"))
         inp.F, inp.slices = _features(store, n)

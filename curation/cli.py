@@ -420,6 +420,12 @@ def _add_select(sub):
     p.add_argument("--filter", action="append", default=[],
                    help='metadata filter "COLUMN OP VALUE", e.g. "modality == CT" or "age >= 18" (repeatable)')
     p.add_argument("--seed", type=int, help=f"seed of the random baseline (default: {d.seed})")
+    p.add_argument("--exclude-cluster", metavar="C,C", help="prototype clusters to leave out, e.g. 3,17")
+    p.add_argument("--exclude-ids", metavar="FILE", help="text file, one id per line: never select these")
+    p.add_argument("--include-ids", metavar="FILE", help="text file, one id per line: select these first")
+    p.add_argument("--exclude-set", action="append", default=[], metavar="NAME",
+                   help="a stored id set (from `search --save`, the app's lasso...) to leave out")
+    p.add_argument("--include-set", action="append", default=[], metavar="NAME", help="a stored id set to select first")
     p.add_argument("--analysis-run", help="analysis run id (default: the latest with prototypes and density)")
     p.add_argument("--out", required=True, help="manifest path, e.g. data/subset.parquet")
     p.add_argument("--format", choices=FORMATS,
@@ -451,7 +457,60 @@ def _config_from_args(a, base):
         changes["gates"] = tuple(selection.parse_gate(g) for g in a.gate)
     if a.filter:
         changes["filters"] = tuple(selection.parse_filter(f) for f in a.filter)
+    if getattr(a, "exclude_cluster", None):
+        try:
+            changes["exclude_clusters"] = tuple(sorted({int(c) for c in a.exclude_cluster.split(",") if c.strip()}))
+        except ValueError:
+            raise CurationError(f"--exclude-cluster {a.exclude_cluster!r}: give cluster numbers, e.g. 3,17.") from None
     return replace(base, **changes)
+
+
+def _id_file_rows(s, path) -> "object":
+    """Rows of the ids listed in a text file (one per line, no header); unknown ids are refused."""
+    import numpy as np
+
+    p = Path(path)
+    try:
+        ids = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise CurationError(f"cannot read id file {p}: {e}. Fix: a UTF-8 text file, one id per line.") from None
+    if not ids:
+        raise CurationError(f"id file {p} lists no ids. Fix: one id per line.")
+    all_ids = s.samples(["id"])["id"].astype(str)
+    pos = dict(zip(all_ids, range(len(all_ids))))
+    unknown = [i for i in ids if i not in pos]
+    if unknown:
+        raise CurationError(f"id file {p}: {len(unknown)} id(s) are not samples of {s.name} (first: "
+                            f"{unknown[0]!r}, line {ids.index(unknown[0]) + 1}). Fix: list ids of this dataset.")
+    return np.array([pos[i] for i in ids], np.int64)
+
+
+def _resolve_sets(a, db, cfg):
+    """Store --exclude-ids / --include-ids files as id sets and add every set reference to ``cfg``."""
+    from dataclasses import replace
+
+    from curation import store
+
+    refs = {"exclude_sets": list(cfg.exclude_sets), "include_sets": list(cfg.include_sets)}
+    files = [("exclude_sets", getattr(a, "exclude_ids", None)), ("include_sets", getattr(a, "include_ids", None))]
+    if any(f for _, f in files):
+        with store.open_store(db, read_only=False) as s:
+            for key, f in files:
+                if f:
+                    name = f"{key.split('_')[0]}-{Path(f).stem}"[:64]
+                    safe = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in name)
+                    refs[key].append(s.save_id_set(safe, _id_file_rows(s, f), kind="ids", meta={"file": str(f)}))
+    named = [("exclude_sets", getattr(a, "exclude_set", []) or []), ("include_sets", getattr(a, "include_set", []) or [])]
+    if any(v for _, v in named):
+        with store.open_store(db) as s:
+            known = {r.split("@", 1)[0]: r for r in s.id_set_rows()}
+        for key, names in named:
+            for nm in names:
+                if nm not in known:
+                    raise CurationError(f"no id set {nm!r} in {db}. Fix: one of {', '.join(known) or '(none saved)'}.")
+                refs[key].append(known[nm])
+    return replace(cfg, exclude_sets=tuple(dict.fromkeys(refs["exclude_sets"])),
+                   include_sets=tuple(dict.fromkeys(refs["include_sets"])))
 
 
 def cmd_select(a) -> int:
@@ -479,6 +538,8 @@ def cmd_select(a) -> int:
         cfg = _config_from_args(a, base)
         run_id = a.analysis_run
         fmt = manifest.format_for(a.out, a.format)
+        manifest.check_out(a.out, db, a.overwrite)  # before any id set is stored
+        cfg = _resolve_sets(a, db, cfg)
     with store.open_store(db) as s:
         if a.from_sidecar:
             manifest.check_fingerprint(s, side)
@@ -593,7 +654,72 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = [_add_demo, _add_embed, _add_ingest, _add_reward, _add_info, _add_analyze, _add_select, _add_evaluate]
+def _add_show(sub):
+    p = sub.add_parser("show", help="one sample: metadata, analysis values, selection reason, nearest neighbours",
+                       description="Show one sample as the app's inspector does: its metadata, its analysis values "
+                                   "(cluster and label, band, density, scores), why the default selection keeps or "
+                                   "drops it, and its nearest neighbours from the stored kNN graph.")
+    p.add_argument("db")
+    p.add_argument("id", help="the sample id")
+    p.add_argument("--neighbours", type=int, default=10, help="neighbours listed (default: %(default)s)")
+    p.add_argument("--analysis-run", help="analysis run id (default: the latest with prototypes and density)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_show)
+
+
+def cmd_show(a) -> int:
+    from curation import inspect, store
+
+    if a.neighbours < 0:
+        raise CurationError(f"--neighbours {a.neighbours}: use 0 or more.")
+    with store.open_store(a.db) as s:
+        info = inspect.show(s, a.id, run_id=a.analysis_run, neighbours=a.neighbours)
+    if a.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"sample {info['sample'].get('id')} (row {info['row']}, analysis {info['run_id']})")
+    for k, v in info["sample"].items():
+        if k != "id":
+            print(f"  {k}: {v}")
+    an = info["analysis"]
+    print(f"  cluster {an.get('prototype')} ({an.get('cluster_label') or 'no label'}), band {an.get('band')}")
+    for k, v in an.items():
+        if k not in ("prototype", "band", "cluster_label"):
+            print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+    print(f"  default selection: {info['reason']}" + (f" ({info['detail']})" if info["detail"] else ""))
+    print(f"nearest neighbours ({len(info['neighbours'])}):")
+    for nb in info["neighbours"]:
+        print(f"  {nb['cosine']:.4f}  {nb['id']}  {nb['caption'] or ''}"[:160])
+    return 0
+
+
+def _add_search(sub):
+    p = sub.add_parser("search", help="find samples by caption words",
+                       description="List samples whose caption contains every word of TEXT (case-insensitive).")
+    p.add_argument("db")
+    p.add_argument("text")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
+    p.add_argument("--save", metavar="NAME", help="store the hits as the id set NAME (for --exclude-set/--include-set)")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(a) -> int:
+    from curation import inspect, store
+
+    with store.open_store(a.db) as s:
+        hits = inspect.search(s, a.text, a.limit)
+    for r in hits.itertuples():
+        print(f"{r.id}\t{r.caption}")
+    print(f"{len(hits)} match(es){' (limit reached)' if len(hits) == a.limit else ''}", file=sys.stderr)
+    if a.save:
+        with store.open_store(a.db, read_only=False) as s:
+            ref = s.save_id_set(a.save, hits["row_idx"].to_numpy(), kind="search", meta={"text": a.text})
+        print(f"saved as id set {ref}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = [_add_demo, _add_embed, _add_ingest, _add_reward, _add_info, _add_analyze, _add_select, _add_evaluate,
+            _add_show, _add_search]
 
 
 def build_parser() -> argparse.ArgumentParser:

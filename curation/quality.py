@@ -92,6 +92,7 @@ ct mr mri cta mra pet spect xray x ray radiograph radiography ultrasound us sono
 axial sagittal coronal oblique plane planes transverse weighted t1 t2 flair dwi adc gre swi stir contrast
 enhanced non post pre phase arterial venous delayed shows showing demonstrates demonstrating seen see noted
 level levels through above below left right bilateral patient case
+impression findings finding consistent compatible suggestive noted report history clinical
 """.split())
 CONTENT_WORDS_FULL = 6  # captions with this many finding words or more get full length credit
 

@@ -13,6 +13,7 @@ TRUTH = "demo_truth"         # ground truth of the generated demo only
 REWARD_RATINGS = "reward_ratings"  # row_idx, id, source, prompt_version, status, one column per axis...
 REWARD_MODELS = "reward_models"    # model_id, axes, config, metrics, arch, fingerprint, state (BLOB)
 REWARD_SCORES = "reward_scores"    # row_idx, reward_<axis>, reward_<axis>_score
+ID_SETS = "id_sets"                # name, kind (ids / region / search), sha256, created, n, rows BIGINT[], meta JSON
 
 # Reserved sample columns.
 ID = "id"

@@ -43,8 +43,10 @@ KEPT_TAIL, KEPT_CORE, KEPT_OUTLIER = "kept_tail", "kept_core_fps", "kept_outlier
 DROP_DUP, DROP_GATE, DROP_OUTLIER = "dropped_duplicate", "dropped_below_gate", "dropped_outlier"
 DROP_FILTER, DROP_BUDGET = "dropped_filtered", "dropped_over_budget"
 DROP_GUARD = "dropped_low_fidelity"
+DROP_RULE, KEPT_RULE = "dropped_by_rule", "kept_by_rule"
 REASONS = (KEPT_TAIL, KEPT_CORE, KEPT_OUTLIER, DROP_DUP, DROP_GATE, DROP_OUTLIER, DROP_FILTER, DROP_BUDGET,
-           DROP_GUARD)  # new reasons go last: stored codes keep their meaning
+           DROP_GUARD, DROP_RULE, KEPT_RULE)  # new reasons go last: stored codes keep their meaning
+KEPT_REASONS = (KEPT_TAIL, KEPT_CORE, KEPT_OUTLIER, KEPT_RULE)
 _CODE = {r: np.int8(i) for i, r in enumerate(REASONS)}
 
 
@@ -108,6 +110,14 @@ class SelectionConfig:
         pool's share of mismatched pairs. (A per-cluster decile was tried first and fails: k-means
         gathers mismatched pairs into small clusters of their own.) Inert when fidelity is not
         available (encoders that do not share a space). None turns it off.
+    exclude_clusters : tuple of int
+        Prototype clusters to leave out entirely (``dropped_by_rule``).
+    exclude_sets, include_sets : tuple of str
+        Named id sets stored in the dataset (``NAME@SHA12``, see
+        :meth:`curation.store.Store.save_id_set`: an id list, a lassoed region, search hits). Excluded
+        rows are never selected; included rows are selected first (``kept_by_rule``), whatever the
+        filters, gates, duplicates and outliers say, up to the budget; exclusion wins over inclusion.
+        The reference carries the set's hash, so a set changed after the export is refused.
     """
 
     budget: float = 0.25
@@ -121,12 +131,16 @@ class SelectionConfig:
     filters: tuple[Filter, ...] = ()
     seed: int = 0
     fidelity_guard: float | None = 0.1
+    exclude_clusters: tuple[int, ...] = ()
+    exclude_sets: tuple[str, ...] = ()
+    include_sets: tuple[str, ...] = ()
     version: int = CONFIG_VERSION
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["confounders"] = list(self.confounders)
+        for key in ("confounders", "exclude_clusters", "exclude_sets", "include_sets"):
+            d[key] = list(getattr(self, key))
         return d
 
     def to_json(self) -> str:
@@ -151,6 +165,8 @@ class SelectionConfig:
         _check_types(d)
         try:
             d["confounders"] = tuple(d.get("confounders", ()))
+            for key in ("exclude_clusters", "exclude_sets", "include_sets"):
+                d[key] = tuple(d.get(key, ()))
             d["gates"] = tuple(g if isinstance(g, Gate) else Gate(**g) for g in d.get("gates", ()))
             d["filters"] = tuple(f if isinstance(f, Filter) else Filter(**f) for f in d.get("filters", ()))
         except TypeError as e:
@@ -211,9 +227,11 @@ def _check_types(d: dict) -> None:
     for key in ("mode", "outliers"):
         if key in d and not isinstance(d[key], str):
             bad(key, "text")
-    if "confounders" in d and (not isinstance(d["confounders"], (list, tuple))
-                               or not all(isinstance(c, str) for c in d["confounders"])):
-        bad("confounders", "a list of column names")
+    for key, typ, what in (("confounders", str, "a list of column names"), ("exclude_sets", str, "a list of set references"),
+                           ("include_sets", str, "a list of set references"), ("exclude_clusters", int, "a list of cluster numbers")):
+        if key in d and (not isinstance(d[key], (list, tuple)) or
+                         not all(isinstance(c, typ) and not isinstance(c, bool) for c in d[key])):
+            bad(key, what)
     for key, known in (("gates", {"axis", "min_score", "top_q"}), ("filters", {"column", "op", "value"})):
         items = d.get(key, ())
         if not isinstance(items, (list, tuple)):
@@ -294,6 +312,7 @@ class SelectionInputs:
     knn_nbr, knn_sim : ndarray (n, k), the stored duplicate-space kNN graph (duplicates at any eps)
     case : ndarray of int or None
     unavailable : dict {axis: reason} for score axes that cannot be used
+    id_sets : dict {"NAME@SHA12": rows} the dataset's stored id sets (exclude / include rules)
     key : str
         Identifies the data these arrays came from (fingerprint, run, reward scores) in cache keys.
     band_code : ndarray of int8, derived: 0 core, 1 tail, 2 outlier
@@ -312,6 +331,7 @@ class SelectionInputs:
     knn_sim: np.ndarray
     case: np.ndarray | None = None
     unavailable: dict = field(default_factory=dict)
+    id_sets: dict = field(default_factory=dict)
     key: str = ""
     band_code: np.ndarray = field(init=False, repr=False)
     far_rank: np.ndarray = field(init=False, repr=False)
@@ -322,6 +342,7 @@ class SelectionInputs:
         if self.case is not None:
             object.__setattr__(self, "case", _frozen(self.case))
         object.__setattr__(self, "scores", {k: _frozen(v) for k, v in self.scores.items()})
+        object.__setattr__(self, "id_sets", {k: _frozen(v) for k, v in self.id_sets.items()})
         band_code = np.select([self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
         far = np.empty(len(self.ids), np.int64)
         far[np.argsort(-self.proto_dist, kind="stable")] = np.arange(len(self.ids))
@@ -397,7 +418,7 @@ class SelectionResult:
         n = inp.n
         out = np.full(n, "", dtype=object)
         code = self.code
-        kept = code <= _CODE[KEPT_OUTLIER]
+        kept = np.isin(code, [_CODE[r] for r in KEPT_REASONS])
         if len(self.stratum_labels) > 1:
             labels = np.asarray([f"stratum {x}" for x in self.stratum_labels], dtype=object)
             out[kept] = labels[self.stratum[kept]]
@@ -413,6 +434,11 @@ class SelectionResult:
             group, _ = inp.duplicates(cfg.dedup_eps, cache)
             out[m] = [f"duplicate of {inp.ids[g]}" for g in group[m]]
         out[code == _CODE[DROP_OUTLIER]] = "outlier: farther from its prototype than the tail band"
+        if cfg.exclude_clusters or cfg.exclude_sets:
+            out[code == _CODE[DROP_RULE]] = "excluded by a rule: " + "; ".join(
+                [f"cluster {c}" for c in cfg.exclude_clusters] + [f"set {r}" for r in cfg.exclude_sets])
+        if cfg.include_sets:
+            out[code == _CODE[KEPT_RULE]] = "included by a rule: set " + ", ".join(cfg.include_sets)
         if cfg.fidelity_guard:
             out[code == _CODE[DROP_GUARD]] = (f"quality guard: among the {cfg.fidelity_guard:.0%} lowest image-text "
                                               "fidelity of the pool")
@@ -542,6 +568,17 @@ def validate_config(cfg: SelectionConfig, inp: SelectionInputs) -> None:
             raise CurationError(f"filter on unknown column {f.column!r}. Fix: use one of: {', '.join(cols)}.")
         if f.op not in OPERATORS:
             raise CurationError(f"unknown filter operator {f.op!r}. Fix: use one of {', '.join(OPERATORS)}.")
+    k = int(inp.prototype.max()) + 1 if inp.n else 0
+    bad = [c for c in cfg.exclude_clusters if not 0 <= c < k]
+    if bad:
+        raise CurationError(f"exclude_clusters {bad}: this analysis has clusters 0..{k - 1}.")
+    for ref in (*cfg.exclude_sets, *cfg.include_sets):
+        if ref not in inp.id_sets:
+            name = ref.split("@", 1)[0]
+            same = [r for r in inp.id_sets if r.split("@", 1)[0] == name]
+            raise CurationError(f"id set {ref!r} is not in this dataset" + (
+                f" (a set named {name} exists as {same[0]}: it was changed after this config was made)" if same else "")
+                + ". Fix: save the set again (select --exclude-ids FILE / the app), or drop the rule.")
     cfg.budget_count(inp.n)
 
 
@@ -702,7 +739,7 @@ def select(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     counts = np.bincount(stratum[selected], minlength=len(labels))
     assert len(selected) == min(budget, len(order))
     assert np.all(counts <= eligible)
-    if cfg.mode == "balanced" and len(selected):
+    if cfg.mode == "balanced" and len(selected) and not cfg.include_sets:
         open_ = counts < eligible  # strata not exhausted got equal shares (within one sample)
         if open_.any():
             assert counts[open_].max() - counts[open_].min() <= 1
@@ -727,6 +764,18 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     code = np.full(n, -1, np.int8)
     which = np.full(n, -1, np.int16)
     eligible = np.ones(n, bool)
+
+    # rules first: they are the user's own decisions about these rows
+    excluded = np.isin(inp.prototype, np.asarray(cfg.exclude_clusters, np.int64)) if cfg.exclude_clusters \
+        else np.zeros(n, bool)
+    for ref in cfg.exclude_sets:
+        excluded[inp.id_sets[ref]] = True
+    forced = np.zeros(n, bool)
+    for ref in cfg.include_sets:
+        forced[inp.id_sets[ref]] = True
+    forced &= ~excluded
+    code[excluded] = _CODE[DROP_RULE]
+    eligible &= ~excluded & ~forced  # forced rows skip every other rule and go first
 
     for i, f in enumerate(cfg.filters):
         m = _filter_mask(f, inp.meta[f.column])
@@ -798,7 +847,10 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     o = np.argsort(st_small, kind="stable")
     order = rows[o[np.argsort(key[o], kind="stable")]]  # ties: lower stratum, then lower row
     code[rows] = np.where(is_tail, _CODE[KEPT_TAIL], np.where(is_core, _CODE[KEPT_CORE], _CODE[KEPT_OUTLIER]))
-    eligible_per_stratum = np.bincount(st, minlength=len(labels))
+    first = np.flatnonzero(forced)
+    code[first] = _CODE[KEPT_RULE]
+    order = np.concatenate([first, order]).astype(np.int64)
+    eligible_per_stratum = np.bincount(stratum[order], minlength=len(labels))
     return order, code, which, stratum, labels, pool_sizes, eligible_per_stratum
 
 
@@ -835,8 +887,10 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     case = pd.factorize(meta[case_col].astype(str))[0] if case_col in meta.columns else None
     scored = runs.list_runs(store, "reward-score")
     reward_key = scored[-1].run_id if scored else None
+    id_sets = store.id_set_rows()
     return SelectionInputs(ids=ids, prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
                            proto_dist=df["proto_dist"].to_numpy(np.float64),
                            fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),
                            meta=meta, scores=scores, knn_nbr=nbr, knn_sim=sim, case=case,
-                           unavailable=unavailable, key=f"{store.fingerprint}:{run_id}:{reward_key}")
+                           unavailable=unavailable, id_sets=id_sets,
+                           key=f"{store.fingerprint}:{run_id}:{reward_key}:{','.join(sorted(id_sets))}")

@@ -398,6 +398,59 @@ class Store:
         self._transaction(work)
         return run_id
 
+    # -- named id sets: what exclude / include rules refer to ------------------------------------
+    def save_id_set(self, name: str, rows, kind: str = "ids", meta: Mapping | None = None) -> str:
+        """Store the rows ``rows`` as the id set ``name`` (replacing one of that name). Returns its
+        reference ``NAME@SHA12``: rules name sets by reference, so a changed set is detected."""
+        import pandas as pd
+
+        self._check_writable()
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", name):
+            raise CurationError(f"id set name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting "
+                                f"with a letter or digit.")
+        rows = np.unique(np.asarray(rows, np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.n_rows):
+            raise CurationError(f"id set {name}: rows outside the dataset (0..{self.n_rows - 1}).")
+        ids = self.samples([S.ID])[S.ID].astype(str).to_numpy()[rows]
+        sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        row = pd.DataFrame([{"name": name, "kind": kind, "sha256": sha, "created": _now(), "n": len(rows),
+                             "rows": rows.tolist(), "meta": json.dumps(dict(meta or {}), sort_keys=True)}])
+        old = self.read_table(S.ID_SETS) if self.has_table(S.ID_SETS) else None
+        table = row if old is None else pd.concat([old[old["name"] != name], row], ignore_index=True)
+        self.write_tables({S.ID_SETS: table})
+        return f"{name}@{sha[:12]}"
+
+    def id_sets(self):
+        """The stored id sets (name, kind, sha256, created, n, meta), without their rows."""
+        import pandas as pd
+
+        if not self.has_table(S.ID_SETS):
+            return pd.DataFrame(columns=["name", "kind", "sha256", "created", "n", "meta"])
+        return self.read_table(S.ID_SETS, ["name", "kind", "sha256", "created", "n", "meta"])
+
+    def id_set_rows(self) -> dict:
+        """{"NAME@SHA12": rows (int64 array)} for every stored set."""
+        if not self.has_table(S.ID_SETS):
+            return {}
+        t = self.read_table(S.ID_SETS, ["name", "sha256", "rows"])
+        return {f"{nm}@{sha[:12]}": np.asarray(list(r), np.int64) for nm, sha, r in
+                zip(t["name"], t["sha256"], t["rows"])}
+
+    def search_captions(self, text: str, limit: int = 100):
+        """Rows whose caption contains every word of ``text`` (case-insensitive substring match,
+        words bound as parameters, never pasted into SQL). Returns a DataFrame row_idx, id, caption
+        in row order."""
+        words = [w for w in str(text).split() if w]
+        if not words:
+            raise CurationError("search: give at least one word.")
+        if S.CAPTION not in [c for c, _ in self.columns()]:
+            raise CurationError(f"dataset {self.name} has no captions to search.")
+        esc = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
+        where = " AND ".join(f"{S.CAPTION} ILIKE ? ESCAPE '\\'" for _ in esc)
+        sql = (f"SELECT {S.ROW}, {S.ID}, {S.CAPTION} FROM {S.SAMPLES} WHERE {where} "
+               f"ORDER BY {S.ROW} LIMIT ?")
+        return self.con.execute(sql, [f"%{w}%" for w in esc] + [int(limit)]).fetch_df()
+
     def runs(self, kind: str | None = None):
         """Recorded runs, oldest first (DataFrame; empty when none)."""
         import pandas as pd

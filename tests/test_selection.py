@@ -26,8 +26,9 @@ def test_cache_gives_the_same_result(inp):
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
     a = select(inp, cfg, cache=cache)
     b = select(inp, replace(cfg, budget=900), cache=cache)
-    # one order, one duplicate table (eps 0.05) and one column's strata codes: the budget reused them
-    assert len(cache) == 3 and np.array_equal(b.selected[:300], a.selected)
+    # one order, one duplicate table (eps 0.05), one column's strata codes and the quality guard's
+    # mask: the second budget reused them all
+    assert len(cache) == 4 and np.array_equal(b.selected[:300], a.selected)
     assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
     assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
 
@@ -50,13 +51,14 @@ def test_default_is_chexficient(inp):
     band = inp.band[res.selected]
     assert set(band) <= {"core", "tail"}  # outliers dropped
     _, is_dup = inp.duplicates(0.05)
-    assert not is_dup[res.selected].any()
+    low = selection._low_fidelity(inp, 0.1)  # the default quality guard
+    assert not is_dup[res.selected].any() and not low[res.selected].any()
     assert abs((band == "tail").mean() - 0.44 / 1.44) < 0.02  # the tail:core ratio
     # the core picks of each cluster are a prefix of its FPS order
     sel = np.zeros(inp.n, bool)
     sel[res.selected] = True
     for c in np.unique(inp.prototype):
-        core = (inp.prototype == c) & (inp.band == "core") & ~is_dup
+        core = (inp.prototype == c) & (inp.band == "core") & ~is_dup & ~low
         ranks = np.sort(inp.fps_rank[core & sel])
         eligible_ranks = np.sort(inp.fps_rank[core])
         assert np.array_equal(ranks, eligible_ranks[: len(ranks)])
