@@ -134,3 +134,105 @@ def stacked_share_chart(df, column: str, by: str = "prototype", top: int = 30):
         x=alt.X(f"{by}:N", sort=list(biggest), title=f"{by} (largest {top})"),
         y=alt.Y("n:Q", stack="normalize", title="share"),
         color=alt.Color(f"{column}:N"), tooltip=[by, column, "n"]).properties(height=300)
+
+
+# --- the WebGL map (Plotly) -----------------------------------------------------------------------
+# Plotly's scattergl draws 200k points smoothly with zoom, pan, box and lasso selection and click
+# events, which Streamlit returns (st.plotly_chart(on_select=...)); pydeck draws more points but has
+# no lasso. Density for all rows is a server-side 2-D histogram underneath, so 1M rows open without
+# WebGPU and the browser receives at most the drawn sample.
+MAX_LEGEND = 24
+SELECTED_COLOR, UNSELECTED_COLOR, OTHER_COLOR = "#d62728", "rgba(150,150,150,0.35)", "rgba(150,150,150,0.5)"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+           "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5", "#dbdb8d", "#393b79",
+           "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+
+
+def _safe_hover(text) -> str:
+    """Hover text for Plotly, which renders a few HTML tags (<b>, <a>...): every tag is escaped."""
+    import html
+
+    return html.escape(str(text))[:160]
+
+
+def _category_order(values) -> list:
+    """Levels sorted numerically when they are numbers (0, 1, 2, 10, not 0, 1, 10, 2), else as text."""
+    levels = list(dict.fromkeys(values))
+    try:
+        return sorted(levels, key=lambda v: float(v))
+    except (TypeError, ValueError):
+        return sorted(levels, key=str)
+
+
+def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = True, labels=None,
+               hover=None, highlight=None, density=None, height: int = 620, uirevision: str = "map"):
+    """The map as a Plotly figure: an optional density heatmap (``density`` = (xc, yc, z)) under a
+    scattergl of the drawn sample.
+
+    Parameters
+    ----------
+    x, y : ndarray (m,), map coordinates of the drawn points
+    rows : ndarray (m,) int, their dataset rows (``customdata``: selection events return them)
+    values : ndarray (m,) or None, what colours the points; categorical values get one legend entry
+        per level (numeric levels sorted as numbers), the largest :data:`MAX_LEGEND` coloured and the
+        rest grey; -1 ("noise") and "not selected" are grey; numeric values use a colour scale with a
+        colour bar
+    labels : dict level -> legend text, optional (cluster labels)
+    hover : sequence of str (m,), optional (escaped here)
+    highlight : boolean ndarray (m,), optional: drawn again on top as rings (search hits)
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if density is not None:
+        xc, yc, z = density
+        fig.add_trace(go.Heatmap(x=xc, y=yc, z=z, colorscale="Greys", showscale=False, opacity=0.5,
+                                 hoverinfo="skip", name="density"))
+    hov = None if hover is None else [_safe_hover(h) for h in hover]
+    common = dict(mode="markers", hoverinfo="text" if hov is not None else "x+y")
+    if values is None:
+        fig.add_trace(go.Scattergl(x=x, y=y, customdata=rows, text=hov, marker=dict(size=4, color=PALETTE[0]),
+                                   name="samples", **common))
+    elif categorical:
+        vals = np.asarray(values).astype(object)
+        order = _category_order(vals)
+        counts = {v: int((vals == v).sum()) for v in order}
+        big = set(sorted(order, key=lambda v: -counts[v])[:MAX_LEGEND])
+        grey = {"-1", -1, "not selected", "noise"}
+        rest = np.zeros(len(vals), bool)
+        for i, v in enumerate(order):
+            m = vals == v
+            if v not in big and v not in grey:
+                rest |= m
+                continue
+            color = (SELECTED_COLOR if v == "selected" else UNSELECTED_COLOR if v in grey
+                     else PALETTE[i % len(PALETTE)])
+            name = f"{v} · {labels[v]}" if labels and v in labels and labels[v] else str(v)
+            if v in (-1, "-1"):
+                name = "noise (-1)"
+            fig.add_trace(go.Scattergl(x=x[m], y=y[m], customdata=rows[m], text=None if hov is None else
+                                       [hov[j] for j in np.flatnonzero(m)], marker=dict(size=4 if v != "selected" else 5,
+                                                                                       color=color),
+                                       name=name[:40], **common))
+        if rest.any():
+            fig.add_trace(go.Scattergl(x=x[rest], y=y[rest], customdata=rows[rest], text=None if hov is None else
+                                       [hov[j] for j in np.flatnonzero(rest)], marker=dict(size=4, color=OTHER_COLOR),
+                                       name=f"{len(order) - len(big & set(order))} other levels", **common))
+    else:
+        fig.add_trace(go.Scattergl(x=x, y=y, customdata=rows, text=hov, name=color_name,
+                                   marker=dict(size=4, color=np.asarray(values, float), colorscale="Viridis",
+                                               showscale=True, colorbar=dict(title=color_name)), **common))
+    if highlight is not None and np.any(highlight):
+        h = np.asarray(highlight, bool)
+        fig.add_trace(go.Scattergl(x=x[h], y=y[h], customdata=rows[h], mode="markers", name="search hits",
+                                   marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(width=2, color="#000"))))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
+                      uirevision=uirevision, legend=dict(itemsizing="constant"),
+                      xaxis=dict(title="UMAP 1", showgrid=False), yaxis=dict(title="UMAP 2", showgrid=False))
+    return fig
+
+
+def density_grid(x: np.ndarray, y: np.ndarray, bins: int = 120):
+    """(x centres, y centres, log1p counts as a (bins, bins) grid, y first) for the heatmap."""
+    h, xe, ye = np.histogram2d(x, y, bins=bins)
+    return (xe[:-1] + xe[1:]) / 2, (ye[:-1] + ye[1:]) / 2, np.log1p(h.T)

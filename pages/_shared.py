@@ -102,6 +102,9 @@ KNOBS = {
     "filter_value": ("", str),
     "seed": (DEFAULT.seed, _in_range(0, 2**31 - 1, int)),
     "guard": (DEFAULT.fidelity_guard or 0.0, _in_range(0.0, 0.45)),
+    "exclude_clusters": ([], lambda v: [int(c) for c in v.split(",") if c]),
+    "exclude_sets": ([], lambda v: [c for c in v.split(",") if c]),
+    "include_sets": ([], lambda v: [c for c in v.split(",") if c]),
 }
 GATE_PREFIX = "gate_"  # gate_<axis>: keep the best fraction (1.0 = no gate); axes come from the data
 
@@ -174,7 +177,7 @@ def sync_query() -> None:
         default = KNOBS[name][0] if name in KNOBS else 1.0
         if value == default or (isinstance(value, list) and list(value) == list(default)):
             continue
-        wanted[name] = (",".join(value) if isinstance(value, list) else
+        wanted[name] = (",".join(map(str, value)) if isinstance(value, list) else
                         "1" if value is True else "0" if value is False else str(value))
     for name in list(st.query_params):
         if (name in KNOBS or name.startswith(GATE_PREFIX)) and name not in wanted:
@@ -202,6 +205,12 @@ def check_knobs(info: dict) -> None:
     if get("filter_col") not in [NO_FILTER] + cols:
         notices.append(f"filter column {get('filter_col')!r} not in this dataset; filter removed.")
         put("filter_col", NO_FILTER)
+    sets = set(info.get("id_sets") or ())
+    for name in ("exclude_sets", "include_sets"):
+        gone = [r for r in get(name) if r not in sets]
+        if gone:
+            notices.append(f"id set(s) {', '.join(gone)} not in this dataset (or changed since); rule removed.")
+            put(name, [r for r in get(name) if r in sets])
     axes = set(info.get("gate_axes") or ())
     for name in [k for k in _state() if k.startswith(GATE_PREFIX)]:
         if info.get("run_id") and name[len(GATE_PREFIX):] not in axes:
@@ -232,7 +241,9 @@ def config_from_state(n: int) -> tuple[SelectionConfig, list[str]]:
         mode=get("mode"), temper=float(get("temper")), tail_core_ratio=float(get("tail_ratio")),
         outliers=get("outliers"), dedup_eps=float(get("dedup_eps")) if get("dedup") else None,
         gates=gates, filters=filters, seed=int(get("seed")),
-        fidelity_guard=float(get("guard")) or None)
+        fidelity_guard=float(get("guard")) or None,
+        exclude_clusters=tuple(sorted(set(get("exclude_clusters")))), exclude_sets=tuple(get("exclude_sets")),
+        include_sets=tuple(get("include_sets")))
     return cfg, hints
 
 
@@ -257,7 +268,10 @@ def dataset_info(path: str, mtime: float) -> dict:
         info["reward"] = runs.reward_status(s)
         info["reward_key"] = info["reward"]["scored_run"]
         info["gate_axes"] = []
+        info["id_sets"] = sorted(s.id_set_rows())
+        info["cluster_labels"] = {}
         if rec is not None:
+            info["cluster_labels"] = analysis.cluster_label_map(s, rec.run_id)
             tname = rec.table("confounders")
             if tname and s.has_table(tname):
                 info["confounders"] = s.read_table(tname)
@@ -270,7 +284,6 @@ def dataset_info(path: str, mtime: float) -> dict:
             info["gate_axes"] += [f"reward_{a}" for a in _reward_axes(s)]
         if rec is not None:
             info["report"] = _report(path, rec.run_id) if rec.has(("prototypes", "density")) else None
-    del analysis
     return info
 
 
@@ -374,8 +387,13 @@ def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | N
     return base.join(df.drop(columns=["row_idx"]))
 
 
+def sets_key(info: dict) -> str:
+    """Identifies the dataset's stored id sets: part of every selection cache key."""
+    return ",".join(info.get("id_sets") or ())
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading the selection arrays...")
-def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str | None = None):
+def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str | None = None, sets: str = ""):
     """Immutable selection inputs shared by all sessions."""
     with store.open_store(path) as s:
         return selection.load_inputs(s, run_id)
@@ -383,10 +401,10 @@ def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str |
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, columns: tuple, label, eps: float,
-                    seed: int):
+                    seed: int, sets: str = ""):
     from curation.metrics import ImpactContext
 
-    inp = selection_inputs(path, fingerprint, run_id, reward_key)
+    inp = selection_inputs(path, fingerprint, run_id, reward_key, sets)
     return ImpactContext(inp, columns=columns, label=label, dedup_eps=eps, seed=seed)
 
 
@@ -396,7 +414,7 @@ def impact_context(path: str, info: dict, cfg: SelectionConfig):
     columns = tuple(cfg.confounders) or tuple(info["flagged"])
     eps = cfg.dedup_eps if cfg.dedup_eps is not None else (DEFAULT.dedup_eps or 0.05)
     return _impact_context(path, info["fingerprint"], info["run_id"], info["reward_key"], columns,
-                           info["label_column"], float(eps), int(cfg.seed))
+                           info["label_column"], float(eps), int(cfg.seed), sets_key(info))
 
 
 def session_cache() -> selection.SelectionCache:
@@ -409,7 +427,7 @@ def session_cache() -> selection.SelectionCache:
 def run_selection(path: str, info: dict):
     """(inputs, config, result) for the current knobs, or a message and st.stop()."""
     run_id = require_analysis(info)
-    inp = selection_inputs(path, info["fingerprint"], run_id, info["reward_key"])
+    inp = selection_inputs(path, info["fingerprint"], run_id, info["reward_key"], sets_key(info))
     cfg, hints = config_from_state(inp.n)
     for h in hints:
         st.caption(esc(h))
@@ -481,3 +499,101 @@ def gate_knob(axis: str, label: str, disabled: bool = False, help: str | None = 
     if name not in _state():
         put(name, 1.0)
     knob(st.slider, name, label, GATE_MIN, 1.0, step=0.01, disabled=disabled, help=help)
+
+
+# --- inspect and act ---------------------------------------------------------------------------
+def cluster_name(info: dict, c) -> str:
+    """ "12 · edema knee": a cluster's number and its label."""
+    label = (info.get("cluster_labels") or {}).get(int(c), "")
+    return f"{int(c)} · {label}" if label else str(int(c))
+
+
+def gallery(df, key: str, root: str | None, page_size: int = 12, extra=None) -> None:
+    """Thumbnails and captions of ``df``'s rows, ``page_size`` a page, with a page picker; each
+    tile has an Inspect button (the inspector shows on the Map page)."""
+    n = len(df)
+    if n == 0:
+        st.text("(nothing to show)")
+        return
+    pages = (n + page_size - 1) // page_size
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page") if pages > 1 else 1
+    part = df.iloc[(page - 1) * page_size: page * page_size]
+    grid = st.columns(6)
+    for i, (row, r) in enumerate(part.iterrows()):
+        with grid[i % 6]:
+            show_image(root, r.get("image"), None)
+            st.text(str(r.get("id")))
+            if r.get("caption") is not None:
+                st.text(str(r.get("caption"))[:160])
+            if extra is not None:
+                st.text(extra(r))
+            if st.button("Inspect", key=f"{key}_inspect_{row}"):
+                st.session_state["inspect_row"] = int(row)
+                st.switch_page("pages/map.py")
+
+
+def save_rule(path: str, name: str, rows, action: str, kind: str, meta: dict | None = None) -> str | None:
+    """Store ``rows`` as an id set and add it to the exclude or include rules; returns its reference."""
+    try:
+        with store.open_store(path, read_only=False) as s:
+            ref = s.save_id_set(name, rows, kind=kind, meta=meta)
+    except CurationError as e:
+        error(f"Could not save the rule: {e}")
+        return None
+    key = "exclude_sets" if action == "exclude" else "include_sets"
+    put(key, [r for r in get(key) if r.split("@", 1)[0] != name] + [ref])
+    dataset_info.clear()
+    return ref
+
+
+def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None) -> None:
+    """One sample: image, caption (text), metadata, analysis values, reason under the current
+    knobs, and its nearest neighbours from the stored kNN graph, each one click away."""
+    from curation import analysis as A
+
+    r = df.iloc[row]
+    st.subheader(f"Sample {r['id']}" if "[" not in str(r["id"]) else "Sample")
+    st.text(str(r["id"]))
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        show_image(info["image_root"], r.get("image"), None, width=220)
+    with c2:
+        if r.get("caption") is not None:
+            st.text(str(r["caption"]))
+        if res is not None and inp is not None:
+            st.text(f"selection: {res.reason[row]}" + (f" ({res.details(inp, cfg)[row]})" if cfg is not None else ""))
+        st.text(f"cluster {cluster_name(info, r['prototype'])}, band {r.get('band')}")
+    fields = {k: r[k] for k in df.columns if k not in ("image", "caption", "map_x", "map_y", "map_fitted")}
+    st.dataframe({"field": [str(k) for k in fields], "value": [str(v) for v in fields.values()]},
+                 hide_index=True, key=f"insp_fields_{row}")
+    nbr, sim = knn_graph(path, info["fingerprint"], info["run_id"])
+    st.markdown("**Nearest neighbours** (stored kNN graph, analysis space)")
+    grid = st.columns(5)
+    for i, (j, c) in enumerate(zip(nbr[row], sim[row])):
+        if j < 0:
+            continue
+        with grid[i % 5]:
+            show_image(info["image_root"], df["image"].iat[j] if "image" in df else None, None, width=100)
+            st.text(f"{df['id'].iat[j]}\ncosine {c:.3f}")
+            if st.button("Inspect", key=f"nbr_{row}_{j}"):
+                st.session_state["inspect_row"] = int(j)
+                st.rerun()
+    del A
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def knn_graph(path: str, fingerprint: str, run_id: str):
+    """The run's stored kNN graph (analysis space), read-only, shared."""
+    from curation import analysis as A
+
+    with store.open_store(path) as s:
+        nbr, sim = A.load_knn(s, run_id)
+    nbr.flags.writeable = False
+    sim.flags.writeable = False
+    return nbr, sim
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def search_rows(path: str, fingerprint: str, text: str, limit: int = 5000):
+    with store.open_store(path) as s:
+        return s.search_captions(text, limit)

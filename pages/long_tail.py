@@ -26,12 +26,20 @@ if "knn_density" in df:
                     width="stretch")
 
 st.subheader("Rarest clusters")
-n_show = st.slider("Clusters shown", 1, 20, 5, key="lt_n")
+st.caption("Each cluster is named by its most distinctive caption words (class-based TF-IDF).")
+n_show = st.slider("Clusters shown", 1, min(40, len(sizes)), min(5, len(sizes)), key="lt_n")
+excluded = set(_shared.get("exclude_clusters"))
 for c in order[:n_show]:
     members = df[df.prototype == c]
-    with st.expander(f"cluster {c}: {len(members)} samples, mean tail score "
-                     f"{members.tail_score.mean():.2f}" if "tail_score" in members else f"cluster {c}"):
-        grid = st.columns(6)
-        for i, (_, r) in enumerate(members.head(6).iterrows()):
-            with grid[i % 6]:
-                _shared.show_image(info["image_root"], r.get("image"), r.get("caption"))
+    title = (f"cluster {_shared.cluster_name(info, c)}: {len(members)} samples"
+             + (f", mean tail score {members.tail_score.mean():.2f}" if "tail_score" in members else "")
+             + (" (excluded)" if int(c) in excluded else ""))
+    with st.expander(_shared.esc(title)):
+        if int(c) in excluded:
+            if st.button("Stop excluding this cluster", key=f"lt_incl_{c}"):
+                _shared.put("exclude_clusters", [x for x in _shared.get("exclude_clusters") if x != int(c)])
+                st.rerun()
+        elif st.button("Exclude this cluster from the subset", key=f"lt_excl_{c}"):
+            _shared.put("exclude_clusters", sorted(excluded | {int(c)}))
+            st.rerun()
+        _shared.gallery(members, f"lt_{c}", info["image_root"], page_size=6)

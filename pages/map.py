@@ -1,5 +1,7 @@
-"""Map: the 2-D UMAP layout as a binned density heatmap with a bounded sample of points on top,
-coloured by cluster, density, band, metadata or selection status; brush a region to see its rows."""
+"""Map: the 2-D UMAP layout as a WebGL scatter (Plotly: zoom, pan, box and lasso selection, click)
+over a density heatmap of every sample. Click a point to inspect it (neighbours included); lasso
+or box a region to see its samples page by page and exclude or force-include them; search
+captions and see the hits ringed on the map."""
 
 import numpy as np
 import streamlit as st
@@ -11,48 +13,111 @@ st.title("Map")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("prototypes", "map"))
 df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
+n_rows = len(df)
 
-numeric = ["knn_density", "tail_score", "glosh_score", "proto_dist", "fidelity_score", "consistency_score"]
+numeric = ["knn_density", "tail_score", "glosh_score", "proto_dist", "fidelity_score", "consistency_score",
+           "caption_score"]
 categorical = ["prototype", "hdbscan_label", "band", "selection"] + info["meta_columns"]
 can_select = "density" in info["run"]["steps"]
 options = [c for c in categorical + numeric if (c == "selection" and can_select) or c in df.columns]
-color = st.selectbox("Colour by", options, key="map_color")
-n_rows = len(df)
+c1, c2, c3 = st.columns([2, 2, 3])
+color = c1.selectbox("Colour by", options, key="map_color")
 if n_rows > 2_000:
-    max_points = st.slider("Points drawn (a sample; the heatmap shows all)", 2_000, min(50_000, n_rows),
-                           min(15_000, n_rows), step=1_000, key="map_points")
+    max_points = c2.slider("Points drawn (a sample; the heatmap shows all)", 2_000, min(200_000, n_rows),
+                           min(20_000, n_rows), step=1_000, key="map_points")
 else:
     max_points = n_rows
+    c2.text(f"All {n_rows:,} points drawn")
+query = c3.text_input("Search captions (every word must appear)", key="map_search")
 
 always = None
-if color == "selection":
+res = inp = cfg = None
+if color == "selection" or can_select:
     inp, cfg, res = _shared.run_selection(path, info)
-    always = _shared.selected_mask(len(df), res.selected)
-    st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
-is_cat = color in categorical
-# sample first, then build the (small) frame the browser receives
-sampled = charts.sample_points(df[["map_x"]], max_points, always=always).index
-pts = df.loc[sampled, ["id", "map_x", "map_y"]]
 if color == "selection":
-    pts["selection"] = np.where(always[sampled], "selected", "not selected")
-else:
-    pts[color] = df.loc[sampled, color].astype(str) if is_cat else df.loc[sampled, color]
-bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
-chart = charts.map_chart(bins, pts, color, categorical=is_cat, tooltip=["id", color])
-event = st.altair_chart(chart, width="stretch", on_select="rerun", key="map_chart")
-st.caption(f"{len(df):,} samples; heatmap of all, {len(pts):,} points drawn. Drag on the map to "
-           "select a region.")
+    always = _shared.selected_mask(n_rows, res.selected)
+    st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
 
-region = None
+hits = None
+if query.strip():
+    from curation import CurationError
+
+    try:
+        found = _shared.search_rows(path, info["fingerprint"], query)
+    except CurationError as e:
+        _shared.error(str(e))
+        found = None
+    if found is not None:
+        hits = np.zeros(n_rows, bool)
+        hits[found["row_idx"].to_numpy()] = True
+        st.caption(f"{int(hits.sum()):,} caption(s) match" + (" (first 5,000)" if hits.sum() >= 5000 else "") +
+                   ": ringed on the map, listed below.")
+        always = hits if always is None else (always | hits)
+
+sampled = charts.sample_points(df[["map_x"]], max_points, always=always).index.to_numpy()
+x, y = df.map_x.to_numpy()[sampled], df.map_y.to_numpy()[sampled]
+if color == "selection":
+    values, is_cat = np.where(_shared.selected_mask(n_rows, res.selected)[sampled], "selected", "not selected"), True
+else:
+    is_cat = color in categorical
+    values = df[color].to_numpy()[sampled]
+    values = values.astype(str) if is_cat and color not in ("prototype", "hdbscan_label") else values
+labels = ({c: l for c, l in (info.get("cluster_labels") or {}).items()} if color == "prototype" else None)
+hover = None
+if len(sampled) <= 20_000:
+    cap = df["caption"].to_numpy()[sampled] if "caption" in df else [""] * len(sampled)
+    hover = [f"{i} · {str(c)[:80]}" for i, c in zip(df["id"].to_numpy()[sampled], cap)]
+fig = charts.map_figure(x, y, sampled, color_name=color, values=values, categorical=is_cat, labels=labels,
+                        hover=hover, highlight=None if hits is None else hits[sampled],
+                        density=charts.density_grid(df.map_x.to_numpy(), df.map_y.to_numpy()),
+                        uirevision=f"{run_id}")
+event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="map_plot",
+                        config={"scrollZoom": True, "displaylogo": False})
+st.caption(f"{n_rows:,} samples; heatmap of all, {len(sampled):,} points drawn. Scroll to zoom, drag to "
+           "lasso (box and pan in the toolbar), click a point to inspect it.")
+
+picked = []
 if event and event.get("selection"):
-    region = event["selection"].get("region")
-rows = _shared.rows_in_region(df, region)
-if len(rows):
-    st.subheader(f"{len(rows):,} samples in the region")
-    cols = [c for c in ["id", "caption", "prototype", "band", "tail_score", "hdbscan_label"] if c in rows.columns]
-    st.dataframe(rows[cols].head(500), hide_index=True)
-    st.write("Examples")
-    grid = st.columns(6)
-    for i, (_, r) in enumerate(rows.head(12).iterrows()):
-        with grid[i % 6]:
-            _shared.show_image(info["image_root"], r.get("image"), r.get("caption"))
+    for p in event["selection"].get("points", []):
+        cd = p.get("customdata")
+        if isinstance(cd, (list, tuple)):
+            cd = cd[0] if cd else None
+        if cd is not None:
+            picked.append(int(cd))
+picked = sorted(set(picked))
+if len(picked) == 1:
+    st.session_state["inspect_row"] = picked[0]
+
+row = st.session_state.get("inspect_row")
+if row is not None and 0 <= int(row) < n_rows:
+    with st.container(border=True):
+        _shared.inspector(path, info, df, int(row), res, inp, cfg)
+        if st.button("Close the inspector", key="insp_close"):
+            st.session_state.pop("inspect_row", None)
+            st.rerun()
+
+if len(picked) > 1:
+    rows = df.iloc[picked]
+    st.subheader(f"{len(rows):,} samples in the region (drawn points only)")
+    name = st.text_input("Rule name", f"region-{len(picked)}", key="region_name")
+    b1, b2 = st.columns(2)
+    if b1.button("Exclude this region from the subset", key="region_exclude"):
+        ref = _shared.save_rule(path, name, picked, "exclude", "region", {"n": len(picked)})
+        if ref:
+            st.success(_shared.esc(f"Rule added: exclude {ref}. It applies on Select & export and in exports."))
+    if b2.button("Force-include this region", key="region_include"):
+        ref = _shared.save_rule(path, name, picked, "include", "region", {"n": len(picked)})
+        if ref:
+            st.success(_shared.esc(f"Rule added: include {ref}."))
+    _shared.gallery(rows, "region", info["image_root"])
+
+if hits is not None and hits.any():
+    st.subheader("Search hits")
+    hit_rows = np.flatnonzero(hits)
+    name = st.text_input("Rule name", f"search-{'-'.join(query.split())[:40]}", key="search_rule_name")
+    if st.button("Exclude every hit from the subset", key="search_exclude"):
+        ref = _shared.save_rule(path, "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name),
+                                hit_rows, "exclude", "search", {"text": query})
+        if ref:
+            st.success(_shared.esc(f"Rule added: exclude {ref}."))
+    _shared.gallery(df.iloc[hit_rows], "hits", info["image_root"])

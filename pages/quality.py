@@ -29,13 +29,9 @@ def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> 
     if keep < 1.0:
         rules[f"gate: keep top {keep:.0%}"] = float(np.quantile(values[np.isfinite(values)], 1 - keep))
     st.altair_chart(charts.histogram(values, value_col, rules), width="stretch")
-    worst = df.nsmallest(6, value_col)
-    st.markdown(f"Lowest {axis.replace('_', ' ')}")
-    grid = st.columns(6)
-    for i, (_, r) in enumerate(worst.iterrows()):
-        with grid[i]:
-            _shared.show_image(info["image_root"], r.get("image"), r.get("caption"))
-            st.text(f"{r['id']}: {fmt.format(r[value_col])}")
+    worst = df.nsmallest(120, value_col)
+    st.markdown(f"Lowest {axis.replace('_', ' ')} (worst first)")
+    _shared.gallery(worst, f"worst_{axis}", info["image_root"], extra=lambda r: f"{value_col} {fmt.format(r[value_col])}")
 
 
 for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fidelity"),
@@ -120,3 +116,18 @@ if rw["models"]:
 for gate_axis in info["gate_axes"]:  # every reward axis the scored model has, not a fixed pair
     if gate_axis.startswith("reward_") and gate_axis in df:
         axis_section(gate_axis, f"Reward: {gate_axis[len('reward_'):]} (rating scale)", gate_axis, "{:.2f}")
+
+# ---------------------------------------------------------------------------------------------
+if "dup_group" in df and (df["dup_group"] >= 0).any():
+    st.header("Near-duplicate groups")
+    st.caption("Decided on the image embedding (text when a dataset has no images): each dropped sample is "
+               "within cosine 1 - eps of the kept sample it is dropped for. Identical captions on different "
+               "images are a caption signal (Caption quality above), never a drop.")
+    groups = df[df["is_dup"]].groupby("dup_group").size().sort_values(ascending=False)
+    st.text(f"{len(groups):,} groups, {int(df['is_dup'].sum()):,} samples dropped at the analysis eps")
+    page = st.number_input(f"Group (of {len(groups)})", 1, len(groups), 1, key="dup_page")
+    rep = int(groups.index[page - 1])
+    members = df[(df["dup_group"] == rep)]
+    members = members.loc[[rep] + [i for i in members.index if i != rep]]
+    _shared.gallery(members, f"dup_{rep}", info["image_root"],
+                    extra=lambda r: "kept" if r.name == rep else "dropped for the kept one")

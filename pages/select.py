@@ -14,7 +14,7 @@ from pages import _shared
 st.title("Select & export")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info)
-inp0 = _shared.selection_inputs(path, info["fingerprint"], run_id, info["reward_key"])
+inp0 = _shared.selection_inputs(path, info["fingerprint"], run_id, info["reward_key"], _shared.sets_key(info))
 
 with st.sidebar:
     st.header("Selection knobs")
@@ -49,6 +49,19 @@ with st.sidebar:
             _shared.knob(st.text_input, "filter_value", "Value (comma-separated for in / not in)",
                          help="Missing values match only `is null`; every other operator leaves them out.")
     _shared.knob(st.number_input, "seed", "Seed (random baseline)", 0, 2**31 - 1, step=1)
+    rules = ([("exclude_clusters", c, f"exclude cluster {_shared.cluster_name(info, c)}")
+              for c in _shared.get("exclude_clusters")] +
+             [("exclude_sets", r, f"exclude set {r}") for r in _shared.get("exclude_sets")] +
+             [("include_sets", r, f"include set {r}") for r in _shared.get("include_sets")])
+    st.subheader("Rules")
+    if not rules:
+        st.caption("None. Exclude or include clusters on Long tail, regions and search hits on Map.")
+    for i, (key, value, text) in enumerate(rules):
+        r1, r2 = st.columns([4, 1])
+        r1.text(text)
+        if r2.button("Remove", key=f"rule_rm_{i}"):
+            _shared.put(key, [v for v in _shared.get(key) if v != value])
+            st.rerun()
 
 inp, cfg, res = _shared.run_selection(path, info)
 sm = res.summary

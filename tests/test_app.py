@@ -55,7 +55,9 @@ def test_overview_shows_the_demo_summary(data_dir):
 def test_every_page_renders(data_dir, page):
     at = _app(page)
     assert not at.error, [e.value for e in at.error]
-    if page != "pages/confounders.py":
+    if page == "pages/map.py":
+        assert at.get("plotly_chart"), "no map on the page"
+    elif page != "pages/confounders.py":
         assert at.get("vega_lite_chart"), "no chart on the page"
 
 

@@ -244,3 +244,51 @@ def test_run_analysis_button_runs_in_the_background(data_dir):
     assert not at.exception
     with store.open_store(db) as s:
         assert len(s.runs("analysis")) == 1  # the stored run was reused: no second row
+
+
+def test_inspector_shows_the_stored_neighbours(data_dir):
+    from curation import analysis
+
+    with store.open_store(data_dir / "demo.duckdb") as s:
+        nbr, _ = analysis.load_knn(s, analysis.latest_run(s))
+        ids = s.samples(["id"])["id"].tolist()
+    at = _app("pages/map.py")
+    at.session_state["inspect_row"] = 11
+    at.run()
+    assert not at.exception
+    texts = [t.value for t in at.text]
+    shown = [t.split("\n")[0] for t in texts if "\ncosine " in t]
+    # every stored neighbour and nothing else (AppTest lists a grid column by column, hence the sort)
+    assert sorted(shown) == sorted(ids[j] for j in nbr[11]) and len(shown) == nbr.shape[1]
+    at.button(key=f"nbr_11_{nbr[11][0]}").click().run()  # a neighbour, one click away
+    assert at.session_state["inspect_row"] == nbr[11][0]
+
+
+def test_search_on_the_map_excludes_hits_from_the_subset(data_dir):
+    at = _app("pages/map.py")
+    at.text_input(key="map_search").set_value("pneumothorax").run()
+    assert not at.exception
+    assert any("caption(s) match" in c.value for c in at.caption)
+    at.button(key="search_exclude").click().run()
+    assert not at.exception and not at.error
+    at.switch_page("pages/select.py").run()
+    assert any(t.value.startswith("exclude set search-pneumothorax@") for t in at.text)
+    with store.open_store(data_dir / "demo.duckdb") as s:
+        inp = selection.load_inputs(s)
+        caps = s.samples(["caption"])["caption"]
+        refs = list(inp.id_sets)
+    res = selection.select(inp, SelectionConfig(exclude_sets=tuple(refs)))
+    assert not caps.iloc[res.selected].str.contains("pneumothorax", case=False).any()
+    assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
+    at.button(key="rule_rm_0").click().run()  # removing the rule restores the default
+    assert _metric(at, "Selected") == "1,000" and not [t for t in at.text if t.value.startswith("exclude set")]
+
+
+def test_excluding_a_cluster_on_long_tail_reaches_select(data_dir):
+    at = _app("pages/long_tail.py")
+    rare = [b.key for b in at.button if b.key and b.key.startswith("lt_excl_")]
+    at.button(key=rare[0]).click().run()
+    c = int(rare[0].split("_")[-1])
+    at.switch_page("pages/select.py").run()
+    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(exclude_clusters=(c,)))
+    assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}" and _qp(at, "exclude_clusters") == str(c)
