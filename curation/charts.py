@@ -141,6 +141,8 @@ def stacked_share_chart(df, column: str, by: str = "prototype", top: int = 30):
 # events, which Streamlit returns (st.plotly_chart(on_select=...)); pydeck draws more points but has
 # no lasso. Density for all rows is a server-side 2-D histogram underneath, so 1M rows open without
 # WebGPU and the browser receives at most the drawn sample.
+# It opens in pan mode: Streamlit turns click-to-select on only there (in lasso or box mode a click
+# selects nothing), so drag pans, the wheel zooms, a click inspects, and lasso / box are in the toolbar.
 MAX_LEGEND = 24
 SELECTED_COLOR, UNSELECTED_COLOR, OTHER_COLOR = "#d62728", "rgba(150,150,150,0.35)", "rgba(150,150,150,0.5)"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
@@ -226,7 +228,7 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
         h = np.asarray(highlight, bool)
         fig.add_trace(go.Scattergl(x=x[h], y=y[h], customdata=rows[h], mode="markers", name="search hits",
                                    marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(width=2, color="#000"))))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), dragmode="pan",
                       uirevision=uirevision, legend=dict(itemsizing="constant"),
                       xaxis=dict(title="UMAP 1", showgrid=False), yaxis=dict(title="UMAP 2", showgrid=False))
     return fig

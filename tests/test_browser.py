@@ -145,3 +145,68 @@ def test_deep_link_to_a_fresh_server_goes_through_the_entry_point(browser, analy
     with _serve(tmp_path) as url:
         text = render(browser, f"{url}/quality?gate_fidelity=0.9", "deep_link_quality", "Image-text fidelity")
     assert "No dataset yet" not in text and "Select & export" in text and "Dataset" in text
+
+
+def _plot_point_xy(page):
+    """Page coordinates of the drawn point nearest the plot's centre (Plotly's own axis
+    conversion), away from the legend, to click it."""
+    return page.evaluate("""() => {
+        const gd = document.querySelector('.js-plotly-plot');
+        const fl = gd._fullLayout;
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        let best = null;
+        for (const tr of gd._fullData) {
+            if (tr.type !== 'scattergl') continue;
+            for (let i = 0; i < tr.x.length; i++) {
+                const px = fl.xaxis.l2p(tr.x[i]), py = fl.yaxis.l2p(tr.y[i]);
+                const d = Math.hypot(px - box.width / 2, py - box.height / 2);
+                if (best === null || d < best[0]) best = [d, box.left + px, box.top + py];
+            }
+        }
+        return [best[1], best[2]];
+    }""")
+
+
+def test_map_zoom_click_inspect_lasso_exclude_in_chromium(browser, app_url):
+    """The map as a person uses it: scroll to zoom, click a point and read its neighbours in the
+    inspector, lasso a region and exclude it; screenshots of each state."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        page.goto(f"{app_url}/map", wait_until="domcontentloaded", timeout=60_000)
+        page.locator(".js-plotly-plot .nsewdrag").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+        before = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
+        page.mouse.move(plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2)
+        page.mouse.wheel(0, -400)  # zoom in
+        page.wait_for_timeout(1500)
+        after = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
+        assert after[1] - after[0] < before[1] - before[0], (before, after)
+        page.screenshot(path=str(ARTIFACTS / "map_zoomed.png"))
+        page.evaluate("() => Plotly.relayout(document.querySelector('.js-plotly-plot'), "
+                      "{'xaxis.autorange': true, 'yaxis.autorange': true})")
+        page.wait_for_timeout(1000)
+        x, y = _plot_point_xy(page)
+        page.mouse.click(x, y)
+        page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        assert page.get_by_text("cosine 0.").count() >= 5
+        page.screenshot(path=str(ARTIFACTS / "map_inspector.png"), full_page=True)
+        # lasso around the middle of the plot, with the toolbar's lasso tool
+        page.locator(".js-plotly-plot").first.hover()
+        page.locator('.modebar-btn[data-title="Lasso Select"]').first.click()
+        plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+        cx, cy, r = plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2, plot["height"] / 4
+        page.mouse.move(cx - r, cy - r)
+        page.mouse.down()
+        for px, py in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
+            page.mouse.move(px, py, steps=8)
+        page.mouse.up()
+        page.get_by_text("samples in the region").first.wait_for(timeout=60_000)
+        page.get_by_role("button", name="Exclude this region from the subset").click()
+        page.get_by_text("Rule added: exclude").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "map_region_excluded.png"), full_page=True)
+        assert not page.locator("[data-testid=stException]").count()
+    finally:
+        page.close()
