@@ -15,10 +15,34 @@ computed once per analysis and cached in the store. Here:
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def numba_cache_dir() -> Path:
+    """Where numba keeps compiled code across processes: ``$NUMBA_CACHE_DIR`` when set, else
+    ``$XDG_CACHE_HOME/curation/numba`` or ``~/.cache/curation/numba``. Set before umap (and so
+    numba) is first imported; site-packages is often read-only, where numba caches nothing."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    d = base / "curation" / "numba"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an unwritable home: numba then compiles in memory, as before
+        return d
+    os.environ["NUMBA_CACHE_DIR"] = str(d)
+    return d
+
+
+def umap_epochs(n_fit: int) -> int:
+    """Layout epochs sized to the sample: umap-learn's own rule (500 below 10k points, 200 above)
+    would give 200 at 20k; the layout of a bounded sample converges well before that."""
+    return 500 if n_fit <= 2_000 else 200 if n_fit <= 10_000 else 150
 
 
 # Sharpness of the soft kNN placement: a neighbour 0.05 less similar than the nearest weighs
@@ -56,25 +80,66 @@ def pca_reduce(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int 
     return out
 
 
+def sample_knn(Z: np.ndarray, k: int, assign: np.ndarray | None = None, probes: int = 4):
+    """Exact cosine kNN among the rows of ``Z`` (self first, as umap's ``precomputed_knn`` wants):
+    (indices (m, k) int64, distances (m, k) float32). With ``assign`` (a cluster per row) each row
+    searches its own and its nearest clusters only (:func:`curation.density.knn_within_clusters`)."""
+    from curation import density as D
+    from curation.spaces import normalize
+
+    U = normalize(Z)
+    m = len(U)
+    if assign is None or m <= 5_000:
+        assign = np.zeros(m, np.int64)
+        probe = np.zeros((m, 1), np.int64)
+    else:
+        k_cl = int(assign.max()) + 1
+        cent = np.zeros((k_cl, U.shape[1]), np.float32)
+        np.add.at(cent, assign, U)
+        cent = normalize(cent)
+        probe = np.argsort(-(U @ cent.T), axis=1)[:, :probes]
+    nbr, sim = D.knn_within_clusters(U, assign, probe, k=k - 1)
+    idx = np.concatenate([np.arange(m)[:, None], nbr], axis=1)
+    dist = np.concatenate([np.zeros((m, 1), np.float32), 1 - sim], axis=1).astype(np.float32)
+    missing = idx < 0  # fewer than k - 1 neighbours found: repeat self at distance 0 (umap accepts it)
+    idx[missing] = np.repeat(np.arange(m)[:, None], idx.shape[1], axis=1)[missing]
+    dist[missing] = 0
+    return idx.astype(np.int64), np.maximum(dist, 0)
+
+
 def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp_k: int = 10,
-             n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0):
+             n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, assign: np.ndarray | None = None):
     """2-D map of all rows of ``X`` (n, d).
+
+    The UMAP fit gets its kNN graph precomputed (:func:`sample_knn`, exact within each sample row's
+    nearest prototype clusters when ``assign`` is given) instead of building one with NN-descent, and
+    its epochs sized to the sample (:func:`umap_epochs`); numba's compiled code is cached across
+    processes (:func:`numba_cache_dir`).
 
     Returns
     -------
     xy : ndarray (n, 2) float32
     fitted : ndarray (n,) bool, rows UMAP was fitted on (the others were interpolated)
     """
+    numba_cache_dir()
     import umap
 
     n = len(X)
     Z = pca_reduce(X, pca_dims, seed=seed)
     rng = np.random.default_rng(seed)
     fit_rows = np.arange(n) if n <= fit_max else np.sort(rng.choice(n, fit_max, replace=False))
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(fit_rows) - 1),
-                        min_dist=min_dist, metric="cosine", random_state=seed, n_jobs=1,
-                        init="spectral" if len(fit_rows) > 20 else "random")
-    xy_fit = reducer.fit_transform(Z[fit_rows]).astype(np.float32)
+    k = min(n_neighbors, len(fit_rows) - 1)
+    knn = sample_knn(Z[fit_rows], k, None if assign is None else assign[fit_rows]) if len(fit_rows) > 2 * k else None
+    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric="cosine", random_state=seed,
+                        n_jobs=1, n_epochs=umap_epochs(len(fit_rows)),
+                        init="spectral" if len(fit_rows) > 20 else "random",
+                        precomputed_knn=(knn[0], knn[1], None) if knn is not None else (None, None, None))
+    import warnings
+
+    with warnings.catch_warnings():  # "no search index: transform unavailable": we never transform
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+        warnings.filterwarnings("ignore", message=".*transform.*")
+        xy_fit = reducer.fit_transform(Z[fit_rows]).astype(np.float32)
     xy = np.empty((n, 2), np.float32)
     xy[fit_rows] = xy_fit
     fitted = np.zeros(n, bool)
