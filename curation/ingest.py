@@ -318,7 +318,7 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
             m = re.fullmatch(rf"{prefix}_(\d+)\.{ext}", f.name)
             if not m:
                 raise InputError(f"unexpected file {f.name}: shards must be named {prefix}_<number>.{ext}.",
-                                 file=f, fix=f"remove or rename it; shards are paired by their number.")
+                                 file=f, fix="remove or rename it; shards are paired by their number.")
             num = int(m.group(1))
             if num in out:
                 raise InputError(f"two shards with number {num} ({out[num].name}, {f.name}).", file=d,

@@ -40,6 +40,27 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def demo_copy(demo_db, tmp_path) -> Path:
+    """A private copy of the 4,000-row demo, not analysed (images linked)."""
+    import shutil
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    shutil.copy(demo_db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(demo_db.parent / "demo_images")
+    return d / "demo.duckdb"
+
+
+def stored_ratings(db):
+    """The dataset's reward_ratings table, or None."""
+    from curation import schema as S
+    from curation import store
+
+    with store.open_store(db) as s:
+        return s.read_table(S.REWARD_RATINGS) if s.has_table(S.REWARD_RATINGS) else None
+
+
 @pytest.fixture(scope="session")
 def analyzed_db(demo_db, tmp_path_factory) -> Path:
     """A copy of the demo with one full default analysis (UMAP's numba compile makes this the

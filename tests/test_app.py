@@ -29,8 +29,11 @@ def data_dir(analyzed_db, tmp_path, monkeypatch):
     return _data_dir(tmp_path, monkeypatch, analyzed_db)
 
 
-def _app(page=None):
+def _app(page=None, params=None):
+    """A fresh AppTest session (URL ``params`` optional), opened on ``page``, with no exception."""
     at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
     at.run()
     if page:
         at.switch_page(page).run()

@@ -3,16 +3,14 @@ notices, user strings render as text, sessions do not share selection state, ana
 background."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from curation import analysis, jobs, selection, store
+from test_app import _app, _metric
 from curation.selection import Gate, SelectionConfig
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 OTHER_PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pages/quality.py", "pages/overview.py"]
 
 
@@ -26,19 +24,6 @@ def data_dir(analyzed_db, tmp_path, monkeypatch):
     return d
 
 
-def _app(page=None, params=None):
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _metric(at, label):
-    return next(m.value for m in at.metric if m.label == label)
 
 
 def _qp(at, name):

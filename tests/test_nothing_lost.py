@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import stored_ratings
 from curation import manifest, reward, store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,18 +286,9 @@ def _chat(content) -> bytes:
     return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
 
 
-@pytest.fixture
-def demo_copy(demo_db, tmp_path):
-    d = tmp_path / "ds"
-    d.mkdir()
-    shutil.copy(demo_db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(demo_db.parent / "demo_images")
-    return d / "demo.duckdb"
 
 
-def _ratings(db):
-    with store.open_store(db) as s:
-        return s.read_table("reward_ratings") if s.has_table("reward_ratings") else None
+_ratings = stored_ratings
 
 
 @pytest.mark.parametrize("raw, shown", [

@@ -8,6 +8,7 @@ import socket
 import numpy as np
 import pytest
 
+from conftest import stored_ratings
 from curation import reward, store
 from curation import schema as S
 from curation.errors import CurationError, InputError, StateError
@@ -16,19 +17,9 @@ from fake_mllm import FakeMLLM, caption_of
 GOOD = '{"fidelity": 4, "consistency": 5}'
 
 
-@pytest.fixture
-def demo_copy(demo_db, tmp_path):
-    """A private copy of the 4,000-row demo (images linked)."""
-    d = tmp_path / "ds"
-    d.mkdir()
-    shutil.copy(demo_db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(demo_db.parent / "demo_images")
-    return d / "demo.duckdb"
 
 
-def _ratings(db):
-    with store.open_store(db) as s:
-        return s.read_table(S.REWARD_RATINGS) if s.has_table(S.REWARD_RATINGS) else None
+_ratings = stored_ratings
 
 
 @pytest.mark.parametrize("text,expected", [
