@@ -431,6 +431,8 @@ def _add_select(sub):
     p.add_argument("--format", choices=FORMATS,
                    help="manifest format (default: from --out's suffix: .parquet, .csv, .jsonl, .tsv = openclip)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same --out")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --format openclip: write rows whose image file does not exist (refused by default)")
     p.set_defaults(func=cmd_select)
 
 
@@ -552,7 +554,8 @@ def cmd_select(a) -> int:
         impact = ctx.compare(res.selected, cfg.seed)
         warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders)
         side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
-                                   impact=impact.to_dict(orient="index"), overwrite=a.overwrite, warnings=warns)
+                                   impact=impact.to_dict(orient="index"), overwrite=a.overwrite, warnings=warns,
+                                   allow_missing=a.allow_missing)
     try:
         with store.open_store(db, read_only=False) as s:
             s.record_run("selection", cfg.to_dict(), outputs={"manifest": str(Path(a.out).resolve()),

@@ -201,8 +201,18 @@ def _check_utf8_arrow(table, path) -> None:
         raise
 
 
-def load_npy(path: str | Path) -> np.ndarray:
-    """Memory-map a 2-D ``.npy`` embedding file (float16/32/64)."""
+# keys of an .npz archive tried for each kind: DataComp's (ViT-L/14, then B/32), then common names
+NPZ_KEYS = {"image": ("l14_img", "b32_img", "img_emb", "image_emb", "image", "img"),
+            "text": ("l14_txt", "b32_txt", "text_emb", "txt_emb", "text", "txt")}
+
+
+def load_npy(path: str | Path, kind: str | None = None) -> np.ndarray:
+    """A 2-D embedding array (float16/32/64): a ``.npy`` file (memory-mapped), or one array of an
+    ``.npz`` archive such as DataComp's embedding files: ``FILE.npz:KEY``, or the first of
+    :data:`NPZ_KEYS` for ``kind`` that the archive holds."""
+    key = None
+    if ":" in str(path) and not Path(str(path)).exists():
+        path, key = str(path).rsplit(":", 1)
     p = Path(path)
     if not p.is_file():
         raise InputError("embedding file not found.", file=p, fix="check the path.")
@@ -211,10 +221,15 @@ def load_npy(path: str | Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as e:  # numpy's errors for a bad header or a truncated file
         raise InputError(f"not a readable .npy array ({e}).", file=p,
                          fix="save embeddings with numpy.save as a 2-D float array.") from None
-    if not isinstance(arr, np.ndarray):  # an .npz archive (np.load returns an NpzFile) under a .npy name
+    if not isinstance(arr, np.ndarray):  # an .npz archive (np.load returns an NpzFile), whatever its name
         keys = list(getattr(arr, "files", []))
-        raise InputError(f"this is an .npz archive (arrays {', '.join(keys[:6])}), not an .npy array.", file=p,
-                         fix="extract the embedding array (np.save('img.npy', np.load(FILE)['KEY'])) and pass that.")
+        pick = key or next((k for k in NPZ_KEYS.get(kind or "", ()) if k in keys), None)
+        if pick is None or pick not in keys:
+            raise InputError(f"this is an .npz archive (arrays {', '.join(keys[:6])}), and "
+                             + (f"it has no array {key!r}" if key else f"none of its arrays is a known {kind or ''} "
+                                f"embedding name ({', '.join(NPZ_KEYS.get(kind or '', ()))})") + ".", file=p,
+                             fix=f"name the array: {p}:KEY (e.g. {p}:{keys[0] if keys else 'l14_img'}).")
+        arr = arr[pick]
     if arr.ndim != 2:
         raise InputError(f"expected a 2-D array (rows x dim), got shape {arr.shape}.", file=p,
                          fix="reshape to (n_samples, dim) before saving.")
@@ -233,8 +248,8 @@ def read_metadata_npy(metadata, image_emb=None, text_emb=None, *, id_column=None
     cand = [c for c in (id_column, image_column, caption_column) if c] + list(S.ID_CANDIDATES)
     table = read_table_file(metadata, string_columns=cand + list(S.CAPTION_CANDIDATES))
     table = standardize_columns(table, metadata, id_column, image_column, caption_column)
-    vectors = {"image": load_npy(image_emb) if image_emb else None,
-               "text": load_npy(text_emb) if text_emb else None}
+    vectors = {"image": load_npy(image_emb, "image") if image_emb else None,
+               "text": load_npy(text_emb, "text") if text_emb else None}
     sources = {"metadata": str(metadata), "image": str(image_emb), "text": str(text_emb)}
     root = Path(image_root) if image_root else Path(metadata).resolve().parent
     return IngestInput(table, vectors, sources, root, source=f"metadata+npy:{Path(metadata).name}")

@@ -24,10 +24,32 @@ import numpy as np
 from curation.errors import CurationError, StateError
 
 SIDECAR_VERSION = 1
-FORMATS = ("parquet", "csv", "jsonl", "openclip")
+FORMATS = ("parquet", "csv", "jsonl", "openclip", "datacomp")
 #: the file suffix each format is written with, and the formats a suffix means
-EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "openclip": ".tsv"}
-SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".tsv": "openclip"}
+EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "openclip": ".tsv", "datacomp": ".npy"}
+SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".tsv": "openclip", ".npy": "datacomp"}
+URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "hf://", "az://", "ftp://")
+
+
+def is_url(value) -> bool:
+    """Whether an image value is a URL (kept as it is: never joined to the image root)."""
+    return isinstance(value, str) and value.lower().startswith(URL_PREFIXES)
+
+
+def datacomp_uids(uids, file=None):
+    """DataComp's subset format: the 128-bit hex uids as a sorted structured array of two uint64
+    (``np.dtype("u8,u8")``: high then low 64 bits), as its filtering track reads with ``np.load``.
+    A value that is not 32 hex digits is refused with its row."""
+    import re
+
+    vals = [str(u).strip().lower() for u in uids]
+    for i, u in enumerate(vals):
+        if not re.fullmatch(r"[0-9a-f]{32}", u):
+            raise CurationError(f"the DataComp format needs 32-hex-digit uids; row {i} of the subset has {u!r}. "
+                                f"Fix: ingest with the uid as the id (or a 'uid' column), or use another --format.")
+    out = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in vals], dtype=np.dtype("u8,u8"))
+    out.sort(order=["f0", "f1"])
+    return out
 
 
 def format_for(out: str | Path, fmt: str | None = None) -> str:
@@ -122,15 +144,15 @@ def build_frames(store, inp, result, cfg, run_id: str):
 
     from curation import schema as S
 
-    base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION) if c in [n for n, _ in store.columns()]]
+    base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION, "uid") if c in [n for n, _ in store.columns()]]
     base = store.samples(base_cols)
     root = store.image_root()
     n = inp.n  # every analysis value the manifest carries is already in ``inp``
     frame = pd.DataFrame({
         "id": base[S.ID].astype(str),
         "image": base[S.IMAGE] if S.IMAGE in base else None,
-        "image_path": ([str((root / p).resolve()) if isinstance(p, str) and root is not None else p
-                        for p in base[S.IMAGE]] if S.IMAGE in base else None),
+        "image_path": ([p if is_url(p) else str((root / p).resolve()) if isinstance(p, str) and root is not None
+                        else p for p in base[S.IMAGE]] if S.IMAGE in base else None),
         "caption": base[S.CAPTION] if S.CAPTION in base else None,
         "rank": result.rank(n),
         "reason": result.reason.astype(str),
@@ -144,6 +166,8 @@ def build_frames(store, inp, result, cfg, run_id: str):
     })
     for axis, v in inp.scores.items():
         frame[f"{axis}_score"] = v
+    if "uid" in base:  # DataComp and other pools that carry a uid beside the id
+        frame["uid"] = base["uid"].astype(str)
     kept = frame.iloc[result.selected].reset_index(drop=True)
     dropped_rows = np.setdiff1d(np.arange(n), result.selected)
     dropped = frame.iloc[dropped_rows].drop(columns=["rank"]).reset_index(drop=True)
@@ -166,6 +190,18 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def check_image_files(df, allow_missing: bool = False) -> list[str]:
+    """For the open_clip format: manifest rows whose ``image_path`` is not an existing file (a URL
+    is not a file either). Refused unless ``allow_missing``; returns the missing paths."""
+    paths = df["image_path"].tolist() if "image_path" in df else []
+    missing = [str(p) for p in paths if not (isinstance(p, str) and not is_url(p) and Path(p).is_file())]
+    if missing and not allow_missing:
+        raise CurationError(f"{len(missing)} of {len(paths)} image files of the subset do not exist (first: "
+                            f"{missing[0]}); open_clip's trainer would stop at the first. Fix: ingest with the right "
+                            f"--image-root, or pass --allow-missing to write them anyway.")
+    return missing
+
+
 def _write_table(df, path: Path, fmt: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -176,6 +212,10 @@ def _write_table(df, path: Path, fmt: str) -> None:
         df.to_csv(path, index=False, lineterminator="\n")
     elif fmt == "jsonl":
         df.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif fmt == "datacomp":
+        uids = df["uid"] if "uid" in df else df["id"]
+        with open(path, "wb") as f:
+            np.save(f, datacomp_uids(uids), allow_pickle=False)
     elif fmt == "openclip":
         if df["image_path"].isna().any():
             raise CurationError("the open_clip format needs an image path for every sample; this dataset "
@@ -196,7 +236,8 @@ def file_hash(path: Path) -> str:
 
 
 def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "parquet",
-           impact: dict | None = None, overwrite: bool = False, warnings: list | None = None) -> dict:
+           impact: dict | None = None, overwrite: bool = False, warnings: list | None = None,
+           allow_missing: bool = False) -> dict:
     """Write manifest, dropped file and sidecar atomically; return the sidecar as a dict.
 
     The target is checked first (:func:`check_out`): an existing export is replaced only with
@@ -208,6 +249,7 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
     p = check_out(out, store.path, overwrite)
     kept, dropped = build_frames(store, inp, result, cfg, run_id)
+    missing = check_image_files(kept, allow_missing) if fmt == "openclip" else []
     _atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
     _atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
     sidecar = {
@@ -219,7 +261,8 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
         "summary": {k: v for k, v in result.summary.items() if k != "strata"},
         "strata": result.summary["strata"],
         "impact": impact or {},
-        "warnings": list(warnings or []),
+        "warnings": list(warnings or []) + ([f"{len(missing)} image files do not exist (written anyway: "
+                                              f"--allow-missing), first {missing[0]}"] if missing else []),
     }
     _atomic_write(p["sidecar"], lambda t: t.write_text(json.dumps(sidecar, indent=2, sort_keys=True,
                                                                   default=_json_default) + "\n"))

@@ -483,6 +483,9 @@ def resolve_image(root: Path | None, value) -> Path:
         raise CurationError("this dataset has no image root (it was ingested without images).")
     if not isinstance(value, str) or not value:
         raise CurationError("this sample has no image path.")
+    if "://" in value:
+        raise CurationError(f"the image is a URL ({value[:80]}); remote images are not fetched (no network, "
+                            f"patient data).")
     base = Path(root).resolve()
     p = (base / value).resolve()
     if p != base and base not in p.parents:

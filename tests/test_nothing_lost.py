@@ -114,7 +114,7 @@ def test_5_the_apps_default_export_name_names_dataset_and_run():
         "medpix-3f2a9c1b07de-b0.25"
 
 
-@pytest.mark.parametrize("name", ["x.npy", "x.txt", "x"])
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.json"])  # (.npy is the DataComp uid format now)
 def test_6_unknown_suffix_needs_format(db, run_cli, tmp_path, name):
     code, _, err = run_cli("select", db, "--budget", "0.25", "--out", tmp_path / name)
     assert code == 2 and "names no manifest format" in err and not (tmp_path / name).exists()
@@ -384,10 +384,13 @@ def test_15_an_edited_sidecar_does_not_pass_silently(db, run_cli, tmp_path):
 # --- the inputs that used to end in a traceback ----------------------------------------------------
 def test_npz_under_an_npy_name(tmp_path, run_cli):
     (tmp_path / "m.csv").write_text("id\na\nb\n")
-    np.savez(tmp_path / "e.npz", img=np.eye(2, 3))
+    np.savez(tmp_path / "e.npz", weights=np.eye(2, 3))
     (tmp_path / "e.npz").rename(tmp_path / "e.npy")
     code, _, err = run_cli("ingest", tmp_path / "x.duckdb", "--metadata", tmp_path / "m.csv", "--image-emb", tmp_path / "e.npy")
-    assert code == 2 and ".npz archive (arrays img)" in err and _one_line(err)
+    assert code == 2 and ".npz archive (arrays weights)" in err and "e.npy:weights" in err and _one_line(err)
+    code, _, err = run_cli("ingest", tmp_path / "x.duckdb", "--metadata", tmp_path / "m.csv", "--image-emb",
+                           f"{tmp_path / 'e.npy'}:weights")
+    assert code == 0, err  # naming the array reads it, whatever the file is called
 
 
 def test_csv_with_duplicate_column_names(tmp_path, run_cli):
