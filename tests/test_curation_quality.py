@@ -160,3 +160,36 @@ def test_gate_on_the_caption_axis_on_medpix(medpix):
     _, _, inp = medpix
     res = selection.select(inp, SelectionConfig(gates=(Gate("caption", top_q=0.9),)))
     assert (inp.scores["caption"][res.selected] >= 0.1).all()
+
+
+def test_impact_is_measured_at_the_selections_eps(demo):
+    inp, _, _ = demo
+    res = selection.select(inp, SelectionConfig(dedup_eps=None))
+    rates = {eps: ImpactContext(inp, dedup_eps=eps).compare(res.selected, 0).loc["duplicate_rate", "pool"]
+             for eps in (0.02, 0.05, 0.3)}
+    assert rates[0.02] <= rates[0.05] < rates[0.3]  # a looser eps counts more duplicates
+
+
+def test_impact_eps_in_the_cli(analyzed_copy, run_cli, tmp_path):
+    code, out, _ = run_cli("select", analyzed_copy, "--budget", "0.25", "--dedup-eps", "0.2", "--out", tmp_path / "m.parquet")
+    assert code == 0 and "duplicate_rate measured at eps 0.2" in out
+
+
+def test_confounder_table_names_chance_not_majority(demo, analyzed_db):
+    with store.open_store(analyzed_db) as s:
+        conf = analysis.load_table(s, analysis.latest_run(s), "confounders")
+    assert "chance_accuracy" in conf.columns and "majority_accuracy" not in conf.columns
+    levels = conf.set_index("column")["levels"]
+    chance = conf.set_index("column")["chance_accuracy"].dropna()
+    assert np.allclose(chance, 1 / levels[chance.index])  # 1 / n_classes, as the name says
+
+
+def test_chart_builders_leave_altairs_global_settings_alone():
+    import altair as alt
+
+    from curation import charts
+
+    before = alt.data_transformers.active, dict(alt.data_transformers.options)
+    charts.histogram(np.arange(10.0), "x", {})
+    charts.rank_size_chart(np.array([5, 3, 1]), np.array([False, False, True]))
+    assert (alt.data_transformers.active, dict(alt.data_transformers.options)) == before

@@ -210,3 +210,33 @@ def test_weights_hash_changes_with_weights(tiny_model):
     with torch.no_grad():
         next(net.parameters()).add_(1e-3)
     assert embed.weights_hash(net) != info["weights_sha256"]
+
+
+def test_load_pair_skips_decoding_errors_but_a_transform_bug_fails(pairs_dir):
+    """A missing or corrupt image is a skipped pair with its reason; a bug in the transform is not
+    swallowed as "skipped" (the run would otherwise end marked complete with every pair skipped)."""
+    from curation.errors import CurationError, PairError
+
+    assert issubclass(PairError, CurationError)
+    pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
+    shards = pairs.shards(1000)
+    items = shards[0].items
+    ok = embed.load_pair(pairs, items[0], {}, lambda im: "tensor")
+    assert ok == ("tensor", ok[1], None)
+
+    def buggy(im):
+        raise TypeError("a bug in the transform")
+
+    with pytest.raises(TypeError, match="a bug in the transform"):
+        embed.load_pair(pairs, items[0], {}, buggy)
+
+    def odd_mode(im):
+        raise OSError("cannot convert mode I;16")
+
+    assert embed.load_pair(pairs, items[0], {}, odd_mode)[2].startswith("image could not be converted")
+
+
+def test_ctrl_c_during_embed_says_what_was_kept():
+    from curation.cli import ON_INTERRUPT
+
+    assert "finished shards are kept" in ON_INTERRUPT["embed"]
