@@ -549,11 +549,8 @@ def save_rule(path: str, name: str, rows, action: str, kind: str, meta: dict | N
 def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None) -> None:
     """One sample: image, caption (text), metadata, analysis values, reason under the current
     knobs, and its nearest neighbours from the stored kNN graph, each one click away."""
-    from curation import analysis as A
-
     r = df.iloc[row]
-    st.subheader(f"Sample {r['id']}" if "[" not in str(r["id"]) else "Sample")
-    st.text(str(r["id"]))
+    st.subheader("Sample " + esc(r["id"]))
     c1, c2 = st.columns([1, 2])
     with c1:
         show_image(info["image_root"], r.get("image"), None, width=220)
@@ -578,7 +575,6 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
             if st.button("Inspect", key=f"nbr_{row}_{j}"):
                 st.session_state["inspect_row"] = int(j)
                 st.rerun()
-    del A
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
