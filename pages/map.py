@@ -23,8 +23,14 @@ options = [c for c in categorical + numeric if (c == "selection" and can_select)
 c1, c2, c3 = st.columns([2, 2, 3])
 color = c1.selectbox("Colour by", options, key="map_color")
 if n_rows > 2_000:
-    max_points = c2.slider("Points drawn (a sample; the heatmap shows all)", 2_000, min(200_000, n_rows),
-                           min(20_000, n_rows), step=1_000, key="map_points")
+    top = min(200_000, n_rows)
+    if "map_points" not in st.session_state:  # ?points=N opens the map with N points drawn
+        try:
+            st.session_state["map_points"] = int(min(top, max(2_000, int(st.query_params.get("points", 20_000)))))
+        except ValueError:
+            st.session_state["map_points"] = min(20_000, top)
+    max_points = c2.slider("Points drawn (a sample; the heatmap shows all)", 2_000, top, step=1_000,
+                           key="map_points")
 else:
     max_points = n_rows
     c2.text(f"All {n_rows:,} points drawn")
@@ -32,8 +38,8 @@ query = c3.text_input("Search captions (every word must appear)", key="map_searc
 
 always = None
 res = inp = cfg = None
-if color == "selection" or can_select:
-    inp, cfg, res = _shared.run_selection(path, info)
+if can_select and (color == "selection" or st.session_state.get("inspect_row") is not None):
+    inp, cfg, res = _shared.run_selection(path, info)  # only when the colouring or the inspector needs it
 if color == "selection":
     always = _shared.selected_mask(n_rows, res.selected)
     st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
@@ -89,6 +95,8 @@ if len(picked) == 1:
     st.session_state["inspect_row"] = picked[0]
 
 row = st.session_state.get("inspect_row")
+if row is not None and res is None and can_select:  # a click just opened the inspector: its reason
+    inp, cfg, res = _shared.run_selection(path, info)
 if row is not None and 0 <= int(row) < n_rows:
     with st.container(border=True):
         _shared.inspector(path, info, df, int(row), res, inp, cfg)
