@@ -577,13 +577,14 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
                 st.rerun()
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
-def knn_graph(path: str, fingerprint: str, run_id: str):
-    """The run's stored kNN graph (analysis space), read-only, shared."""
+@st.cache_resource(max_entries=4, show_spinner=False)
+def knn_graph(path: str, fingerprint: str, run_id: str, which: str = "knn"):
+    """A stored kNN graph of the run, read-only, shared: "knn" (analysis space) or "dedup_knn"
+    (the space duplicates are decided in)."""
     from curation import analysis as A
 
     with store.open_store(path) as s:
-        nbr, sim = A.load_knn(s, run_id)
+        nbr, sim = A.load_knn(s, run_id, which)
     nbr.flags.writeable = False
     sim.flags.writeable = False
     return nbr, sim

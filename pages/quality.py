@@ -129,5 +129,15 @@ if "dup_group" in df and (df["dup_group"] >= 0).any():
     rep = int(groups.index[page - 1])
     members = df[(df["dup_group"] == rep)]
     members = members.loc[[rep] + [i for i in members.index if i != rep]]
+    nbr, sim = _shared.knn_graph(path, info["fingerprint"], run_id, "dedup_knn")
+
+    def cosine_to_kept(i: int) -> float:
+        """From the stored duplicate-space graph, in whichever direction it lists the pair."""
+        for a, b in ((i, rep), (rep, i)):
+            hit = np.flatnonzero(nbr[a] == b)
+            if len(hit):
+                return float(sim[a][hit[0]])
+        return float("nan")
+
     _shared.gallery(members, f"dup_{rep}", info["image_root"],
-                    extra=lambda r: "kept" if r.name == rep else "dropped for the kept one")
+                    extra=lambda r: "kept" if r.name == rep else f"dropped: cosine {cosine_to_kept(r.name):.3f} to the kept")

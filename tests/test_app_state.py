@@ -277,3 +277,10 @@ def test_excluding_a_cluster_on_long_tail_reaches_select(data_dir):
     at.switch_page("pages/select.py").run()
     res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(exclude_clusters=(c,)))
     assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}" and _qp(at, "exclude_clusters") == str(c)
+
+
+def test_duplicate_groups_show_the_cosine_to_the_kept_sample(data_dir):
+    at = _app("pages/quality.py")
+    assert not at.exception
+    shown = [t.value for t in at.text if t.value.startswith("dropped: cosine ")]
+    assert shown and all(float(t.split()[2]) > 0.95 for t in shown)  # eps 0.05: every drop above 1 - eps
