@@ -162,11 +162,7 @@ def load(store, run_id: str | None = None):
 def cluster_label_map(store, run_id: str) -> dict[int, str]:
     """{prototype: its label} of a run ("" where none; {} for runs stored before labels)."""
     name = table_names(run_id)["prototypes"]
-    if not store.has_table(name):
-        return {}
-    cols = [c for c, in store.con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-                                          [name]).fetchall()]
-    if "label" not in cols:
+    if "label" not in store.table_columns(name):
         return {}
     t = store.read_table(name, ["prototype", "label"])
     return dict(zip(t["prototype"].astype(int), t["label"].fillna("").astype(str)))

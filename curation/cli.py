@@ -552,7 +552,8 @@ def cmd_select(a) -> int:
                                     label=s.meta.get("label_column"), seed=cfg.seed,
                                     dedup_eps=cfg.dedup_eps if cfg.dedup_eps is not None else 0.05)
         impact = ctx.compare(res.selected, cfg.seed)
-        warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders)
+        warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders,
+                             subset=impact["subset"].to_dict())
         side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
                                    impact=impact.to_dict(orient="index"), overwrite=a.overwrite, warnings=warns,
                                    allow_missing=a.allow_missing)

@@ -38,14 +38,15 @@ def show(store, sample_id: str, *, run_id: str | None = None, neighbours: int = 
 
     rec = runs.require(store, run_id)
     row = row_of(store, sample_id)
-    sample = store.samples().iloc[row].to_dict()
+    samples = store.samples()
+    sample = samples.iloc[row].to_dict()
     df, _ = analysis.load(store, rec.run_id)
     values = {k: _plain(df[k].iat[row]) for k in ANALYSIS_FIELDS if k in df.columns}
     labels = analysis.cluster_label_map(store, rec.run_id)
     values["cluster_label"] = labels.get(int(df["prototype"].iat[row]), "")
     nbr, sim = analysis.load_knn(store, rec.run_id)
     k = max(0, min(int(neighbours), nbr.shape[1]))
-    ids = store.samples([S.ID, S.CAPTION] if S.CAPTION in sample else [S.ID])
+    ids = samples
     near = []
     for j, c in zip(nbr[row][:k], sim[row][:k]):
         if j < 0:
@@ -56,7 +57,7 @@ def show(store, sample_id: str, *, run_id: str | None = None, neighbours: int = 
     cfg = config or selection.SelectionConfig()
     res = selection.select(inp, cfg)
     return {"row": row, "run_id": rec.run_id, "sample": {k: _plain(v) for k, v in sample.items()},
-            "analysis": values, "reason": str(res.reason[row]), "detail": str(res.details(inp, cfg)[row]),
+            "analysis": values, "reason": str(res.reason[row]), "detail": str(res.details(inp, cfg, rows=[row])[0]),
             "neighbours": near}
 
 

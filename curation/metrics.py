@@ -134,23 +134,21 @@ class ImpactContext:
         out["better"] = [direction(m) for m in out.index]
         return out
 
-    def expected_random(self, size: int) -> dict:
+    def expected_random(self, size: int, tvd_columns=()) -> dict:
         """{metric: (mean, sd)} of a uniformly random subset of ``size``, computed exactly where a
         formula exists: hypergeometric hit probabilities for coverage, the finite-population
-        standard error for shares and score means. TVD uses :data:`NOISE_SUBSETS` simulations."""
-        from math import lgamma
+        standard error for shares and score means. TVD (only for ``tvd_columns``) uses
+        :data:`NOISE_SUBSETS` simulations."""
+        from scipy.special import gammaln
 
         n, b = self.n, int(size)
         fpc = np.sqrt(max(n - b, 0) / max(n - 1, 1))
         out = {}
-
-        def miss(m):  # P(a group of m samples gets none of a random b of n)
-            if n - m < b:
-                return 0.0
-            return float(np.exp(lgamma(n - m + 1) - lgamma(n - m - b + 1) - lgamma(n + 1) + lgamma(n - b + 1)))
-
         sizes = np.bincount(self.prototype, minlength=self.k)
-        p_hit = np.array([1 - miss(int(m)) for m in sizes])
+        # P(a cluster of m samples gets none of a random b of n) = C(n - m, b) / C(n, b)
+        rest = np.maximum(n - sizes - b, 0)
+        log_miss = gammaln(n - sizes + 1) - gammaln(rest + 1) - gammaln(n + 1) + gammaln(n - b + 1)
+        p_hit = np.where(n - sizes < b, 1.0, 1.0 - np.exp(log_miss))
         for name, mask in (("cluster_coverage", sizes > 0), ("rare_cluster_coverage", self.rare & (sizes > 0))):
             if mask.any():
                 p = p_hit[mask]
@@ -162,14 +160,16 @@ class ImpactContext:
             x = v[np.isfinite(v)]
             if len(x):
                 out[f"{a}_score_mean"] = (float(x.mean()), float(x.std() / np.sqrt(max(b, 1)) * fpc))
-        sims = [self.impact(o[:b]) for o in self.noise_orders]
-        for c in self.cols:
-            vals = np.array([r[f"tvd_{c}"] for r in sims], float)
-            out[f"tvd_{c}"] = (float(vals.mean()), float(vals.std(ddof=1)))
+        cols = [c for c in tvd_columns if c in self.cols]
+        if cols:
+            sims = [[tvd(self.cols[c][0][o[:b]], self.cols[c][0], self.cols[c][1]) for o in self.noise_orders]
+                    for c in cols]
+            for c, vals in zip(cols, sims):
+                out[f"tvd_{c}"] = (float(np.mean(vals)), float(np.std(vals, ddof=1)))
         return out
 
     def warnings(self, selected: np.ndarray, summary: dict | None = None, mode: str = "proportional",
-                 strata_columns=()) -> list[str]:
+                 strata_columns=(), subset: dict | None = None) -> list[str]:
         """Where the subset is worse than a random subset of its size beyond noise.
 
         For every metric with a better side (:func:`direction`), the subset is compared with the
@@ -178,19 +178,19 @@ class ImpactContext:
         for the chosen ``strata_columns`` in ``proportional`` mode only (balanced and tempered change
         the mix on purpose; unchosen columns shift with the tail picks by design). Strata
         (``summary["strata"]``) with fewer than :data:`MIN_STRATUM` selected samples get one warning
-        that lists them. Returns one sentence per warning.
+        that lists them. ``subset``: the subset's metrics when :meth:`compare` already computed
+        them (its "subset" column). Returns one sentence per warning.
         """
         out = []
         size = len(selected)
         if size == 0:
             return out
-        sub = self.impact(selected)
-        expected = self.expected_random(size)
+        sub = subset if subset is not None else self.impact(selected)
+        checked_tvd = list(strata_columns) if mode == "proportional" else []
+        expected = self.expected_random(size, checked_tvd)
         for m, v in sub.items():
             d = direction(m)
             if not d or m not in expected or not np.isfinite(v):
-                continue
-            if m.startswith("tvd_") and (mode != "proportional" or m[4:] not in set(strata_columns)):
                 continue
             mean, sd = expected[m]
             gap = max(NOISE_SIGMAS * sd, MIN_GAP)

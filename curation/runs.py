@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from curation.errors import CurationError, StateError
+from curation.errors import StateError
 
 #: steps a selection reads (prototype bands and FPS ranks; density for tail scores and duplicates)
 SELECTION_NEEDS = ("prototypes", "density")
@@ -188,9 +188,3 @@ def reward_status(store) -> dict:
         out["scored_by"] = scored[-1].config.get("model_id")
     return out
 
-
-def check_id(run_id: str) -> str:
-    """A run id as given by a user: refused when empty."""
-    if not isinstance(run_id, str) or not run_id.strip():
-        raise CurationError("an empty run id was given. Fix: omit it to use the latest run.")
-    return run_id.strip()

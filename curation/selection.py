@@ -411,28 +411,29 @@ class SelectionResult:
         return r
 
     def details(self, inp: "SelectionInputs", cfg: "SelectionConfig",
-                cache: SelectionCache | None = None) -> np.ndarray:
-        """Human-readable explanation of every pool sample's reason ("duplicate of demo-000123",
-        "fidelity score 0.040 < 0.100", "stratum site_A"...). Built on demand (export), not on
-        every knob change."""
-        n = inp.n
-        out = np.full(n, "", dtype=object)
-        code = self.code
+                cache: SelectionCache | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Human-readable explanation of the reasons of the pool samples ``rows`` (all when None):
+        "duplicate of demo-000123", "fidelity score 0.040 < 0.100", "stratum site_A"... Built on
+        demand (export: all rows; the inspector: one), never on a knob change."""
+        rows = np.arange(inp.n) if rows is None else np.atleast_1d(np.asarray(rows, np.int64))
+        out = np.full(len(rows), "", dtype=object)
+        code, which = self.code[rows], self.which[rows]
         kept = np.isin(code, [_CODE[r] for r in KEPT_REASONS])
         if len(self.stratum_labels) > 1:
             labels = np.asarray([f"stratum {x}" for x in self.stratum_labels], dtype=object)
-            out[kept] = labels[self.stratum[kept]]
+            out[kept] = labels[self.stratum[rows][kept]]
         for i, f in enumerate(cfg.filters):
-            m = (code == _CODE[DROP_FILTER]) & (self.which == i)
+            m = (code == _CODE[DROP_FILTER]) & (which == i)
             out[m] = f"filtered: {f.column} {f.op}" + ("" if f.op in ("is null", "not null") else f" {f.value!r}")
         for i, g in enumerate(cfg.gates):
-            m = np.flatnonzero((code == _CODE[DROP_GATE]) & (self.which == i))
+            m = np.flatnonzero((code == _CODE[DROP_GATE]) & (which == i))
             t = g.threshold()
-            out[m] = [f"{g.axis} score {v:.3f} < {t:.3f}" for v in inp.scores[g.axis][m]]
+            out[m] = [f"{g.axis} score {v:.3f} < {t:.3f}" for v in inp.scores[g.axis][rows[m]]]
         if cfg.dedup_eps is not None:
             m = np.flatnonzero(code == _CODE[DROP_DUP])
-            group, _ = inp.duplicates(cfg.dedup_eps, cache)
-            out[m] = [f"duplicate of {inp.ids[g]}" for g in group[m]]
+            if len(m):
+                group, _ = inp.duplicates(cfg.dedup_eps, cache)
+                out[m] = [f"duplicate of {inp.ids[g]}" for g in group[rows[m]]]
         out[code == _CODE[DROP_OUTLIER]] = "outlier: farther from its prototype than the tail band"
         if cfg.exclude_clusters or cfg.exclude_sets:
             out[code == _CODE[DROP_RULE]] = "excluded by a rule: " + "; ".join(

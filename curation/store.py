@@ -205,6 +205,12 @@ class Store:
         ).fetchall()
         return [(n, t) for n, t in rows if n != S.ROW]
 
+    def table_columns(self, name: str) -> list[str]:
+        """Column names of any table of the dataset ([] when it does not exist)."""
+        return [c for c, in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+            [name]).fetchall()]
+
     def metadata_columns(self) -> list[str]:
         """Metadata columns (everything but id, image and caption)."""
         return [n for n, _ in self.columns() if n not in (S.ID, S.IMAGE, S.CAPTION)]
@@ -427,6 +433,11 @@ class Store:
         if not self.has_table(S.ID_SETS):
             return pd.DataFrame(columns=["name", "kind", "sha256", "created", "n", "meta"])
         return self.read_table(S.ID_SETS, ["name", "kind", "sha256", "created", "n", "meta"])
+
+    def id_set_refs(self) -> list[str]:
+        """The stored sets' references ``NAME@SHA12``, sorted (their rows are not read)."""
+        t = self.id_sets()
+        return sorted(f"{nm}@{sha[:12]}" for nm, sha in zip(t["name"], t["sha256"]))
 
     def id_set_rows(self) -> dict:
         """{"NAME@SHA12": rows (int64 array)} for every stored set."""

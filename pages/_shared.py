@@ -268,7 +268,7 @@ def dataset_info(path: str, mtime: float) -> dict:
         info["reward"] = runs.reward_status(s)
         info["reward_key"] = info["reward"]["scored_run"]
         info["gate_axes"] = []
-        info["id_sets"] = sorted(s.id_set_rows())
+        info["id_sets"] = s.id_set_refs()
         info["cluster_labels"] = {}
         if rec is not None:
             info["cluster_labels"] = analysis.cluster_label_map(s, rec.run_id)
@@ -277,30 +277,27 @@ def dataset_info(path: str, mtime: float) -> dict:
                 info["confounders"] = s.read_table(tname)
                 info["flagged"] = flagged(info["confounders"])
             if "quality" in rec.steps:  # the quality axes this run stored (older runs lack caption)
-                cols = {c for c, in s.con.execute("SELECT column_name FROM information_schema.columns "
-                                                   "WHERE table_name = ?", [rec.table("samples")]).fetchall()}
+                cols = set(s.table_columns(rec.table("samples")))
                 info["gate_axes"] += [a for a in selection.QUALITY_AXES if f"{a}_score" in cols]
         if info["reward_key"]:
             info["gate_axes"] += [f"reward_{a}" for a in _reward_axes(s)]
-        if rec is not None:
-            info["report"] = _report(path, rec.run_id) if rec.has(("prototypes", "density")) else None
     return info
 
 
 def _reward_axes(s) -> list[str]:
     from curation import schema as S
 
-    cols = [c for c, _ in s.con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?",
-        [S.REWARD_SCORES]).fetchall()]
-    return [c[len("reward_"):-len("_score")] for c in cols if c.startswith("reward_") and c.endswith("_score")]
+    return [c[len("reward_"):-len("_score")] for c in s.table_columns(S.REWARD_SCORES)
+            if c.startswith("reward_") and c.endswith("_score")]
 
 
-def _report(path, run_id) -> str | None:
-    from curation.cli import analysis_report
+@st.cache_data(max_entries=8, show_spinner=False)
+def analysis_report(path: str, fingerprint: str, run_id: str) -> str | None:
+    """The CLI's report of a run (Overview only: it reads the whole per-sample table)."""
+    from curation.cli import analysis_report as report
 
     try:
-        return analysis_report(path, run_id)
+        return report(path, run_id)
     except CurationError:
         return None
 
@@ -558,7 +555,8 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
         if r.get("caption") is not None:
             st.text(str(r["caption"]))
         if res is not None and inp is not None:
-            st.text(f"selection: {res.reason[row]}" + (f" ({res.details(inp, cfg)[row]})" if cfg is not None else ""))
+            detail = res.details(inp, cfg, session_cache(), rows=[row])[0] if cfg is not None else ""
+            st.text(f"selection: {res.reason[row]}" + (f" ({detail})" if detail else ""))
         st.text(f"cluster {cluster_name(info, r['prototype'])}, band {r.get('band')}")
     fields = {k: r[k] for k in df.columns if k not in ("image", "caption", "map_x", "map_y", "map_fitted")}
     st.dataframe({"field": [str(k) for k in fields], "value": [str(v) for v in fields.values()]},

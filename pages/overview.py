@@ -31,8 +31,10 @@ if info["run_id"]:
     run = info["run"]
     st.markdown(_shared.esc(f"Run {info['run_id']}: k = {run['outputs'].get('k')} prototypes in the "
                             f"{run['config'].get('space')} space; steps {', '.join(run['steps'])}."))
-    if info.get("report"):
-        st.code(info["report"], language=None)
+    report = (_shared.analysis_report(path, info["fingerprint"], info["run_id"])
+              if set(run["steps"]) >= {"prototypes", "density"} else None)
+    if report:
+        st.code(report, language=None)
 else:
     st.info("No analysis yet: prototypes, density, duplicates, the map, quality and confounder "
             "statistics are computed once and cached in the dataset.")

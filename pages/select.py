@@ -83,7 +83,7 @@ left, right = st.columns([3, 2])
 with left:
     st.subheader("Impact: subset vs random subset of the same size")
     st.dataframe(impact.round(4), key="impact_table")
-    warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders)
+    warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
     for w in warns:
         st.warning(_shared.esc(w))
     st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
