@@ -73,7 +73,7 @@ def main() -> None:
 
     from curation import embed
 
-    dev = embed._resolve_device(a.device)
+    dev = embed.resolve_device(a.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     try:
         table, src = make_pairs(tmp / "in", a.pairs)

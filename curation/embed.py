@@ -30,26 +30,25 @@ torch and open_clip are imported inside functions: ``import curation`` stays lig
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from curation import schema as S
-from curation.errors import CurationError, PairError, InputError
+from curation.atomic import atomic_write
+from curation.errors import CurationError, PairError
+from curation.models import (TINY_MODEL_CFG, load_model, resolve_device, save_model_dir,  # noqa: F401
+                             set_offline, weights_hash)
+from curation.pairs import Shard, TablePairs, TarPairs  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 INFO = "embed_info.json"
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
-CAPTION_EXTS = ("txt", "caption", "cap")
-JSON_CAPTION_KEYS = ("caption", "text", "title")
 OUT_DTYPES = ("float16", "float32")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -76,351 +75,6 @@ class EmbedConfig:
             raise CurationError(f"--dtype {self.out_dtype!r}: use one of {', '.join(OUT_DTYPES)}.")
         if self.precision not in PRECISIONS:
             raise CurationError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
-
-
-# ---------------------------------------------------------------------------------------------
-# inputs
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Shard:
-    """One unit of output: ``items`` to load and the metadata rows (pyarrow Table) they belong to."""
-
-    index: int
-    items: list
-    meta: object
-    skipped: list = field(default_factory=list)  # (id, reason) found while indexing
-
-
-class TablePairs:
-    """A captions table plus an image folder. Shards are consecutive row ranges of the table."""
-
-    kind = "table"
-
-    def __init__(self, table_path, image_root=None, *, id_column=None, image_column=None,
-                 caption_column=None):
-        from curation.ingest import read_table_file, standardize_columns
-
-        self.path = Path(table_path)
-        table = read_table_file(self.path, string_columns=[c for c in (id_column, *S.ID_CANDIDATES) if c])
-        table = standardize_columns(table, self.path, id_column, image_column, caption_column)
-        for col, opt in ((S.IMAGE, "--image-path-column"), (S.CAPTION, "--caption-column")):
-            if col not in table.column_names:
-                raise InputError(f"no {col} column.", file=self.path,
-                                 fix=f"name it with {opt}; columns are: {', '.join(table.column_names)}.")
-        self.table = table
-        self.image_root = Path(image_root) if image_root else self.path.parent
-        if not self.image_root.is_dir():
-            raise InputError("image folder not found.", file=self.image_root,
-                             fix="pass --image-root, the folder the image paths are relative to.")
-        self.images = table.column(S.IMAGE).to_pylist()
-        self.captions = table.column(S.CAPTION).to_pylist()
-
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    def fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=12)
-        for name in (S.ID, S.IMAGE, S.CAPTION):
-            for chunk in self.table.column(name).chunks:
-                for buf in chunk.buffers():
-                    if buf is not None:
-                        h.update(memoryview(buf))
-        return h.hexdigest()
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "table": str(self.path.resolve()),
-                "image_root": str(self.image_root.resolve()), "rows": len(self)}
-
-    def shards(self, shard_size: int) -> list[Shard]:
-        n = len(self)
-        return [Shard(i, range(s, min(s + shard_size, n)), None)
-                for i, s in enumerate(range(0, n, shard_size))]
-
-    def shard_meta(self, shard: Shard, ok_pos):
-        return self.table.slice(shard.items[0], len(shard.items)).take(ok_pos) if shard.items else \
-            self.table.slice(0, 0)
-
-    def shard_ids(self, shard: Shard) -> list:
-        return self.table.column(S.ID).slice(shard.items[0], len(shard.items)).to_pylist()
-
-    def load(self, item, _handles):
-        from curation.store import resolve_image
-
-        value = self.images[item]
-        caption = self.captions[item]
-        try:
-            path = resolve_image(self.image_root, value)
-        except CurationError as e:
-            raise PairError(str(e)) from None
-        return _open_image(path), caption
-
-
-class TarPairs:
-    """WebDataset tar shards; one output shard per input tar (keys grouped as WebDataset does)."""
-
-    kind = "webdataset"
-
-    def __init__(self, paths):
-        files = []
-        for p in [Path(x) for x in (paths if isinstance(paths, (list, tuple)) else [paths])]:
-            if p.is_dir():
-                files += sorted(p.glob("*.tar"))
-            elif any(ch in str(p) for ch in "*?["):
-                import glob
-
-                files += sorted(Path(f) for f in glob.glob(str(p)))
-            elif p.is_file():
-                files.append(p)
-            else:
-                raise InputError("tar shard not found.", file=p, fix="pass tar files, a glob or a folder of .tar shards.")
-        if not files:
-            raise InputError("no .tar shards found.", file=paths if not isinstance(paths, list) else paths[0],
-                             fix="pass WebDataset .tar files or the folder holding them.")
-        self.files = files
-        self._index = None
-
-    def _build_index(self):
-        if self._index is None:
-            self._index = [_index_tar(f) for f in self.files]
-        return self._index
-
-    def fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=12)
-        for f in self.files:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
-        return h.hexdigest()
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "tars": [str(f.resolve()) for f in self.files]}
-
-    def shards(self, shard_size: int) -> list[Shard]:
-        # the tar is the shard; shard_size does not apply
-        return [Shard(i, x["items"], x["meta"], x["skipped"]) for i, x in enumerate(self._build_index())]
-
-    def shard_meta(self, shard: Shard, ok_pos):
-        return shard.meta.take(ok_pos)
-
-    def shard_ids(self, shard: Shard) -> list:
-        return shard.meta.column(S.ID).to_pylist() + [s[0] for s in shard.skipped]
-
-    def load(self, item, handles):
-        tar_path, offset, size, caption, key = item
-        f = handles.get(tar_path)
-        if f is None:
-            f = handles[tar_path] = open(tar_path, "rb")
-        try:
-            f.seek(offset)
-            data = f.read(size)
-        except OSError as e:
-            raise PairError(f"cannot read the image member from {Path(tar_path).name} ({e})") from None
-        if len(data) != size:
-            raise PairError(f"the image member is truncated in {Path(tar_path).name}") from None
-        import io
-
-        return _open_image(io.BytesIO(data)), caption
-
-
-def _index_tar(path: Path) -> dict:
-    """Group a tar's members by WebDataset key; read captions and JSON metadata, note image offsets."""
-    import pyarrow as pa
-
-    groups: dict[str, dict] = {}
-    order = []
-    try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                d, base = os.path.split(m.name)
-                if base.startswith("."):
-                    continue
-                key, _, ext = base.partition(".")
-                key = f"{d}/{key}" if d else key
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                ext = ext.lower()
-                if ext in IMAGE_EXTS:
-                    groups[key].setdefault("image", (m.name, m.offset_data, m.size))
-                elif ext in CAPTION_EXTS or ext == "json":
-                    groups[key][ext] = tf.extractfile(m).read()
-    except tarfile.ReadError as e:
-        raise InputError(f"not a readable uncompressed tar ({e}).", file=path,
-                         fix="WebDataset shards must be plain .tar files (decompress .tar.gz first).") from e
-    items, skipped, rows = [], [], []
-    for key in order:
-        g = groups[key]
-        meta = {}
-        if "json" in g:
-            try:
-                obj = json.loads(g["json"].decode("utf-8"))
-                meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool)) or v is None} \
-                    if isinstance(obj, dict) else {}
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                skipped.append((key, f"{key}.json is not valid UTF-8 JSON"))
-                continue
-        caption = None
-        for ext in CAPTION_EXTS:
-            if ext in g:
-                try:
-                    caption = g[ext].decode("utf-8").strip()
-                except UnicodeDecodeError:
-                    caption = None
-                    skipped.append((key, f"{key}.{ext} is not UTF-8 text"))
-                break
-        else:
-            caption = next((str(meta[k]).strip() for k in JSON_CAPTION_KEYS if meta.get(k)), None)
-        if skipped and skipped[-1][0] == key:
-            continue
-        if "image" not in g:
-            skipped.append((key, "no image member (" + ", ".join(IMAGE_EXTS) + ")"))
-            continue
-        if not caption:
-            skipped.append((key, "no caption (.txt member or 'caption' in .json)"))
-            continue
-        name, off, size = g["image"]
-        items.append((str(path), off, size, caption, key))
-        meta.pop(S.ID, None)
-        rows.append({S.ID: key, S.CAPTION: caption, "source_tar": path.name, "image_member": name,
-                     **{k: v for k, v in meta.items() if k not in (S.ID, S.CAPTION, S.IMAGE, S.ROW)}})
-    table = pa.Table.from_pylist(rows) if rows else pa.table({S.ID: pa.array([], pa.string()),
-                                                             S.CAPTION: pa.array([], pa.string())})
-    return {"items": items, "skipped": skipped, "meta": table}
-
-
-def _open_image(src):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(src)
-        img.load()
-    except FileNotFoundError:
-        raise PairError("image file is missing") from None
-    except UnidentifiedImageError:
-        raise PairError("not a readable image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError as e:
-        raise PairError(f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise PairError(f"image could not be decoded ({e})") from None
-    return img
-
-
-# ---------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------
-def no_weights_fix(model: str) -> str:
-    return ("weights could not be fetched (no network, or not on the hub). Fix: on a machine with "
-            "internet, download the model folder (e.g. `huggingface-cli download "
-            "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --local-dir models/biomedclip`) and "
-            "pass `--model local-dir:models/biomedclip`, or pass an open_clip architecture with a "
-            f"checkpoint file: `--model {model.split(':')[-1] if not model.startswith('hf-hub:') else 'ViT-B-16'} "
-            "--pretrained /path/to/open_clip_pytorch_model.bin`.")
-
-
-def set_offline() -> None:
-    """Never contact the model hub in this process (``HF_HUB_OFFLINE=1``), even if it was imported."""
-    import sys
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if "huggingface_hub" in sys.modules:
-        import huggingface_hub.constants as hc
-
-        hc.HF_HUB_OFFLINE = True
-
-
-def load_model(model: str, pretrained: str | None = None, device: str = "cpu"):
-    """Build an open_clip model, its image transform and tokenizer, and describe the weights.
-
-    Returns
-    -------
-    model, preprocess, tokenizer, info : info has ``model``, ``pretrained``, ``weights_sha256``,
-    ``embed_dim``, ``n_params``.
-    """
-    import open_clip
-    import torch
-
-    pre = pretrained
-    if pre in ("random", "none", ""):
-        pre = None
-        torch.manual_seed(0)
-    elif pre is None and not model.startswith(("hf-hub:", "local-dir:")):
-        raise CurationError(f"model {model!r} needs weights. Fix: pass --pretrained TAG (one of: "
-                            f"{', '.join(t for m, t in open_clip.list_pretrained() if m == model)[:300] or 'none known'}), "
-                            "--pretrained /path/to/checkpoint, or --pretrained random for a benchmark.")
-    if model.startswith("local-dir:") and not Path(model[len("local-dir:"):]).is_dir():
-        raise CurationError(f"model folder {model[len('local-dir:'):]} not found. Fix: pass the folder that holds "
-                            "open_clip_config.json and the weights file.")
-    if not model.startswith(("hf-hub:", "local-dir:")) and open_clip.get_model_config(model) is None:
-        raise CurationError(f"unknown open_clip architecture {model!r}. Fix: use one of "
-                            f"{', '.join(open_clip.list_models()[:12])}..., an hf-hub: id or local-dir: folder.")
-    try:
-        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pre, device=device)
-        tokenizer = open_clip.get_tokenizer(model)
-    except RuntimeError as e:
-        msg = str(e)
-        if "download" in msg.lower() or "hub" in msg.lower() or "connection" in msg.lower():
-            raise CurationError(f"model {model!r}: {no_weights_fix(model)}") from e
-        if "not a known tag" in msg:
-            raise CurationError(f"--pretrained {pretrained!r} is neither a known tag of {model} nor a file. "
-                                f"Fix: pass an existing checkpoint path or a tag from "
-                                f"`python -c \"import open_clip; print(open_clip.list_pretrained())\"`.") from e
-        raise CurationError(f"model {model!r} could not be built: {msg}") from e
-    except (OSError, ValueError) as e:
-        raise CurationError(f"model {model!r} could not be loaded ({e}). {no_weights_fix(model)}") from e
-    net.eval()
-    info = {"model": model, "pretrained": pretrained, "weights_sha256": weights_hash(net),
-            "embed_dim": int(_embed_dim(net)), "n_params": int(sum(p.numel() for p in net.parameters()))}
-    return net, preprocess, tokenizer, info
-
-
-def _embed_dim(net) -> int:
-    import torch
-
-    size = getattr(getattr(net, "visual", None), "image_size", 224)
-    size = size if isinstance(size, (tuple, list)) else (size, size)
-    with torch.inference_mode():
-        dev = next(net.parameters()).device
-        return net.encode_image(torch.zeros(1, 3, *size, device=dev)).shape[1]
-
-
-def weights_hash(net) -> str:
-    """sha256 over the state dict (names, dtypes, shapes and bytes), recorded with the embeddings."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(net.state_dict().items()):
-        a = t.detach().cpu().contiguous()
-        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.view(-1).view(dtype=torch.uint8).numpy().tobytes() if a.numel() else b"")
-    return h.hexdigest()
-
-
-def save_model_dir(folder, model_cfg: dict, *, seed: int = 0, image_size: int | None = None) -> str:
-    """Write a ``local-dir:`` model folder (config + random weights) for an architecture dict.
-
-    Used by tests and benchmarks to exercise the real loading path without a download.
-    Returns the ``local-dir:...`` model name.
-    """
-    import open_clip
-    import torch
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    net = open_clip.CLIP(**model_cfg)
-    size = image_size or model_cfg["vision_cfg"]["image_size"]
-    cfg = {"model_cfg": model_cfg,
-           "preprocess_cfg": {"size": size, "mean": list(open_clip.OPENAI_DATASET_MEAN),
-                              "std": list(open_clip.OPENAI_DATASET_STD)}}
-    (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
-    torch.save(net.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return f"local-dir:{folder}"
-
-
-TINY_MODEL_CFG = {"embed_dim": 32,
-                  "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,26 +134,9 @@ class _Collate:
                 self.tokenizer([b[2] for b in ok]), bad)
 
 
-def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _shard_files(out: Path, i: int) -> dict:
     return {"image": out / "img_emb" / f"img_emb_{i:05d}.npy", "text": out / "text_emb" / f"text_emb_{i:05d}.npy",
             "meta": out / "metadata" / f"metadata_{i:05d}.parquet", "skipped": out / "skipped" / f"skipped_{i:05d}.csv"}
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CurationError("--device cuda given but torch sees no GPU. Fix: use --device cpu, or check "
-                            "the CUDA driver (`nvidia-smi`) and that torch was installed with CUDA.")
-    return device
 
 
 def plan(pairs, out, cfg: EmbedConfig, info: dict, overwrite: bool = False) -> tuple[list, dict]:
@@ -553,7 +190,7 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
 
     cfg.check()
     out = Path(out)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     net, preprocess, tokenizer, info = model_bundle or load_model(cfg.model, cfg.pretrained, device)
     net = net.to(device)
     pending, record = plan(pairs, out, cfg, info, overwrite)
@@ -573,7 +210,7 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
     t0 = time.time()
     for s in pending:
         if not s.items:
-            n_bad += _flush(pairs, s, out, bufs.pop(s.index))
+            n_bad += flush_shard(pairs, s, out, bufs.pop(s.index))
     data = _Dataset(pairs, [s for s in pending if s.items], preprocess)
     if len(data):
         from torch.utils.data import DataLoader
@@ -595,7 +232,7 @@ def embed(pairs, out, cfg: EmbedConfig, *, overwrite: bool = False, progress=Tru
                         skipped.append((local, why))
                     remaining[shard.index] -= 1
                     if remaining[shard.index] == 0:
-                        n_bad += _flush(pairs, shard, out, bufs.pop(shard.index))
+                        n_bad += flush_shard(pairs, shard, out, bufs.pop(shard.index))
                 n_ok += len(idx)
                 bar.update(len(idx) + len(bad))
                 bar.set_postfix(skipped=n_bad + sum(len(b[3]) for b in bufs.values()), refresh=False)
@@ -614,11 +251,11 @@ def finish(pairs, out: Path, cfg: EmbedConfig, record: dict, n_ok: int, n_bad: i
 
 def write_info(out: Path, record: dict) -> None:
     """Write ``embed_info.json`` atomically."""
-    _atomic_save(out / INFO, lambda p: p.write_text(json.dumps(record, indent=1)))
+    atomic_write(out / INFO, lambda p: p.write_text(json.dumps(record, indent=1)))
 
 
 def new_buffer(n: int, dim: int, dtype: str):
-    """A shard's buffer before :func:`_flush`: (image vectors, text vectors, embedded mask, skipped
+    """A shard's buffer before :func:`flush_shard`: (image vectors, text vectors, embedded mask, skipped
     (position, reason) list)."""
     return np.zeros((n, dim), dtype), np.zeros((n, dim), dtype), np.zeros(n, bool), []
 
@@ -658,7 +295,7 @@ def _bar(total, progress):
                 desc="embedding", dynamic_ncols=True)
 
 
-def _flush(pairs, shard: Shard, out: Path, buf) -> int:
+def flush_shard(pairs, shard: Shard, out: Path, buf) -> int:
     """Write one finished shard (vectors, skipped report, then metadata). Returns pairs skipped."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -669,15 +306,15 @@ def _flush(pairs, shard: Shard, out: Path, buf) -> int:
     ok_pos = np.flatnonzero(okmask)
     ids = pairs.shard_ids(shard)
     rows = [(ids[local], reason) for local, reason in sorted(skipped)] + list(shard.skipped)
-    _atomic_save(files["image"], lambda p: np.save(open(p, "wb"), img[ok_pos]))
-    _atomic_save(files["text"], lambda p: np.save(open(p, "wb"), txt[ok_pos]))
+    atomic_write(files["image"], lambda p: np.save(open(p, "wb"), img[ok_pos]))
+    atomic_write(files["text"], lambda p: np.save(open(p, "wb"), txt[ok_pos]))
     if rows:
         for rid, reason in rows[:5]:
             log.info("skipped %s: %s", rid, reason)
-        _atomic_save(files["skipped"], lambda p: pcsv.write_csv(
+        atomic_write(files["skipped"], lambda p: pcsv.write_csv(
             pa.table({S.ID: [str(r[0]) for r in rows], "reason": [r[1] for r in rows]}), p))
     meta = pairs.shard_meta(shard, pa.array(ok_pos, pa.int64()))
-    _atomic_save(files["meta"], lambda p: pq.write_table(meta, p))
+    atomic_write(files["meta"], lambda p: pq.write_table(meta, p))
     return len(rows)
 
 

@@ -66,7 +66,7 @@ class _Embedder:
         self.tensor_side = tensor_side
         import torch
 
-        self.device = E._resolve_device(device if device != "auto" else
+        self.device = E.resolve_device(device if device != "auto" else
                                         ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net, _, self.tokenizer, info = E.load_model(model, pretrained, self.device)
         self.dim = info["embed_dim"]
@@ -153,7 +153,7 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
         dim = info["embed_dim"]
         for s in pending:  # a tar with nothing embeddable still gets its (empty) shard files
             if not s.items:
-                n_bad += E._flush(pairs, s, out, E.new_buffer(0, dim, cfg.out_dtype))
+                n_bad += E.flush_shard(pairs, s, out, E.new_buffer(0, dim, cfg.out_dtype))
         todo = [s for s in pending if s.items]
         if todo:
             by_index = {s.index: s for s in todo}
@@ -182,7 +182,7 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                         skipped.append((int(p), str(batch["error"][j])))
                     else:
                         img[p], txt[p], ok[p] = batch["image_emb"][j], batch["text_emb"][j], True
-                bad = E._flush(pairs, shard, out, buf)
+                bad = E.flush_shard(pairs, shard, out, buf)
                 return {"shard": np.array([shard.index]), "embedded": np.array([int(ok.sum())]),
                         "skipped": np.array([bad])}
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from curation.atomic import atomic_write
 from curation.errors import CurationError, StateError
 
 SIDECAR_VERSION = 1
@@ -174,22 +174,6 @@ def build_frames(store, inp, result, cfg, run_id: str):
     return kept, dropped
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the target folder, renamed into place: a failure (disk
-    full, permissions) leaves the previous file as it was and is reported as one line."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CurationError(f"cannot write {path}: {e.strerror or e}. Nothing was replaced. Fix: free disk "
-                            f"space or choose a writable location.") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def check_image_files(df, allow_missing: bool = False) -> list[str]:
     """For the open_clip format: manifest rows whose ``image_path`` is not an existing file (a URL
     is not a file either). Refused unless ``allow_missing``; returns the missing paths."""
@@ -250,8 +234,8 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
     p = check_out(out, store.path, overwrite)
     kept, dropped = build_frames(store, inp, result, cfg, run_id)
     missing = check_image_files(kept, allow_missing) if fmt == "openclip" else []
-    _atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
-    _atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
+    atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
+    atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
     sidecar = {
         "sidecar_version": SIDECAR_VERSION, "software_version": __version__,
         "dataset": {"name": store.name, "path": str(store.path.resolve()), "fingerprint": store.fingerprint},
@@ -264,7 +248,7 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
         "warnings": list(warnings or []) + ([f"{len(missing)} image files do not exist (written anyway: "
                                               f"--allow-missing), first {missing[0]}"] if missing else []),
     }
-    _atomic_write(p["sidecar"], lambda t: t.write_text(json.dumps(sidecar, indent=2, sort_keys=True,
+    atomic_write(p["sidecar"], lambda t: t.write_text(json.dumps(sidecar, indent=2, sort_keys=True,
                                                                   default=_json_default) + "\n"))
     return sidecar
 

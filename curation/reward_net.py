@@ -6,8 +6,11 @@ app never import torch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from curation.spaces import normalize
 
 
 class RewardNet(nn.Module):
@@ -69,3 +72,23 @@ class RewardNet(nn.Module):
             c = (img * txt).sum(dim=1, keepdim=True)
             out = out + self.cos((c - self.cos_stats[0]) / self.cos_stats[1].clamp(min=1e-6))
         return out
+
+
+def fit_bases(net, img_all, txt_all, k, shared, seed, fit_max=50_000):
+    """PCA bases of the pool's (unit) embeddings: one basis for image and text in a shared space."""
+    from curation.projection import pca_basis
+
+    rng = np.random.default_rng(seed)
+    n = len(img_all if img_all is not None else txt_all)
+    rows = np.sort(rng.choice(n, min(n, fit_max), replace=False))
+    if shared:
+        img, txt = normalize(img_all[rows]), normalize(txt_all[rows])
+        basis = pca_basis(np.concatenate([img, txt]), k, 2 * fit_max, seed)
+        net.set_basis("img", *basis)
+        net.set_basis("txt", *basis)
+        c = (img * txt).sum(axis=1)
+        net.cos_stats.copy_(torch.tensor([float(c.mean()), float(c.std())]))
+        return
+    for name, X in (("img", img_all), ("txt", txt_all)):
+        if X is not None:
+            net.set_basis(name, *pca_basis(normalize(X[rows]), k, fit_max, seed))

@@ -34,6 +34,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from curation import schema as S
+from curation.atomic import atomic_write
 from curation.errors import CurationError, StateError
 
 log = logging.getLogger(__name__)
@@ -647,8 +648,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
     emb_table = pa.table(emb_cols)
     meta_table = pa.table({"key": list(m), "value": [json.dumps(m[k], sort_keys=True) for k in m]})
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    def write(tmp):
         con = duckdb.connect(str(tmp))
         try:
             con.execute("SET preserve_insertion_order = true")
@@ -664,12 +664,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
             raise CurationError(f"cannot write dataset {path}: {_first_line(e)}. Nothing was changed.") from None
         finally:
             con.close()
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CurationError(f"cannot write dataset {path}: {e.strerror or e}. Nothing was changed.") from None
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
-            if leftover.exists():
-                leftover.unlink()
+
+    atomic_write(path, write, what="dataset")
     log.info("wrote dataset %s: %d rows, fingerprint %s", path, n, fingerprint)
     return fingerprint
