@@ -74,8 +74,9 @@ def _add_ingest(sub):
     p.add_argument("--image-root", help="folder image paths are relative to (default: the input's folder)")
     p.add_argument("--image-model", help="name of the image encoder (recorded)")
     p.add_argument("--text-model", help="name of the text encoder (recorded)")
-    p.add_argument("--shared-space", action="store_true",
-                   help="image and text come from one CLIP-style model (enables image-text fidelity)")
+    p.add_argument("--shared-space", action=argparse.BooleanOptionalAction, default=None,
+                   help="image and text come from one CLIP-style model (enables image-text fidelity); "
+                        "default: what the input says (an embed or clip-retrieval folder is one model)")
     p.add_argument("--label-column", help="a label column (kept out of confounder flags)")
     p.add_argument("--case-column", help="case/patient id column (duplicates and splits respect it)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")

@@ -314,6 +314,42 @@ def list_column_to_array(col, path, name) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).reshape(len(col), d)
 
 
+def concat_promoting(tables, files=()):
+    """One table from shards whose column types differ (int64 in one shard and double in another,
+    a column missing from some): numbers promote to the wider type, any other conflict to text,
+    and missing columns are null, instead of a type error after an hour of embedding."""
+    import pyarrow as pa
+
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    kinds: dict[str, set] = {}
+    for t in tables:
+        for f in t.schema:
+            kinds.setdefault(f.name, set()).add(f.type)
+    text = {n for n, ts in kinds.items() if len(ts) > 1}
+    fixed = []
+    for t in tables:
+        for n in text & set(t.column_names):
+            i = t.column_names.index(n)
+            col = t.column(i)
+            try:
+                col = col.cast(pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # nested values: as JSON text
+                import json
+
+                col = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()],
+                               pa.string())
+            t = t.set_column(i, n, col)
+        fixed.append(t)
+    try:
+        return pa.concat_tables(fixed, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"metadata shards cannot be combined ({e}).", file=files[0] if files else None,
+                         fix="give every shard the same columns and types.") from None
+
+
 def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInput:
     """A clip-retrieval output folder: ``img_emb/``, ``text_emb/`` and ``metadata/`` shards."""
     import pyarrow as pa
@@ -371,7 +407,7 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
                                      file=files[num], fix="re-run the shard; embeddings and metadata must align.")
     img_files = [img_files[k] for k in numbers] if img_files else []
     txt_files = [txt_files[k] for k in numbers] if txt_files else []
-    table = pa.concat_tables(tables, promote_options="default")
+    table = concat_promoting(tables, [meta_files[k] for k in numbers])
     vectors = {"image": np.concatenate([load_npy(f) for f in img_files]) if img_files else None,
                "text": np.concatenate([load_npy(f) for f in txt_files]) if txt_files else None}
     if id_column is None and not any(c in table.column_names for c in S.ID_CANDIDATES):
@@ -397,6 +433,11 @@ def read_clip_retrieval(folder, *, id_column=None, image_root=None) -> IngestInp
         source = f"embed:{root.name}"
         if image_root is None and info.get("image_root"):
             image_root = info["image_root"]
+    elif vectors["image"] is not None and vectors["text"] is not None \
+            and vectors["image"].shape[1] == vectors["text"].shape[1]:
+        # clip-retrieval embeds images and captions with one CLIP model: a shared space
+        # (--no-shared-space says otherwise)
+        meta = {"shared_space": True}
     return IngestInput(table, vectors, {"metadata": str(root / "metadata"), "image": str(root / "img_emb"),
                                         "text": str(root / "text_emb")},
                        Path(image_root) if image_root else root, source=source, meta=meta)
@@ -623,7 +664,7 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
                   **(extra_meta or {})}
     image_model = image_model or inp.meta.get("image_model")
     text_model = text_model or inp.meta.get("text_model")
-    shared_space = shared_space or inp.meta.get("shared_space", False)
+    shared_space = inp.meta.get("shared_space", False) if shared_space is None else shared_space
     if "embed" in inp.meta:
         extra_meta = {"embed": inp.meta["embed"], **(extra_meta or {})}
 

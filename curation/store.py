@@ -490,14 +490,21 @@ def _now() -> str:
 
 
 def resolve_image(root: Path | None, value) -> Path:
-    """``root / value`` resolved, refused when it leaves ``root`` or does not exist."""
-    if root is None:
-        raise CurationError("this dataset has no image root (it was ingested without images).")
+    """The image file of ``value``: an absolute path as it is (clip-retrieval and ``embed`` write
+    absolute ``image_path`` values), a relative one under ``root``, refused when it leaves ``root``
+    (``..``, a symlink out) or the file does not exist. URLs are never fetched."""
     if not isinstance(value, str) or not value:
         raise CurationError("this sample has no image path.")
     if "://" in value:
         raise CurationError(f"the image is a URL ({value[:80]}); remote images are not fetched (no network, "
                             f"patient data).")
+    if os.path.isabs(value):
+        p = Path(value).resolve()
+        if not p.is_file():
+            raise CurationError(f"image file {p} is missing.")
+        return p
+    if root is None:
+        raise CurationError("this dataset has no image root (it was ingested without images).")
     base = Path(root).resolve()
     p = (base / value).resolve()
     if p != base and base not in p.parents:

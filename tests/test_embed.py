@@ -33,7 +33,9 @@ def test_embeds_table_pairs_skips_bad_ones(tiny_model, pairs_dir, tmp_path):
         assert words in skipped[rid]
     inp = _read(tmp_path / "out")
     assert inp.samples.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
-    assert inp.samples.column_names == ["id", "image", "caption", "site"]
+    assert inp.samples.column_names == ["id", "image", "caption", "site", "image_path"]
+    # clip-retrieval's column: the absolute file path beside the relative `image`
+    assert inp.samples.column("image_path")[0].as_py() == str((pairs_dir / "images" / "0.png").resolve())
     for kind in ("image", "text"):
         v = inp.vectors[kind]
         assert v.shape == (N_PAIRS, 32) and v.dtype == np.float16
@@ -119,7 +121,7 @@ def test_webdataset_shards(tiny_model, tar_dir, tmp_path):
     t = inp.samples
     assert t.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
     assert {"site", "pmcid", "source_tar", "image_member"} <= set(t.column_names)
-    assert t.column("source_tar").to_pylist()[:20] == ["shard-0000.tar"] * 20
+    assert t.column("source_tar").to_pylist()[:20] == [str((tar_dir / "shard-0000.tar").resolve())] * 20
     assert t.column("pmcid").to_pylist()[3] == "PMC003"
     assert "image" not in t.column_names  # images stay inside the tars
 
