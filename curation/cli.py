@@ -430,11 +430,23 @@ def _add_select(sub):
     p.add_argument("--analysis-run", help="analysis run id (default: the latest with prototypes and density)")
     p.add_argument("--out", required=True, help="manifest path, e.g. data/subset.parquet")
     p.add_argument("--format", choices=FORMATS,
-                   help="manifest format (default: from --out's suffix: .parquet, .csv, .jsonl, .tsv = openclip)")
+                   help="manifest format (default: from --out's suffix: .parquet, .csv, .jsonl, .tsv = openclip, "
+                        ".npy = datacomp uids, .json = webdataset keys per source tar)")
+    p.add_argument("--columns", metavar="C,C",
+                   help="metadata columns the manifest carries too, e.g. split,case_id")
+    p.add_argument("--reshard", type=int, nargs="?", const=manifest_defaults()["shard_size"], metavar="N",
+                   help="with --format webdataset: also write new tars of the kept samples beside --out "
+                        f"(NAME-000000.tar..., N samples per tar, default {manifest_defaults()['shard_size']:,})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same --out")
     p.add_argument("--allow-missing", action="store_true",
                    help="with --format openclip: write rows whose image file does not exist (refused by default)")
     p.set_defaults(func=cmd_select)
+
+
+def manifest_defaults() -> dict:
+    from curation.manifest import WDS_SHARD_SIZE
+
+    return {"shard_size": WDS_SHARD_SIZE}
 
 
 def _config_from_args(a, base):
@@ -526,6 +538,9 @@ def cmd_select(a) -> int:
         cfg = SelectionConfig.from_dict(side["config"])
         run_id = side["analysis_run"]
         fmt = manifest.format_for(a.out, a.format)  # what --out says, not what the sidecar's export was
+        columns = _split_list(a.columns) if a.columns is not None else side.get("columns", [])
+        reshard = a.reshard if a.reshard is not None else (side.get("reshard") or {}).get("size") \
+            if fmt == "webdataset" else None
     else:
         if not a.db:
             raise CurationError("select needs a dataset (DB) or --from SIDECAR.")
@@ -541,6 +556,7 @@ def cmd_select(a) -> int:
         cfg = _config_from_args(a, base)
         run_id = a.analysis_run
         fmt = manifest.format_for(a.out, a.format)
+        columns, reshard = _split_list(a.columns), a.reshard
         manifest.check_out(a.out, db, a.overwrite)  # before any id set is stored
         cfg = _resolve_sets(a, db, cfg)
     with store.open_store(db) as s:
@@ -557,7 +573,7 @@ def cmd_select(a) -> int:
                              subset=impact["subset"].to_dict())
         side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
                                    impact=impact.to_dict(orient="index"), overwrite=a.overwrite, warnings=warns,
-                                   allow_missing=a.allow_missing)
+                                   allow_missing=a.allow_missing, columns=columns, reshard=reshard)
     try:
         with store.open_store(db, read_only=False) as s:
             s.record_run("selection", cfg.to_dict(), outputs={"manifest": str(Path(a.out).resolve()),
@@ -586,7 +602,17 @@ def cmd_select(a) -> int:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {a.out} ({fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), "
           f"{manifest.paths_for(a.out)['sidecar'].name}, {manifest.paths_for(a.out)['dropped'].name}")
+    if side_out.get("reshard"):
+        r = side_out["reshard"]
+        print(f"wrote {len(r['files'])} tar(s), {r['samples']:,} samples: {r['pattern']}\n"
+              f"  train with: python -m open_clip_train.main --dataset-type webdataset --train-data "
+              f"'{r['pattern']}' --train-num-samples {r['samples']}")
     return 0
+
+
+def _split_list(text) -> list[str]:
+    """``"split, case_id"`` -> ``["split", "case_id"]`` (empty items dropped)."""
+    return [c.strip() for c in (text or "").split(",") if c.strip()]
 
 
 def _flagged(s, run_id) -> list[str]:

@@ -328,14 +328,18 @@ def concat_promoting(tables, files=()):
     for t in tables:
         for f in t.schema:
             kinds.setdefault(f.name, set()).add(f.type)
-    text = {n for n, ts in kinds.items() if len(ts) > 1}
+    mixed = {n for n, ts in kinds.items() if len({t for t in ts if not pa.types.is_null(t)}) > 1}
+
+    def numeric(ts):
+        return all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) for t in ts)
+
     fixed = []
     for t in tables:
-        for n in text & set(t.column_names):
+        for n in mixed & set(t.column_names):
             i = t.column_names.index(n)
             col = t.column(i)
             try:
-                col = col.cast(pa.string())
+                col = col.cast(pa.float64() if numeric(kinds[n]) else pa.string())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # nested values: as JSON text
                 import json
 

@@ -20,14 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.atomic import atomic_write
+from curation.atomic import atomic_write, temp_name
 from curation.errors import CurationError, StateError
 
 SIDECAR_VERSION = 1
-FORMATS = ("parquet", "csv", "jsonl", "openclip", "datacomp")
+FORMATS = ("parquet", "csv", "jsonl", "openclip", "datacomp", "webdataset")
 #: the file suffix each format is written with, and the formats a suffix means
-EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "openclip": ".tsv", "datacomp": ".npy"}
-SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".tsv": "openclip", ".npy": "datacomp"}
+EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "openclip": ".tsv", "datacomp": ".npy",
+              "webdataset": ".json"}
+SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".tsv": "openclip", ".npy": "datacomp",
+                  ".json": "webdataset"}
+#: columns of tar-sourced samples (``embed --webdataset``) that every manifest carries
+TAR_COLUMNS = ("source_tar", "image_member")
+WDS_SHARD_SIZE = 10_000
 URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "hf://", "az://", "ftp://")
 
 
@@ -138,13 +143,31 @@ def check_out(out, dataset_path=None, overwrite: bool = False) -> dict[str, Path
     return p
 
 
-def build_frames(store, inp, result, cfg, run_id: str):
-    """(kept, dropped) DataFrames: kept in rank order with the scores the decision used."""
+def check_columns(store, columns) -> list[str]:
+    """The metadata columns asked for with ``--columns``, checked against the dataset."""
+    from curation import schema as S
+
+    if not columns:
+        return []
+    names = [n for n, _ in store.columns()]
+    bad = [c for c in columns if c not in names]
+    if bad:
+        raise CurationError(f"--columns: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a column of the "
+                            f"dataset. Fix: use some of {', '.join(n for n in names if n not in (S.ID,))}.")
+    return list(dict.fromkeys(columns))
+
+
+def build_frames(store, inp, result, cfg, run_id: str, columns=()):
+    """(kept, dropped) DataFrames: kept in rank order with the scores the decision used, plus the
+    tar columns of tar-sourced samples and the metadata ``columns`` asked for."""
     import pandas as pd
 
     from curation import schema as S
 
-    base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION, "uid") if c in [n for n, _ in store.columns()]]
+    names = [n for n, _ in store.columns()]
+    extra = [c for c in (*TAR_COLUMNS, *check_columns(store, columns)) if c in names]
+    extra = [c for c in dict.fromkeys(extra) if c not in (S.ID, S.IMAGE, S.CAPTION, "uid")]
+    base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION, "uid") if c in names] + extra
     base = store.samples(base_cols)
     root = store.image_root()
     n = inp.n  # every analysis value the manifest carries is already in ``inp``
@@ -168,6 +191,8 @@ def build_frames(store, inp, result, cfg, run_id: str):
         frame[f"{axis}_score"] = v
     if "uid" in base:  # DataComp and other pools that carry a uid beside the id
         frame["uid"] = base["uid"].astype(str)
+    for c in extra:
+        frame[c if c not in frame else f"meta_{c}"] = base[c].to_numpy()
     kept = frame.iloc[result.selected].reset_index(drop=True)
     dropped_rows = np.setdiff1d(np.arange(n), result.selected)
     dropped = frame.iloc[dropped_rows].drop(columns=["rank"]).reset_index(drop=True)
@@ -177,6 +202,10 @@ def build_frames(store, inp, result, cfg, run_id: str):
 def check_image_files(df, allow_missing: bool = False) -> list[str]:
     """For the open_clip format: manifest rows whose ``image_path`` is not an existing file (a URL
     is not a file either). Refused unless ``allow_missing``; returns the missing paths."""
+    if "source_tar" in df and df["image_path"].isna().any():
+        raise CurationError("these samples live inside WebDataset tars (no image files), which open_clip's CSV "
+                            "loader cannot read. Fix: use --format webdataset --reshard: it writes new tars of the "
+                            "subset for open_clip's --dataset-type webdataset.")
     paths = df["image_path"].tolist() if "image_path" in df else []
     missing = [str(p) for p in paths if not (isinstance(p, str) and not is_url(p) and Path(p).is_file())]
     if missing and not allow_missing:
@@ -200,6 +229,8 @@ def _write_table(df, path: Path, fmt: str) -> None:
         uids = df["uid"] if "uid" in df else df["id"]
         with open(path, "wb") as f:
             np.save(f, datacomp_uids(uids), allow_pickle=False)
+    elif fmt == "webdataset":
+        path.write_text(json.dumps(webdataset_keys(df), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     elif fmt == "openclip":
         if df["image_path"].isna().any():
             raise CurationError("the open_clip format needs an image path for every sample; this dataset "
@@ -209,6 +240,115 @@ def _write_table(df, path: Path, fmt: str) -> None:
         out.to_csv(path, index=False, sep="\t", lineterminator="\n")
     else:
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
+
+
+def _tar_key(member: str) -> str:
+    from curation.pairs import split_key
+
+    return split_key(member)[0]
+
+
+def webdataset_keys(df) -> dict:
+    """The WebDataset subset manifest: per source tar, the keys of the kept samples (as a loader
+    sees them: ``__key__``), in the manifest's order."""
+    if "source_tar" not in df or df["source_tar"].isna().any():
+        raise CurationError("the webdataset format is for samples embedded from WebDataset tars (they carry "
+                            "source_tar and image_member); this dataset's samples are image files. Fix: use "
+                            "--format openclip or parquet.")
+    tars: dict[str, list] = {}
+    for tar, member in zip(df["source_tar"], df["image_member"]):
+        tars.setdefault(str(tar), []).append(_tar_key(str(member)))
+    return {"format": "curation-webdataset-subset", "version": 1, "samples": int(len(df)),
+            "tars": [{"tar": t, "keys": k} for t, k in tars.items()]}
+
+
+def reshard_files(out: str | Path) -> list[Path]:
+    """Tars an earlier ``--reshard`` export to ``out`` wrote (``NAME-000000.tar``...)."""
+    import re
+
+    out = Path(out)
+    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
+    pat = re.compile(rf"{re.escape(stem)}-\d{{6}}\.tar")
+    return sorted(f for f in out.parent.glob(f"{stem}-*.tar") if pat.fullmatch(f.name)) if out.parent.is_dir() else []
+
+
+def write_reshard(df, out: str | Path, shard_size: int = WDS_SHARD_SIZE, progress=None) -> dict:
+    """New tars holding only the kept samples, ``NAME-000000.tar``... beside the manifest.
+
+    Every member of a kept sample (image, caption, json...) is copied byte for byte with its tar
+    header; members are renamed to the sample's id (``<id>.<suffix>``), which is unique across
+    source tars, so the new shards' ``__key__`` is the manifest id. Samples are written in
+    source-tar order (one sequential read per source tar). Returns the record the sidecar keeps.
+    """
+    import copy
+    import io
+    import tarfile
+
+    from curation.pairs import iter_samples
+
+    if shard_size < 1:
+        raise CurationError(f"--reshard {shard_size}: samples per tar must be >= 1.")
+    out = Path(out)
+    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
+    want: dict[str, dict[str, str]] = {}
+    for sid, tar, member in zip(df["id"], df["source_tar"], df["image_member"]):
+        want.setdefault(str(tar), {})[_tar_key(str(member))] = str(sid)
+    for tar in want:
+        if not Path(tar).is_file():
+            raise CurationError(f"source tar {tar} of the subset is missing. Fix: make the tars `embed` read available "
+                                f"at that path (or export --format webdataset without --reshard).")
+    files, counts, written = [], [], 0
+    old = set(reshard_files(out))
+    state = {"tf": None, "n": 0}
+
+    def start():
+        name = out.with_name(f"{stem}-{len(files):06d}.tar")
+        tmp = temp_name(name)
+        state.update(tf=tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT), n=0, name=name, tmp=tmp)
+
+    def close():
+        if state["tf"] is not None:
+            state["tf"].close()
+            os.replace(state["tmp"], state["name"])
+            files.append(state["name"])
+            counts.append(state["n"])
+            state["tf"] = None
+
+    try:
+        for tar, keys in want.items():
+            with open(tar, "rb") as raw:
+                for key, members, problem in iter_samples(Path(tar)):
+                    if key not in keys or problem:
+                        continue
+                    if state["tf"] is None or state["n"] >= shard_size:
+                        close()
+                        start()
+                    for suffix, m in members.items():
+                        info = copy.copy(m)
+                        info.name = f"{keys[key]}.{suffix}"
+                        raw.seek(m.offset_data)
+                        state["tf"].addfile(info, io.BytesIO(raw.read(m.size)))
+                    state["n"] += 1
+                    written += 1
+                    if progress:
+                        progress(written, len(df))
+        close()
+    except OSError as e:
+        raise CurationError(f"cannot write the resharded tars beside {out}: {e.strerror or e}. Fix: free disk "
+                            f"space or choose a writable location.") from None
+    finally:
+        if state["tf"] is not None:
+            state["tf"].close()
+            Path(state["tmp"]).unlink(missing_ok=True)
+    if written != len(df):
+        raise CurationError(f"only {written} of {len(df)} kept samples were found in their source tars; the tars "
+                            f"changed since `embed` read them. Fix: re-embed and re-ingest from the current tars.")
+    for f in old - set(files):  # a smaller re-export: no stale shard of the last one stays behind
+        f.unlink()
+    n = len(files)
+    return {"pattern": str(out.with_name(f"{stem}-{{000000..{n - 1:06d}}}.tar")), "files": [f.name for f in files],
+            "samples_per_tar": counts, "samples": written,
+            "sha256": [file_hash(f) for f in files]}
 
 
 def file_hash(path: Path) -> str:
@@ -221,25 +361,39 @@ def file_hash(path: Path) -> str:
 
 def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "parquet",
            impact: dict | None = None, overwrite: bool = False, warnings: list | None = None,
-           allow_missing: bool = False) -> dict:
+           allow_missing: bool = False, columns=(), reshard: int | None = None) -> dict:
     """Write manifest, dropped file and sidecar atomically; return the sidecar as a dict.
 
     The target is checked first (:func:`check_out`): an existing export is replaced only with
-    ``overwrite``, and nothing is written when a check fails.
+    ``overwrite``, and nothing is written when a check fails. ``columns`` are metadata columns
+    the manifest carries; ``reshard`` (webdataset format) writes new tars of the kept samples,
+    that many per tar.
     """
     from curation import __version__
 
     if fmt not in FORMATS:
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
+    if reshard is not None and fmt != "webdataset":
+        raise CurationError("--reshard writes WebDataset tars. Fix: add --format webdataset (or end --out in .json).")
+    if columns and fmt in ("datacomp", "webdataset"):
+        raise CurationError(f"--columns: the {fmt} format holds only {'uids' if fmt == 'datacomp' else 'keys'}. "
+                            f"Fix: drop --columns, or use --format parquet / csv / jsonl.")
     p = check_out(out, store.path, overwrite)
-    kept, dropped = build_frames(store, inp, result, cfg, run_id)
+    if reshard is not None and reshard_files(out) and not overwrite:
+        raise CurationError(f"resharded tars of an earlier export exist ({reshard_files(out)[0]}...). Fix: pass "
+                            f"--overwrite to replace this export, or choose another --out.")
+    kept, dropped = build_frames(store, inp, result, cfg, run_id, columns)
     missing = check_image_files(kept, allow_missing) if fmt == "openclip" else []
+    if fmt == "webdataset":
+        webdataset_keys(kept)  # refuses a pool of image files before anything is written
+    shards = write_reshard(kept, p["manifest"], reshard) if reshard is not None else None
     atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
     atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
     sidecar = {
         "sidecar_version": SIDECAR_VERSION, "software_version": __version__,
         "dataset": {"name": store.name, "path": str(store.path.resolve()), "fingerprint": store.fingerprint},
-        "analysis_run": run_id, "config": cfg.to_dict(), "format": fmt,
+        "analysis_run": run_id, "config": cfg.to_dict(), "format": fmt, "columns": list(columns or []),
+        **({"reshard": {"size": reshard, **shards}} if shards else {}),
         "manifest": {"file": p["manifest"].name, "sha256": file_hash(p["manifest"]), "rows": len(kept)},
         "dropped": {"file": p["dropped"].name, "rows": len(dropped)},
         "summary": {k: v for k, v in result.summary.items() if k != "strata"},
