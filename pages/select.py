@@ -109,7 +109,18 @@ if "map_x" in df:
                     width="stretch")
 
 st.subheader("Export")
-fmt = st.selectbox("Format", manifest.FORMATS, key="exp_format")
+tar_pool = "source_tar" in info["meta_columns"]  # embedded from WebDataset tars: images live in the tars
+formats = [f for f in manifest.FORMATS if f != "webdataset" or tar_pool]
+fmt = st.selectbox("Format", formats, key="exp_format",
+                   help="parquet / csv / jsonl: every sample with its reason and scores; openclip: the TSV open_clip's "
+                        "trainer reads; datacomp: sorted uint64 uid pairs; webdataset: the kept keys per source tar")
+columns, reshard = [], None
+if fmt in ("parquet", "csv", "jsonl", "openclip"):
+    columns = st.multiselect("Also carry these metadata columns", [c for c in info["meta_columns"]
+                                                                    if c not in manifest.TAR_COLUMNS],
+                             key="exp_columns", help="e.g. split, case_id: the training job can filter on them")
+elif fmt == "webdataset" and st.checkbox("Also write new tars holding only the kept samples", key="exp_reshard"):
+    reshard = int(st.number_input("Samples per tar", 1, 1_000_000, manifest.WDS_SHARD_SIZE, key="exp_reshard_n"))
 default_name = manifest.default_name(info["name"], run_id, cfg)
 name = st.text_input("File name (written under data/exports/; the suffix follows the format)", default_name,
                      key="exp_name")
@@ -122,7 +133,7 @@ if st.button("Export manifest", key="exp_go"):
     try:
         with store.open_store(path) as s:
             side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
-                                   overwrite=overwrite, warnings=warns)
+                                   overwrite=overwrite, warnings=warns, columns=columns, reshard=reshard)
         st.session_state["exp_last"] = {"path": str(out), "sidecar": side}
     except (CurationError, OSError) as e:
         _shared.error(f"Export failed: {e}")
@@ -137,6 +148,11 @@ if last and Path(last["path"]).is_file():
     if side_paths["sidecar"].is_file():
         c2.download_button("Download the sidecar", side_paths["sidecar"].read_bytes(),
                            file_name=side_paths["sidecar"].name, key="exp_download_sidecar")
+    if last["sidecar"].get("reshard"):
+        r = last["sidecar"]["reshard"]
+        st.text(f"{len(r['files'])} tar(s) of the subset; train with:")
+        st.code(f"python -m open_clip_train.main --dataset-type webdataset --train-data '{r['pattern']}' "
+                f"--train-num-samples {r['samples']}", language="bash")
     st.json(json.loads(json.dumps(last["sidecar"])), expanded=False)
     st.text("Reproduce from the command line:")
     st.code(f"python -m curation select --from {side_paths['sidecar']} --out {last['path']} --overwrite",

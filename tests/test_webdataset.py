@@ -186,3 +186,31 @@ def test_openclip_export_of_tar_samples_points_to_webdataset(messy_db, tmp_path,
     assert code == 0, err
     m = pd.read_parquet(tmp_path / "m.parquet")
     assert {"source_tar", "image_member", "case_id", "modality"} <= set(m.columns)
+
+
+def test_app_exports_a_resharded_subset(messy_db, tmp_path, monkeypatch):
+    """The Select page offers the webdataset format for a tar pool, and its export equals the CLI's."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    d = tmp_path / "data"
+    d.mkdir()
+    shutil.copy(messy_db, d / "w.duckdb")
+    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
+    at = AppTest.from_file(str(__import__("pathlib").Path(__file__).parents[1] / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/select.py").run()
+    assert not at.exception, at.exception
+    assert "webdataset" in at.selectbox(key="exp_format").options
+    at.slider(key="sel_budget").set_value(0.5).run()
+    at.selectbox(key="exp_format").set_value("webdataset").run()
+    at.checkbox(key="exp_reshard").check().run()
+    at.number_input(key="exp_reshard_n").set_value(3).run()
+    at.text_input(key="exp_name").set_value("fromapp").run()
+    at.button(key="exp_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    doc = json.loads((d / "exports" / "fromapp.json").read_text())
+    assert doc["samples"] == 4
+    assert sorted(p.name for p in (d / "exports").glob("fromapp-*.tar")) == ["fromapp-000000.tar", "fromapp-000001.tar"]
+    assert any("--dataset-type webdataset" in c.value for c in at.code)
