@@ -16,8 +16,13 @@ path, info = _shared.current()
 run_id = _shared.require_analysis(info)
 inp0 = _shared.selection_inputs(path, info["fingerprint"], run_id, info["reward_key"], _shared.sets_key(info))
 
-with st.sidebar:
-    st.header("Selection knobs")
+
+def _remove_rule(key: str, value) -> None:
+    _shared.put(key, [v for v in _shared.get(key) if v != value])
+
+
+def knobs_panel() -> None:
+    """Every selection knob; values live in the knob store (``_shared.knob``)."""
     _shared.budget_knob(inp0.n)
     usable = [c for c in info["meta_columns"]
               if info["confounders"] is None or c in set(info["confounders"].query("kind != 'skipped'").column)]
@@ -59,101 +64,119 @@ with st.sidebar:
     for i, (key, value, text) in enumerate(rules):
         r1, r2 = st.columns([4, 1])
         r1.text(text)
-        if r2.button("Remove", key=f"rule_rm_{i}"):
-            _shared.put(key, [v for v in _shared.get(key) if v != value])
-            st.rerun()
+        # a callback: the rule is gone before this rerun draws the list and selects
+        r2.button("Remove", key=f"rule_rm_{i}", on_click=_remove_rule, args=(key, value))
 
-inp, cfg, res = _shared.run_selection(path, info)
-sm = res.summary
-if sm["selected"] == 0:
-    st.warning("This configuration selects nothing: every sample is filtered, gated, a duplicate or an "
-               "outlier. Loosen a filter or a gate.")
-    st.stop()
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Selected", f"{sm['selected']:,}", help="samples in the subset")
-c2.metric("Budget", f"{sm['budget']:,}")
-c3.metric("Eligible", f"{sm['eligible']:,}")
-c4.metric("Pool", f"{sm['pool']:,}")
-if sm["shortfall"]:
-    st.warning(f"Only {sm['eligible']:,} samples are eligible: the subset is {sm['shortfall']:,} short of the budget.")
 
-ctx = _shared.impact_context(path, info, cfg)
-impact = ctx.compare(res.selected, cfg.seed)
-left, right = st.columns([3, 2])
-with left:
-    st.subheader("Impact: subset vs random subset of the same size")
-    st.dataframe(impact.round(4), key="impact_table")
-    warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
-    for w in warns:
-        st.warning(_shared.esc(w))
-    st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
-               f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
-with right:
-    st.subheader("Reasons")
-    st.dataframe({"reason": list(sm["reasons"]), "samples": list(sm["reasons"].values())}, hide_index=True)
-    if len(res.stratum_labels) > 1:
-        st.dataframe(sm["strata"], hide_index=True)
+def results_panel() -> None:
+    """The selection of the current knobs: counts, impact, reasons, coverage, the subset on the map, export."""
+    inp, cfg, res = _shared.run_selection(path, info)
+    sm = res.summary
+    if sm["selected"] == 0:
+        st.warning("This configuration selects nothing: every sample is filtered, gated, a duplicate or an "
+                   "outlier. Loosen a filter or a gate.")
+        return
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Selected", f"{sm['selected']:,}", help="samples in the subset")
+    c2.metric("Budget", f"{sm['budget']:,}")
+    c3.metric("Eligible", f"{sm['eligible']:,}")
+    c4.metric("Pool", f"{sm['pool']:,}")
+    if sm["shortfall"]:
+        st.warning(f"Only {sm['eligible']:,} samples are eligible: the subset is {sm['shortfall']:,} short of the budget.")
 
-st.subheader("Budget vs cluster coverage")
-st.altair_chart(charts.coverage_chart(ctx.coverage_curve(res.order, cfg.seed), sm["budget"]), width="stretch")
+    ctx = _shared.impact_context(path, info, cfg)
+    impact = ctx.compare(res.selected, cfg.seed)
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Impact: subset vs random subset of the same size")
+        st.dataframe(impact.round(4), key="impact_table")
+        warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
+        for w in warns:
+            st.warning(_shared.esc(w))
+        st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
+                   f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
+    with right:
+        st.subheader("Reasons")
+        st.dataframe({"reason": list(sm["reasons"]), "samples": list(sm["reasons"].values())}, hide_index=True)
+        if len(res.stratum_labels) > 1:
+            st.dataframe(sm["strata"], hide_index=True)
 
-df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
-if "map_x" in df:
-    st.subheader("The subset on the map")
-    sel = _shared.selected_mask(len(df), res.selected)
-    sampled = charts.sample_points(df[["map_x"]], 10_000, always=sel).index
-    pts = df.loc[sampled, ["id", "map_x", "map_y"]].assign(
-        selection=np.where(sel[sampled], "selected", "not selected"))
-    bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
-    st.altair_chart(charts.map_chart(bins, pts, "selection", categorical=True, tooltip=["id"], height=420),
-                    width="stretch")
+    st.subheader("Budget vs cluster coverage")
+    st.altair_chart(charts.coverage_chart(ctx.coverage_curve(res.order, cfg.seed), sm["budget"]), width="stretch")
 
-st.subheader("Export")
-tar_pool = "source_tar" in info["meta_columns"]  # embedded from WebDataset tars: images live in the tars
-formats = [f for f in manifest.FORMATS if f != "webdataset" or tar_pool]
-fmt = st.selectbox("Format", formats, key="exp_format",
-                   help="parquet / csv / jsonl: every sample with its reason and scores; openclip: the TSV open_clip's "
-                        "trainer reads; datacomp: sorted uint64 uid pairs; webdataset: the kept keys per source tar")
-columns, reshard = [], None
-if fmt in ("parquet", "csv", "jsonl", "openclip"):
-    columns = st.multiselect("Also carry these metadata columns", [c for c in info["meta_columns"]
-                                                                    if c not in manifest.TAR_COLUMNS],
-                             key="exp_columns", help="e.g. split, case_id: the training job can filter on them")
-elif fmt == "webdataset" and st.checkbox("Also write new tars holding only the kept samples", key="exp_reshard"):
-    reshard = int(st.number_input("Samples per tar", 1, 1_000_000, manifest.WDS_SHARD_SIZE, key="exp_reshard_n"))
-default_name = manifest.default_name(info["name"], run_id, cfg)
-name = st.text_input("File name (written under data/exports/; the suffix follows the format)", default_name,
-                     key="exp_name")
-safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_.") .strip(".") or default_name
-out = Path(path).parent / "exports" / f"{safe}{manifest.EXTENSIONS[fmt]}"
-overwrite = st.checkbox("Overwrite an existing export of this name", key="exp_overwrite")
-if out.exists() and not overwrite:
-    st.caption(_shared.esc(f"{out.name} exists: tick Overwrite, or choose another name."))
-if st.button("Export manifest", key="exp_go"):
-    try:
-        with store.open_store(path) as s:
-            side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
-                                   overwrite=overwrite, warnings=warns, columns=columns, reshard=reshard)
-        st.session_state["exp_last"] = {"path": str(out), "sidecar": side}
-    except (CurationError, OSError) as e:
-        _shared.error(f"Export failed: {e}")
-last = st.session_state.get("exp_last")
-if last and Path(last["path"]).is_file():
-    side_paths = manifest.paths_for(last["path"])
-    st.success(_shared.esc(f"Wrote {last['path']} ({last['sidecar']['manifest']['rows']:,} rows) with "
-                           f"{side_paths['sidecar'].name} and {side_paths['dropped'].name}."))
-    c1, c2 = st.columns(2)
-    c1.download_button("Download the manifest", Path(last["path"]).read_bytes(),
-                       file_name=Path(last["path"]).name, key="exp_download")
-    if side_paths["sidecar"].is_file():
-        c2.download_button("Download the sidecar", side_paths["sidecar"].read_bytes(),
-                           file_name=side_paths["sidecar"].name, key="exp_download_sidecar")
-    if last["sidecar"].get("reshard"):
-        r = last["sidecar"]["reshard"]
-        st.text(f"{len(r['files'])} tar(s) of the subset; train with:")
-        st.code(f"python -m open_clip_train.main --dataset-type webdataset --train-data '{r['pattern']}' "
-                f"--train-num-samples {r['samples']}", language="bash")
-    st.json(json.loads(json.dumps(last["sidecar"])), expanded=False)
-    st.text("Reproduce from the command line:")
-    st.code(f"python -m curation select --from {side_paths['sidecar']} --out {last['path']} --overwrite",
-            language="bash")
+    df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
+    if "map_x" in df:
+        st.subheader("The subset on the map")
+        sel = _shared.selected_mask(len(df), res.selected)
+        sampled = charts.sample_points(df[["map_x"]], 10_000, always=sel).index
+        pts = df.loc[sampled, ["id", "map_x", "map_y"]].assign(
+            selection=np.where(sel[sampled], "selected", "not selected"))
+        bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
+        st.altair_chart(charts.map_chart(bins, pts, "selection", categorical=True, tooltip=["id"], height=420),
+                        width="stretch")
+
+    st.subheader("Export")
+    tar_pool = "source_tar" in info["meta_columns"]  # embedded from WebDataset tars: images live in the tars
+    formats = [f for f in manifest.FORMATS if f != "webdataset" or tar_pool]
+    fmt = st.selectbox("Format", formats, key="exp_format",
+                       help="parquet / csv / jsonl: every sample with its reason and scores; openclip: the TSV open_clip's "
+                            "trainer reads; datacomp: sorted uint64 uid pairs; webdataset: the kept keys per source tar")
+    columns, reshard = [], None
+    if fmt in ("parquet", "csv", "jsonl", "openclip"):
+        columns = st.multiselect("Also carry these metadata columns", [c for c in info["meta_columns"]
+                                                                        if c not in manifest.TAR_COLUMNS],
+                                 key="exp_columns", help="e.g. split, case_id: the training job can filter on them")
+    elif fmt == "webdataset" and st.checkbox("Also write new tars holding only the kept samples", key="exp_reshard"):
+        reshard = int(st.number_input("Samples per tar", 1, 1_000_000, manifest.WDS_SHARD_SIZE, key="exp_reshard_n"))
+    default_name = manifest.default_name(info["name"], run_id, cfg)
+    name = st.text_input("File name (written under data/exports/; the suffix follows the format)", default_name,
+                         key="exp_name")
+    safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_.") .strip(".") or default_name
+    out = Path(path).parent / "exports" / f"{safe}{manifest.EXTENSIONS[fmt]}"
+    overwrite = st.checkbox("Overwrite an existing export of this name", key="exp_overwrite")
+    if out.exists() and not overwrite:
+        st.caption(_shared.esc(f"{out.name} exists: tick Overwrite, or choose another name."))
+    if st.button("Export manifest", key="exp_go"):
+        try:
+            with store.open_store(path) as s:
+                side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
+                                       overwrite=overwrite, warnings=warns, columns=columns, reshard=reshard)
+            st.session_state["exp_last"] = {"path": str(out), "sidecar": side}
+        except (CurationError, OSError) as e:
+            _shared.error(f"Export failed: {e}")
+    last = st.session_state.get("exp_last")
+    if last and Path(last["path"]).is_file():
+        side_paths = manifest.paths_for(last["path"])
+        st.success(_shared.esc(f"Wrote {last['path']} ({last['sidecar']['manifest']['rows']:,} rows) with "
+                               f"{side_paths['sidecar'].name} and {side_paths['dropped'].name}."))
+        c1, c2 = st.columns(2)
+        c1.download_button("Download the manifest", Path(last["path"]).read_bytes(),
+                           file_name=Path(last["path"]).name, key="exp_download")
+        if side_paths["sidecar"].is_file():
+            c2.download_button("Download the sidecar", side_paths["sidecar"].read_bytes(),
+                               file_name=side_paths["sidecar"].name, key="exp_download_sidecar")
+        if last["sidecar"].get("reshard"):
+            r = last["sidecar"]["reshard"]
+            st.text(f"{len(r['files'])} tar(s) of the subset; train with:")
+            st.code(f"python -m open_clip_train.main --dataset-type webdataset --train-data '{r['pattern']}' "
+                    f"--train-num-samples {r['samples']}", language="bash")
+        st.json(json.loads(json.dumps(last["sidecar"])), expanded=False)
+        st.text("Reproduce from the command line:")
+        st.code(f"python -m curation select --from {side_paths['sidecar']} --out {last['path']} --overwrite",
+                language="bash")
+
+
+@st.fragment
+def selection_view() -> None:
+    """Knobs and results in one fragment: a knob change reruns this, not the page (the dataset
+    picker, the navigation and the cached inputs above stay as they are)."""
+    knobs, results = st.columns([1, 3], gap="medium")
+    with knobs:
+        st.header("Selection knobs")
+        knobs_panel()
+    with results:
+        results_panel()
+    _shared.sync_query()  # the URL follows the knobs on a fragment rerun too
+
+
+selection_view()
