@@ -114,7 +114,7 @@ def test_5_the_apps_default_export_name_names_dataset_and_run():
         "medpix-3f2a9c1b07de-b0.25"
 
 
-@pytest.mark.parametrize("name", ["x.txt", "x", "x.json"])  # (.npy is the DataComp uid format now)
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.yaml"])  # (.npy: DataComp uids; .json: webdataset keys)
 def test_6_unknown_suffix_needs_format(db, run_cli, tmp_path, name):
     code, _, err = run_cli("select", db, "--budget", "0.25", "--out", tmp_path / name)
     assert code == 2 and "names no manifest format" in err and not (tmp_path / name).exists()
