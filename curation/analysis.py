@@ -535,6 +535,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         prev_timings = dict(prev.timings) if prev and done_steps else {}
     inp.X = _space(inp.F, inp.slices, config.space)
     timings["load"] = time.perf_counter() - t
+    peaks = {"load": _peak_rss_gb()}
     prog("load", 1, 1)
 
     tables: dict[str, object] = {}
@@ -546,13 +547,16 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         tables.update({names[k]: v for k, v in res.tables.items()})
         outputs.update(res.outputs)
         timings[step] = time.perf_counter() - t
+        peaks[step] = _peak_rss_gb()
 
     del inp.F, inp.X
     tables[names["samples"]] = inp.out
     timings["total"] = time.perf_counter() - t_all
     timings = {**{k: v for k, v in prev_timings.items() if isinstance(v, (int, float))}, **timings}
     all_steps = [s for s in STEPS if s in set(done_steps) | set(steps)]
-    outputs.update({"tables": names, "k": int(inp.k), "steps": all_steps, "n": n})
+    # the process's peak resident memory after each step (it only grows: the step where it jumps
+    # is the one that set the peak); `info` and the benchmarks report it
+    outputs.update({"tables": names, "k": int(inp.k), "steps": all_steps, "n": n, "peak_rss_gb": peaks})
     with open_store(db, read_only=False) as store:
         if store.fingerprint != fingerprint:
             raise StateError(f"dataset {db} changed during the analysis; nothing was written. Fix: run it again.")
@@ -560,6 +564,28 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                          extra_tables=tables)
     log.info("analysis %s done in %.1f s", run_id, timings["total"])
     return run_id
+
+
+def _peak_rss_gb() -> float | None:
+    """Peak resident memory of this process so far, in GB (None where the OS does not say)."""
+    try:
+        import resource
+        import sys
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(kb / (2**30 if sys.platform == "darwin" else 2**20), 2)
+    except (ImportError, OSError):
+        return None
+
+
+def peak_step(peaks: dict) -> tuple[str, float] | None:
+    """(step, GB) of the step during which the recorded peak memory grew the most."""
+    vals = [(k, v) for k, v in (peaks or {}).items() if isinstance(v, (int, float))]
+    if not vals:
+        return None
+    grow = [(k, v - (vals[i - 1][1] if i else 0.0)) for i, (k, v) in enumerate(vals)]
+    step = max(grow, key=lambda kv: kv[1])[0]
+    return step, dict(vals)[step]
 
 
 def _default_k(n: int) -> int:
