@@ -11,16 +11,21 @@ work is spread as a Ray Data pipeline:
 3. **write** (grouped by shard): each shard's rows are written by a worker, in the shard's order,
    as ``img_emb_i.npy`` / ``text_emb_i.npy`` / ``skipped_i.csv`` / ``metadata_i.parquet`` (last).
 
-``OUT`` must be a path every node sees (a shared filesystem), as must the inputs. Without
-``--address`` a local Ray instance is started (and stopped afterwards).
+``OUT`` must be a path every node sees (a shared filesystem), as must the inputs and a ``local-dir:``
+model. Without ``--address`` a local Ray instance is started (and stopped afterwards). With one (or
+``RAY_ADDRESS`` set), the driver's copy of the ``curation`` package travels to the workers in the job's
+``runtime_env`` (:func:`runtime_env`): the nodes need the pinned requirements and Ray, not ``curation``.
 
 ``ray`` is optional: nothing else in ``curation`` imports it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,8 @@ from curation.errors import CurationError
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'ray[data]==2.60.0'"
+#: set on the driver, needed on every node (``--offline`` sets HF_HUB_OFFLINE): passed in the runtime_env
+FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _import_ray():
@@ -41,6 +48,32 @@ def _import_ray():
         raise CurationError(f"--backend ray needs Ray, which is not installed ({e}). Fix: `{INSTALL}` "
                             "in this environment (and on every cluster node), or use --backend local.") from None
     return ray
+
+
+def runtime_env() -> dict:
+    """The Ray ``runtime_env`` that lets workers on other nodes run this job: this ``curation``
+    package (the driver's copy, uploaded once and unpacked on each node, ahead of site-packages on the
+    workers' path) and the hub-offline variables the driver has set. Pass it to ``ray.init`` yourself
+    when you connect before calling :func:`embed_ray` (it then leaves your connection as it is)."""
+    import curation
+
+    env = {"py_modules": [str(Path(curation.__file__).resolve().parent)], "excludes": ["__pycache__"]}
+    env_vars = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    if env_vars:
+        env["env_vars"] = env_vars
+    return env
+
+
+def _absolute_inputs(pairs):
+    """``pairs`` with an absolute image folder: Ray workers on other nodes do not run in the driver's
+    working directory, so a relative ``--image-root`` would make every image "missing" there.
+    (Tar shards are indexed by absolute path already.)"""
+    root = getattr(pairs, "image_root", None)
+    if root is None or Path(root).is_absolute():
+        return pairs
+    pairs = copy.copy(pairs)
+    pairs.image_root = Path(os.path.abspath(root))
+    return pairs
 
 
 def split_preprocess(preprocess):
@@ -101,7 +134,8 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
     Parameters
     ----------
     address : str, optional
-        A running cluster (``ray://head:10001`` or ``auto``); default: start Ray on this machine.
+        A running cluster (``HEAD_IP:6379``, ``auto``, or ``ray://head:10001`` with ``ray[client]``
+        installed); default: ``RAY_ADDRESS`` if set, else start Ray on this machine.
     concurrency : int, optional
         Number of model actors (default: the cluster's GPUs / ``gpus_per_actor``, or 1 without GPUs).
     gpus_per_actor : float, optional
@@ -111,15 +145,25 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
     """
     ray = _import_ray()
     cfg.check()
+    pairs = _absolute_inputs(pairs)
     out = Path(out).resolve()
     # the driver loads the model once on CPU: weights hash, dimension and preprocessing for the record
     _, preprocess, _, info = E.load_model(cfg.model, cfg.pretrained, "cpu")
     pending, record = E.plan(pairs, out, cfg, info, overwrite)
     if max_shards is not None:
         pending = pending[:max_shards]
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
     started = False
     if not ray.is_initialized():
-        kw = {"address": address} if address else {"include_dashboard": False}
+        if target != "local":
+            # A cluster: ship the package with the job, always. Its workers may run on machines
+            # without `curation`, and where it is pip-installed the shipped copy comes first, so
+            # every node runs the code that planned these shards. A local instance started here gets
+            # no runtime_env: its workers share this machine and this environment (Ray puts the
+            # driver's working directory on their path), so there is nothing to ship.
+            kw = {"address": address, "runtime_env": runtime_env()}
+        else:
+            kw = {"address": address, "include_dashboard": False}
         ray.init(logging_level=logging.ERROR, log_to_driver=False, ignore_reinit_error=True, **kw)
         started = True
     try:
@@ -146,7 +190,7 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
         record.update(device=f"ray:{device}", precision=E.resolve_precision(cfg.precision, "cpu" if
                                                                              device == "cpu" else "cuda"),
                       workers=concurrency, batch_size=cfg.batch_size, backend="ray",
-                      ray_address=address or "local", gpus_per_actor=gpus_per_actor)
+                      ray_address=target, gpus_per_actor=gpus_per_actor)
         E.write_info(out, {**record, "complete": False})
         t0 = time.time()
         n_ok = n_bad = 0
@@ -188,12 +232,21 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
 
             ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
             ds = ds.flat_map(read_shard)
-            ds = ds.map_batches(_Embedder, batch_size=cfg.batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=concurrency),
-                                num_gpus=gpus_per_actor or None, batch_format="numpy",
-                                fn_constructor_kwargs={"model": cfg.model, "pretrained": cfg.pretrained,
-                                                       "device": device, "precision": cfg.precision,
-                                                       "tensor_side": tensor_side})
+            # max_restarts=0: Ray Data's default (-1, restart forever) makes Ray core log an
+            # error-level "constructor arguments in the object store" line on every run (Ray Data
+            # ray.puts its own context and transform for the actors: ray-project/ray#57733), and
+            # retries a batch that crashes its actor (out of memory) forever. A dead actor now fails
+            # the run with Ray's error instead; rerunning the command keeps the shards already written.
+            # Ray 2.60 takes max_restarts only as a "ray_remote_args" keyword, which it warns will go
+            # in Ray 2.64 (2.60 has no named parameter for it): the warning is silenced, ray is pinned.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+                ds = ds.map_batches(_Embedder, batch_size=cfg.batch_size,
+                                    compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                    num_gpus=gpus_per_actor or None, batch_format="numpy", max_restarts=0,
+                                    fn_constructor_kwargs={"model": cfg.model, "pretrained": cfg.pretrained,
+                                                           "device": device, "precision": cfg.precision,
+                                                           "tensor_side": tensor_side})
             done = ds.groupby("shard").map_groups(write_shard, batch_format="numpy").take_all()
             n_ok += sum(int(r["embedded"]) for r in done)
             n_bad += sum(int(r["skipped"]) for r in done)

@@ -56,7 +56,8 @@ class TablePairs:
             if col not in table.column_names:
                 raise InputError(f"no {col} column.", file=self.path,
                                  fix=f"name it with {opt}; columns are: {', '.join(table.column_names)}.")
-        self.image_root = Path(image_root) if image_root else self.path.parent
+        # absolute: workers (DataLoader processes, Ray nodes) may not share the driver's cwd
+        self.image_root = Path(os.path.abspath(image_root if image_root else self.path.parent))
         if not self.image_root.is_dir():
             raise InputError("image folder not found.", file=self.image_root,
                              fix="pass --image-root, the folder the image paths are relative to.")

@@ -1,8 +1,20 @@
 """`embed --backend ray`: a local Ray instance (2 cores) embeds the generated pairs with the tiny
 random model; the result equals the single-machine path (same ids and order after ingest, vectors
-within float tolerance), an interrupted run resumes, and a missing Ray is one clear error."""
+within float tolerance), an interrupted run resumes, a clean run logs no error, a two-node cluster
+started here gives the same output with `curation` shipped to its workers, and a missing Ray is one
+clear error."""
 
+import copy
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +27,26 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray instance for the module (embed_ray leaves an instance it did not start running)."""
-    import logging
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+def _ray_module():
     yield
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_module):
+    """One local Ray instance shared by the module's tests (embed_ray leaves an instance it did not
+    start running); started again after the cluster test, which disconnects this process from it."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+
+
+#: an error-level line: Python logging's level name, or the ``E`` of Ray's C++ core ("[date time E pid tid]")
+_ERROR_LINE = re.compile(r"\bERROR\b|^\[[^\]]* E \d+ \d+\]")
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if _ERROR_LINE.search(line)]
 
 
 def _cfg(model, **kw):
@@ -34,7 +59,7 @@ def _read(out):
     return ingest.read_clip_retrieval(out)
 
 
-def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir, tmp_path):
+def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir, tmp_path, capfd):
     from curation import embed_ray
 
     pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
@@ -46,6 +71,10 @@ def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir,
     assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
     assert rec["embedded_last_run"] == N_PAIRS - 20 and first.stat().st_mtime_ns == stamp
     assert dict(embed.skipped_report(tmp_path / "ray")).keys() == BAD.keys()
+    # a clean run logs no error (Ray core logged one about the model actors' constructor arguments,
+    # once per process: the first run of the module is where it showed)
+    out, err = capfd.readouterr()
+    assert not error_lines(out + err), error_lines(out + err)
 
     embed.embed(pairs, tmp_path / "local", _cfg(tiny_model), progress=False)
     a, b = _read(tmp_path / "ray"), _read(tmp_path / "local")
@@ -70,6 +99,19 @@ def test_ray_webdataset(ray_local, tiny_model, tar_dir, tmp_path):
         np.testing.assert_allclose(a.vectors[kind], b.vectors[kind], atol=1e-5)
 
 
+def test_runtime_env_ships_the_package(monkeypatch):
+    import curation
+    from curation import embed_ray
+
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = embed_ray.runtime_env()
+    assert env["py_modules"] == [str(Path(curation.__file__).resolve().parent)]
+    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1"}
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert "env_vars" not in embed_ray.runtime_env()
+
+
 def test_missing_ray_is_one_clear_error(monkeypatch, tiny_model, pairs_dir, tmp_path, run_cli):
     monkeypatch.setitem(sys.modules, "ray", None)
     code, _, err = run_cli("embed", tmp_path / "out", "--captions", pairs_dir / "captions.csv",
@@ -88,3 +130,160 @@ def test_gpus_requested_on_a_cpu_cluster(ray_local, tiny_model, pairs_dir, tmp_p
     pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
     with pytest.raises(CurationError, match="has no GPUs"):
         embed_ray.embed_ray(pairs, tmp_path / "o", _cfg(tiny_model), gpus_per_actor=1, progress=False)
+
+
+# --- a two-node cluster on this machine --------------------------------------------------------
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def two_nodes(_ray_module, monkeypatch):
+    """A Ray cluster of two nodes (two raylets, one CPU each), each a `ray start --block` process
+    group of its own, run from its own empty folder with its own temp dir, no PYTHONPATH and no
+    hub-offline variables (the runtime_env is to bring those); this
+    process is disconnected from the module's local instance first. Yields (address, root): node i
+    keeps its files under root/t{i}. Stopped by killing those two process groups, not `ray stop`,
+    which would stop every Ray instance on the machine."""
+    if ray.is_initialized():
+        ray.shutdown()
+    # short: Ray's unix sockets live under the temp dir (paths are limited to 107 characters)
+    root = Path(tempfile.mkdtemp(prefix="cr2n-", dir="/tmp"))
+    from curation.embed_ray import FORWARD_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS", *FORWARD_ENV)}
+    try:  # the nodes authenticate as this process will (a token only if Ray turned it on here)
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        env["RAY_AUTH_MODE"] = "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
+    except ImportError:
+        pass
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_cli = Path(sys.executable).with_name("ray")
+    procs, logs = [], []
+
+    def start(i, *args):
+        p = _free_ports(6)
+        (root / f"n{i}").mkdir()
+        logs.append(open(root / f"n{i}.log", "w"))  # noqa: SIM115 (closed at teardown)
+        cmd = [str(ray_cli), "start", *args, f"--temp-dir={root / f't{i}'}", "--num-cpus=1", "--num-gpus=0",
+               "--block", "--disable-usage-stats", "--include-log-monitor=false",
+               "--object-store-memory=100000000", f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}",
+               f"--metrics-export-port={p[2]}", f"--dashboard-agent-listen-port={p[3]}",
+               f"--dashboard-agent-grpc-port={p[4]}", f"--runtime-env-agent-port={p[5]}"]
+        procs.append(subprocess.Popen(cmd, cwd=root / f"n{i}", env=env, start_new_session=True,
+                                      stdout=logs[-1], stderr=subprocess.STDOUT))
+
+    def wait(what, ok, timeout=60):
+        t0 = time.time()
+        while not ok():
+            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+            if dead or time.time() - t0 > timeout:
+                tails = "\n".join((root / f"n{i}.log").read_text()[-2000:] for i in range(len(procs)))
+                pytest.fail(f"two-node Ray cluster: {what} failed (nodes exited: {dead})\n{tails}")
+            time.sleep(0.2)
+
+    try:
+        gcs, dash = _free_ports(2)
+        start(0, "--head", f"--port={gcs}", "--include-dashboard=false", f"--dashboard-port={dash}")
+        address_file = root / "t0" / "ray_current_cluster"  # written by `ray start --head` once it is up
+        wait("the head node", lambda: address_file.exists() and address_file.read_text().strip())
+        address = address_file.read_text().strip()
+        start(1, f"--address={address}")
+        yield address, root
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # the group of this `ray start`: its raylet, agents, workers
+            except ProcessLookupError:
+                pass
+            p.wait()
+        for f in logs:
+            f.close()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir, tmp_path, monkeypatch, capfd):
+    """`embed_ray(address=...)` on a cluster of two raylets gives the single-machine output exactly.
+
+    Proven: embed_ray connects with its runtime_env; under that runtime_env a worker on the second
+    node imports `curation` from the copy Ray unpacked in that node's own folder (not from the
+    checkout) and sees the driver's HF_HUB_OFFLINE; the job has workers on both nodes (one CPU each: the model actor holds one) and writes
+    the same vectors and metadata as `embed.embed`, bit for bit; relative input paths work although
+    the nodes run from other folders; the run logs no error.
+    Not proven: another machine. The nodes share this file system and this venv, so Ray, torch and
+    open_clip are there already, and where `pip install -e .` was run `curation` would be importable
+    on them anyway (the runtime_env copy comes ahead of site-packages, which is what is checked).
+    Checked by hand, not here: without the runtime_env (and no `pip install -e .`) this job fails with
+    "No module named 'curation'"; with the relative image folder passed as is, no pair is embedded."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from curation import embed_ray
+
+    address, root = two_nodes
+    # this process's working directory goes onto every worker's path: make it one without `curation`,
+    # and give the inputs relative to it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs").symlink_to(pairs_dir)
+    pairs = embed.TablePairs("pairs/captions.csv", "pairs/images")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as `embed --offline` sets it
+
+    ray.init(address=address, runtime_env=embed_ray.runtime_env(), logging_level=logging.ERROR,
+             log_to_driver=False)
+    t0 = time.time()
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() - t0 < 60:
+        time.sleep(0.2)
+    nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 2
+    probe_job = ray.get_runtime_context().get_job_id()
+
+    @ray.remote(num_cpus=0)
+    def where_is_curation():
+        import curation
+
+        return curation.__file__, os.environ.get("HF_HUB_OFFLINE")
+
+    seen = {nid: ray.get(where_is_curation.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()) for nid in nodes}
+    assert {offline for _, offline in seen.values()} == {"1"}, seen
+    files = {nid: f for nid, (f, _) in seen.items()}
+    folders = sorted(str(Path(f).relative_to(root)).split(os.sep)[0] for f in files.values())
+    assert folders == ["t0", "t1"], files  # each node its own unpacked copy
+    assert all("runtime_resources" in f for f in files.values()), files
+    ray.shutdown()
+
+    inits = []
+    real_init = ray.init
+    # (a copy: ray.init swaps the local paths in the runtime_env for the uploaded packages)
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: inits.append(copy.deepcopy(kw)) or real_init(*a, **kw))
+    capfd.readouterr()
+    rec = embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False, address=address)
+    out, err = capfd.readouterr()
+    assert not error_lines(out + err), error_lines(out + err)
+    assert [kw.get("runtime_env") for kw in inits] == [embed_ray.runtime_env()]
+    assert not ray.is_initialized()  # it disconnects from the cluster it connected to
+    assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
+    assert rec["ray_address"] == address and rec["backend"] == "ray"
+
+    def jobs_on(i):  # jobs with workers on node i: Ray names their logs worker-<worker>-<job>-<pid>.out
+        return {f.name.split("-")[2] for f in (root / f"t{i}").glob("session_2*/logs/worker-*.out")}
+
+    embed_jobs = (jobs_on(0) | jobs_on(1)) - {probe_job, "ffffffff"}  # ffff...: started before any job
+    assert len(embed_jobs) == 1 and embed_jobs <= jobs_on(0) and embed_jobs <= jobs_on(1), (jobs_on(0), jobs_on(1))
+
+    embed.embed(pairs, tmp_path / "local", _cfg(tiny_model), progress=False)
+    a, b = _read(tmp_path / "ray"), _read(tmp_path / "local")
+    assert a.samples.equals(b.samples)
+    for kind in ("image", "text"):
+        np.testing.assert_array_equal(a.vectors[kind], b.vectors[kind])
+    assert embed.skipped_report(tmp_path / "ray") == embed.skipped_report(tmp_path / "local")
