@@ -170,7 +170,12 @@ def main() -> None:
           f"(synthetic clustered data, {res['make']['true_clusters']} planted clusters)")
     peaks = an.get("peaks", {})
     print(f"{'step':<14}{'seconds':>9}{'peak GB so far':>16}")
-    for k, v in an["steps"].items():
+    from curation.analysis import STEPS
+
+    order = ["load", *STEPS, "total"]
+    for k, v in sorted(an["steps"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
+        if k == "total":
+            continue
         pk = peaks.get(k)
         print(f"{k:<14}{v:>9.1f}{pk if pk is not None else float('nan'):>16.2f}")
     target = 45 if a.rows <= 100_000 else 720

@@ -580,7 +580,9 @@ def _peak_rss_gb() -> float | None:
 
 def peak_step(peaks: dict) -> tuple[str, float] | None:
     """(step, GB) of the step during which the recorded peak memory grew the most."""
-    vals = [(k, v) for k, v in (peaks or {}).items() if isinstance(v, (int, float))]
+    order = ["load", *STEPS]  # (a stored record's keys come back sorted)
+    vals = sorted(((k, v) for k, v in (peaks or {}).items() if isinstance(v, (int, float))),
+                  key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
     if not vals:
         return None
     grow = [(k, v - (vals[i - 1][1] if i else 0.0)) for i, (k, v) in enumerate(vals)]

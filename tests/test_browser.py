@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = [pytest.mark.browser,
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser"),  # one app server per worker
               pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it)")]
 
 

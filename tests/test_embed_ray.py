@@ -24,6 +24,7 @@ from curation import embed
 from curation.errors import CurationError
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test: one local instance at a time
 
 
 @pytest.fixture(scope="module")
