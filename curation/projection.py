@@ -39,6 +39,29 @@ def numba_cache_dir() -> Path:
     return d
 
 
+def cache_umap_kernels() -> int:
+    """Turn on numba's on-disk cache for umap's and pynndescent's jitted functions that were not
+    declared ``cache=True`` (most of the layout and fuzzy-set code): without it they are compiled
+    again in every process (about 10 s of each map step here). Call after :func:`numba_cache_dir`
+    and the umap import, before the first fit. Returns how many functions were switched."""
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    switched = 0
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith(("umap.", "pynndescent.")) or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            if isinstance(obj, Dispatcher) and not obj._cache.__class__.__name__ == "FunctionCache":
+                try:
+                    obj.enable_caching()
+                    switched += 1
+                except Exception as e:  # noqa: BLE001 - numba refuses some functions: they compile as before
+                    log.debug("numba cannot cache %s: %s", obj, e)
+    return switched
+
+
 def umap_epochs(n_fit: int) -> int:
     """Layout epochs sized to the sample: umap-learn's own rule (500 below 10k points, 200 above)
     would give 200 at 20k; the layout of a bounded sample converges well before that."""
@@ -57,14 +80,25 @@ def pca_basis(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int =
     n, d = X.shape
     dims = min(dims, d, max(n - 1, 1))
     rng = np.random.default_rng(seed)
-    sample = X if n <= fit_max else X[np.sort(rng.choice(n, fit_max, replace=False))]
-    mean = sample.mean(axis=0)
-    # economy SVD of the centred sample: components are the right singular vectors
-    _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    comp = vt[:dims].astype(np.float32)
+    rows = None if n <= fit_max else np.sort(rng.choice(n, fit_max, replace=False))
+    m = n if rows is None else len(rows)
+    # the covariance by chunks (one BLAS product each, float64 accumulation) and its eigenvectors:
+    # the same axes as an SVD of the centred sample, 10x faster at 100k x 1024 (17 s -> under 2 s)
+    mean = np.zeros(d, np.float64)
+    for i in range(0, m, 1 << 15):
+        mean += (X[i:i + (1 << 15)] if rows is None else X[rows[i:i + (1 << 15)]]).sum(axis=0, dtype=np.float64)
+    mean /= m
+    mean32 = mean.astype(np.float32)
+    cov = np.zeros((d, d), np.float64)
+    for i in range(0, m, 1 << 15):
+        c = (X[i:i + (1 << 15)] if rows is None else X[rows[i:i + (1 << 15)]]) - mean32
+        cov += (c.T @ c).astype(np.float64)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:dims]
+    comp = vecs[:, order].T.astype(np.float32)
     comp *= np.sign(comp[np.arange(dims), np.abs(comp).argmax(axis=1)])[:, None]
-    sd = sv[:dims] / np.sqrt(max(len(sample) - 1, 1))
-    return mean.astype(np.float32), comp.astype(np.float32), sd.astype(np.float32)
+    sd = np.sqrt(np.maximum(vals[order], 0) / max(m - 1, 1))
+    return mean32, comp, sd.astype(np.float32)
 
 
 def pca_reduce(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0) -> np.ndarray:
@@ -124,6 +158,7 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     numba_cache_dir()
     import umap
 
+    cache_umap_kernels()
     n = len(X)
     Z = pca_reduce(X, pca_dims, seed=seed)
     rng = np.random.default_rng(seed)

@@ -62,7 +62,10 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, n={n}]")
     rng = np.random.default_rng(seed)
-    # X may be a view (one half of the joint array): only the sample and each chunk are copied
+    # 256 training samples per centroid (faiss' own default) place centroids as well as the whole
+    # pool does and cost a fraction at 100k+ rows; X may be a view (one half of the joint array):
+    # only the sample and each chunk are copied
+    max_train = min(max_train, 256 * k)
     train = np.ascontiguousarray(X if n <= max_train else X[np.sort(rng.choice(n, max_train, replace=False))],
                                  dtype=np.float32)
     km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, verbose=False,
