@@ -247,7 +247,10 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                                     fn_constructor_kwargs={"model": cfg.model, "pretrained": cfg.pretrained,
                                                            "device": device, "precision": cfg.precision,
                                                            "tensor_side": tensor_side})
-            done = ds.groupby("shard").map_groups(write_shard, batch_format="numpy").take_all()
+            # one partition per pending shard (at most 64): Ray Data's default is 200 hash partitions with
+            # their aggregator actors, most of a small run's time
+            done = ds.groupby("shard", num_partitions=max(1, min(len(todo), 64))).map_groups(
+                write_shard, batch_format="numpy").take_all()
             n_ok += sum(int(r["embedded"]) for r in done)
             n_bad += sum(int(r["skipped"]) for r in done)
         return E.finish(pairs, out, cfg, record, n_ok, n_bad, time.time() - t0)

@@ -1,8 +1,21 @@
-"""Shared fixtures: small demo datasets built once per test session."""
+"""Shared fixtures: small demo datasets built once per test run.
 
+`make test` runs two pytest-xdist workers. The expensive datasets (the analysed demo, analysed
+MedPix) are built once for the whole run under a file lock, in a folder both workers see, and
+each worker works on its own copy, so no two processes ever open one DuckDB file. Each worker
+runs BLAS/OpenMP single-threaded: two workers with two threads each on two cores spin against
+each other and made the suite slower than one worker.
+"""
+
+import os
+import shutil
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before numpy, faiss or torch is imported
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
 
 MEDPIX = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "medpix"
 
@@ -17,14 +30,42 @@ def pytest_collection_modifyitems(config, items):
                                 "Fix: clone the project beside shared/ (shared/datasets/medpix).")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder made by ``build(folder)`` once per test run, shared by every xdist worker (the
+    first builds it under a lock, the others wait), copied into this worker's temporary folder."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    src = shared / f"shared-{name}"
+    with FileLock(str(shared / f"shared-{name}.lock")):
+        if not (src / ".done").exists():
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir(parents=True)
+            build(src)
+            (src / ".done").touch()
+    if shared == base:
+        return src
+    mine = tmp_path_factory.mktemp(name)
+    for f in src.iterdir():
+        if f.name == ".done":
+            continue
+        if f.is_dir():
+            (mine / f.name).symlink_to(f)  # images: read only
+        else:
+            shutil.copy(f, mine / f.name)
+    return mine
+
+
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory) -> Path:
     """A 4,000-row demo (64-d, with images), the same for every test that reads it."""
     from curation import demo
 
-    path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
-    demo.build(path, demo.DemoSpec(n_rows=4000, dim=64, n_clusters=20, min_cluster=15))
-    return path
+    def build(d):
+        demo.build(d / "demo.duckdb", demo.DemoSpec(n_rows=4000, dim=64, n_clusters=20, min_cluster=15))
+
+    return built_once(tmp_path_factory, "demo", build) / "demo.duckdb"
 
 
 @pytest.fixture
@@ -65,16 +106,14 @@ def stored_ratings(db):
 def analyzed_db(demo_db, tmp_path_factory) -> Path:
     """A copy of the demo with one full default analysis (UMAP's numba compile makes this the
     slowest fixture: about a minute, once per session)."""
-    import shutil
-
     from curation import analysis
 
-    d = tmp_path_factory.mktemp("analyzed")
-    path = d / "demo.duckdb"
-    shutil.copy(demo_db, path)
-    shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
-    analysis.analyze(path, analysis.AnalysisConfig())
-    return path
+    def build(d):
+        shutil.copy(demo_db, d / "demo.duckdb")
+        shutil.copytree(demo_db.parent / "demo_images", d / "demo_images")
+        analysis.analyze(d / "demo.duckdb", analysis.AnalysisConfig())
+
+    return built_once(tmp_path_factory, "analyzed", build) / "demo.duckdb"
 
 
 @pytest.fixture
@@ -170,8 +209,10 @@ def medpix_db(tmp_path_factory) -> Path:
 
     if not MEDPIX.is_dir():
         pytest.skip("MedPix sample not present (CI requires it: see pytest_collection_modifyitems)")
-    db = tmp_path_factory.mktemp("medpix") / "medpix.duckdb"
-    assert main(["ingest", str(db), "--metadata", str(MEDPIX / "metadata.csv"), "--image-emb",
-                 str(MEDPIX / "image_mobilenetv2.npy"), "--text-emb", str(MEDPIX / "text_minilm.npy")]) == 0
-    analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density", "quality", "confounders"])
-    return db
+    def build(d):
+        db = d / "medpix.duckdb"
+        assert main(["ingest", str(db), "--metadata", str(MEDPIX / "metadata.csv"), "--image-emb",
+                     str(MEDPIX / "image_mobilenetv2.npy"), "--text-emb", str(MEDPIX / "text_minilm.npy")]) == 0
+        analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density", "quality", "confounders"])
+
+    return built_once(tmp_path_factory, "medpix", build) / "medpix.duckdb"

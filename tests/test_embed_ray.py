@@ -214,6 +214,7 @@ def two_nodes(_ray_module, monkeypatch):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.xdist_group("ray-cluster")  # its own cluster: may run beside the local-Ray tests on the other worker
 def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir, tmp_path, monkeypatch, capfd):
     """`embed_ray(address=...)` on a cluster of two raylets gives the single-machine output exactly.
 
