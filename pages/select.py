@@ -172,7 +172,7 @@ def selection_view() -> None:
     picker, the navigation and the cached inputs above stay as they are)."""
     knobs, results = st.columns([1, 3], gap="medium")
     with knobs:
-        st.header("Selection knobs")
+        st.subheader("Selection knobs")
         knobs_panel()
     with results:
         results_panel()
