@@ -389,7 +389,7 @@ def analysis_report(db, run_id) -> str:
 
 
 def _add_select(sub):
-    from curation.manifest import FORMATS
+    from curation.manifest import FORMATS, WDS_SHARD_SIZE
     from curation.selection import MODES, OUTLIER_POLICIES, SelectionConfig
 
     d = SelectionConfig()  # the defaults the help shows are the config's: one source
@@ -434,19 +434,14 @@ def _add_select(sub):
                         ".npy = datacomp uids, .json = webdataset keys per source tar)")
     p.add_argument("--columns", metavar="C,C",
                    help="metadata columns the manifest carries too, e.g. split,case_id")
-    p.add_argument("--reshard", type=int, nargs="?", const=manifest_defaults()["shard_size"], metavar="N",
+    p.add_argument("--reshard", type=int, nargs="?", const=WDS_SHARD_SIZE, metavar="N",
                    help="with --format webdataset: also write new tars of the kept samples beside --out "
-                        f"(NAME-000000.tar..., N samples per tar, default {manifest_defaults()['shard_size']:,})")
+                        f"(NAME-000000.tar..., N samples per tar, default {WDS_SHARD_SIZE:,})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same --out")
     p.add_argument("--allow-missing", action="store_true",
                    help="with --format openclip: write rows whose image file does not exist (refused by default)")
     p.set_defaults(func=cmd_select)
 
-
-def manifest_defaults() -> dict:
-    from curation.manifest import WDS_SHARD_SIZE
-
-    return {"shard_size": WDS_SHARD_SIZE}
 
 
 def _config_from_args(a, base):

@@ -21,7 +21,6 @@ model. Without ``--address`` a local Ray instance is started (and stopped afterw
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -62,18 +61,6 @@ def runtime_env() -> dict:
     if env_vars:
         env["env_vars"] = env_vars
     return env
-
-
-def _absolute_inputs(pairs):
-    """``pairs`` with an absolute image folder: Ray workers on other nodes do not run in the driver's
-    working directory, so a relative ``--image-root`` would make every image "missing" there.
-    (Tar shards are indexed by absolute path already.)"""
-    root = getattr(pairs, "image_root", None)
-    if root is None or Path(root).is_absolute():
-        return pairs
-    pairs = copy.copy(pairs)
-    pairs.image_root = Path(os.path.abspath(root))
-    return pairs
 
 
 def split_preprocess(preprocess):
@@ -145,7 +132,6 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
     """
     ray = _import_ray()
     cfg.check()
-    pairs = _absolute_inputs(pairs)
     out = Path(out).resolve()
     # the driver loads the model once on CPU: weights hash, dimension and preprocessing for the record
     _, preprocess, _, info = E.load_model(cfg.model, cfg.pretrained, "cpu")

@@ -143,13 +143,12 @@ def check_out(out, dataset_path=None, overwrite: bool = False) -> dict[str, Path
     return p
 
 
-def check_columns(store, columns) -> list[str]:
-    """The metadata columns asked for with ``--columns``, checked against the dataset."""
+def check_columns(names, columns) -> list[str]:
+    """The metadata columns asked for with ``--columns``, checked against the dataset's ``names``."""
     from curation import schema as S
 
     if not columns:
         return []
-    names = [n for n, _ in store.columns()]
     bad = [c for c in columns if c not in names]
     if bad:
         raise CurationError(f"--columns: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a column of the "
@@ -165,7 +164,7 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
     from curation import schema as S
 
     names = [n for n, _ in store.columns()]
-    extra = [c for c in (*TAR_COLUMNS, *check_columns(store, columns)) if c in names]
+    extra = [c for c in (*TAR_COLUMNS, *check_columns(names, columns)) if c in names]
     extra = [c for c in dict.fromkeys(extra) if c not in (S.ID, S.IMAGE, S.CAPTION, "uid")]
     base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION, "uid") if c in names] + extra
     base = store.samples(base_cols)
@@ -242,22 +241,18 @@ def _write_table(df, path: Path, fmt: str) -> None:
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
 
 
-def _tar_key(member: str) -> str:
-    from curation.pairs import split_key
-
-    return split_key(member)[0]
-
-
 def webdataset_keys(df) -> dict:
     """The WebDataset subset manifest: per source tar, the keys of the kept samples (as a loader
     sees them: ``__key__``), in the manifest's order."""
+    from curation.pairs import split_key
+
     if "source_tar" not in df or df["source_tar"].isna().any():
         raise CurationError("the webdataset format is for samples embedded from WebDataset tars (they carry "
                             "source_tar and image_member); this dataset's samples are image files. Fix: use "
                             "--format openclip or parquet.")
     tars: dict[str, list] = {}
     for tar, member in zip(df["source_tar"], df["image_member"]):
-        tars.setdefault(str(tar), []).append(_tar_key(str(member)))
+        tars.setdefault(str(tar), []).append(split_key(str(member))[0])
     return {"format": "curation-webdataset-subset", "version": 1, "samples": int(len(df)),
             "tars": [{"tar": t, "keys": k} for t, k in tars.items()]}
 
@@ -267,9 +262,8 @@ def reshard_files(out: str | Path) -> list[Path]:
     import re
 
     out = Path(out)
-    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
-    pat = re.compile(rf"{re.escape(stem)}-\d{{6}}\.tar")
-    return sorted(f for f in out.parent.glob(f"{stem}-*.tar") if pat.fullmatch(f.name)) if out.parent.is_dir() else []
+    pat = re.compile(rf"{re.escape(out.stem)}-\d{{6}}\.tar")
+    return sorted(f for f in out.parent.glob(f"{out.stem}-*.tar") if pat.fullmatch(f.name)) if out.parent.is_dir() else []
 
 
 def write_reshard(df, out: str | Path, shard_size: int = WDS_SHARD_SIZE, progress=None) -> dict:
@@ -284,15 +278,15 @@ def write_reshard(df, out: str | Path, shard_size: int = WDS_SHARD_SIZE, progres
     import io
     import tarfile
 
-    from curation.pairs import iter_samples
+    from curation.pairs import iter_samples, split_key
 
     if shard_size < 1:
         raise CurationError(f"--reshard {shard_size}: samples per tar must be >= 1.")
     out = Path(out)
-    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
+    stem = out.stem
     want: dict[str, dict[str, str]] = {}
     for sid, tar, member in zip(df["id"], df["source_tar"], df["image_member"]):
-        want.setdefault(str(tar), {})[_tar_key(str(member))] = str(sid)
+        want.setdefault(str(tar), {})[split_key(str(member))[0]] = str(sid)
     for tar in want:
         if not Path(tar).is_file():
             raise CurationError(f"source tar {tar} of the subset is missing. Fix: make the tars `embed` read available "
@@ -379,8 +373,9 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
         raise CurationError(f"--columns: the {fmt} format holds only {'uids' if fmt == 'datacomp' else 'keys'}. "
                             f"Fix: drop --columns, or use --format parquet / csv / jsonl.")
     p = check_out(out, store.path, overwrite)
-    if reshard is not None and reshard_files(out) and not overwrite:
-        raise CurationError(f"resharded tars of an earlier export exist ({reshard_files(out)[0]}...). Fix: pass "
+    earlier = reshard_files(out) if reshard is not None and not overwrite else []
+    if earlier:
+        raise CurationError(f"resharded tars of an earlier export exist ({earlier[0]}...). Fix: pass "
                             f"--overwrite to replace this export, or choose another --out.")
     kept, dropped = build_frames(store, inp, result, cfg, run_id, columns)
     missing = check_image_files(kept, allow_missing) if fmt == "openclip" else []

@@ -84,14 +84,19 @@ def pca_basis(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int =
     m = n if rows is None else len(rows)
     # the covariance by chunks (one BLAS product each, float64 accumulation) and its eigenvectors:
     # the same axes as an SVD of the centred sample, 10x faster at 100k x 1024 (17 s -> under 2 s)
+    step = 1 << 15
+
+    def chunk(i):
+        return X[i:i + step] if rows is None else X[rows[i:i + step]]
+
     mean = np.zeros(d, np.float64)
-    for i in range(0, m, 1 << 15):
-        mean += (X[i:i + (1 << 15)] if rows is None else X[rows[i:i + (1 << 15)]]).sum(axis=0, dtype=np.float64)
+    for i in range(0, m, step):
+        mean += chunk(i).sum(axis=0, dtype=np.float64)
     mean /= m
     mean32 = mean.astype(np.float32)
     cov = np.zeros((d, d), np.float64)
-    for i in range(0, m, 1 << 15):
-        c = (X[i:i + (1 << 15)] if rows is None else X[rows[i:i + (1 << 15)]]) - mean32
+    for i in range(0, m, step):
+        c = chunk(i) - mean32
         cov += (c.T @ c).astype(np.float64)
     vals, vecs = np.linalg.eigh(cov)
     order = np.argsort(vals)[::-1][:dims]

@@ -81,16 +81,19 @@ def run_cli(capsys):
     return run
 
 
+def _private_copy(db: Path, tmp_path: Path) -> Path:
+    """``db`` copied into this test's folder, its images linked (for tests that write to it)."""
+    d = tmp_path / "ds"
+    d.mkdir()
+    shutil.copy(db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(db.parent / "demo_images")
+    return d / "demo.duckdb"
+
+
 @pytest.fixture
 def demo_copy(demo_db, tmp_path) -> Path:
     """A private copy of the 4,000-row demo, not analysed (images linked)."""
-    import shutil
-
-    d = tmp_path / "ds"
-    d.mkdir()
-    shutil.copy(demo_db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(demo_db.parent / "demo_images")
-    return d / "demo.duckdb"
+    return _private_copy(demo_db, tmp_path)
 
 
 def stored_ratings(db):
@@ -119,13 +122,7 @@ def analyzed_db(demo_db, tmp_path_factory) -> Path:
 @pytest.fixture
 def analyzed_copy(analyzed_db, tmp_path) -> Path:
     """A private copy of the analysed demo (for tests that write to it); images are linked."""
-    import shutil
-
-    d = tmp_path / "ds"
-    d.mkdir()
-    shutil.copy(analyzed_db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
-    return d / "demo.duckdb"
+    return _private_copy(analyzed_db, tmp_path)
 
 
 # --- embedding inputs: a tiny random open_clip model and a few dozen generated pairs ------------

@@ -2,13 +2,12 @@
 notices, user strings render as text, sessions do not share selection state, analysis runs in the
 background."""
 
-import shutil
 
 import numpy as np
 import pytest
 
 from curation import analysis, jobs, selection, store
-from test_app import _app, _metric
+from test_app import _app, _data_dir, _metric
 from curation.selection import Gate, SelectionConfig
 
 OTHER_PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pages/quality.py", "pages/overview.py"]
@@ -16,12 +15,7 @@ OTHER_PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pa
 
 @pytest.fixture
 def data_dir(analyzed_db, tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    d.mkdir()
-    shutil.copy(analyzed_db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
-    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
-    return d
+    return _data_dir(tmp_path, monkeypatch, analyzed_db)
 
 
 
