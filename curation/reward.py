@@ -124,25 +124,44 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     # daemon threads, not an executor: an interrupted run must not wait for requests in flight
     threads = [threading.Thread(target=worker, daemon=True, name=f"rate-{i}")
                for i in range(max(1, min(concurrency, len(rows))))]
-    results, down, interrupted = [], None, False
-    with tqdm(total=len(rows), unit="pair", desc="rating", disable=not progress, file=sys.stderr) as bar:
-        for t in threads:
-            t.start()
-        try:
-            while len(results) < len(rows):
-                try:
-                    r, res, err = results_q.get(timeout=0.2)
-                except queue.Empty:
-                    if not any(t.is_alive() for t in threads) and results_q.empty():
-                        break
-                    continue
-                if res is not None:
-                    results.append((r, res))
-                down = down or err
-                bar.update(1)
-        except KeyboardInterrupt:
-            interrupted = True
+    results, down = [], None
+    # Ctrl-C sets an event instead of raising KeyboardInterrupt wherever the main thread happens to
+    # be: raised inside a queue's lock it left that lock held, and the shutdown below then waited
+    # on it forever (the interrupt test hung once in a full-suite run). Only the main thread may install
+    # a handler (the app calls this from a script thread: there Ctrl-C is not ours to catch).
+    interrupt = threading.Event()
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        import signal
+
+        def on_sigint(signum, frame):
+            interrupt.set()
             stop.set()
+
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with tqdm(total=len(rows), unit="pair", desc="rating", disable=not progress, file=sys.stderr) as bar:
+            for t in threads:
+                t.start()
+            try:
+                while len(results) < len(rows) and not interrupt.is_set():
+                    try:
+                        r, res, err = results_q.get(timeout=0.2)
+                    except queue.Empty:
+                        if not any(t.is_alive() for t in threads) and results_q.empty():
+                            break
+                        continue
+                    if res is not None:
+                        results.append((r, res))
+                    down = down or err
+                    bar.update(1)
+            except KeyboardInterrupt:  # not the main thread's handler: an interrupt raised here
+                interrupt.set()
+                stop.set()
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    interrupted = interrupt.is_set()
     while not results_q.empty():  # answers that arrived while stopping are kept too
         r, res, err = results_q.get_nowait()
         if res is not None:
