@@ -8,11 +8,12 @@ work is spread as a Ray Data pipeline:
 2. **embed** (``map_batches`` over an actor pool): one actor per GPU (``--gpus-per-actor``, default 1
    when the cluster has GPUs) or CPU actors when it has none, each holding the model; batch size
    and actor count (``--concurrency``) are the user's;
-3. **write** (grouped by shard): each shard's rows are written by a worker, in the shard's order,
-   as ``img_emb_i.npy`` / ``text_emb_i.npy`` / ``skipped_i.csv`` / ``metadata_i.parquet`` (last).
+3. **write** (on the driver, streaming): the vectors come back to the driver, which writes a shard
+   as soon as its last row is in, as ``img_emb_i.npy`` / ``text_emb_i.npy`` / ``skipped_i.csv`` /
+   ``metadata_i.parquet`` (last). An interrupted run keeps every shard finished before it.
 
-``OUT`` must be a path every node sees (a shared filesystem), as must the inputs and a ``local-dir:``
-model. Without ``--address`` a local Ray instance is started (and stopped afterwards). With one (or
+The inputs and a ``local-dir:`` model must be paths every node sees (a shared filesystem); ``OUT``
+only needs to be writable by the driver. Without ``--address`` a local Ray instance is started (and stopped afterwards). With one (or
 ``RAY_ADDRESS`` set), the driver's copy of the ``curation`` package travels to the workers in the job's
 ``runtime_env`` (:func:`runtime_env`): the nodes need the pinned requirements and Ray, not ``curation``.
 
@@ -110,7 +111,7 @@ class _Embedder:
             with torch.inference_mode(), E.autocast_for(self.precision, self.device):
                 img_out[ok], txt_out[ok] = E.encode_batch(self.net, images, tokens, self.device)
         return {"shard": batch["shard"], "pos": batch["pos"], "error": batch["error"],
-                "image_emb": list(img_out), "text_emb": list(txt_out)}
+                "image_emb": img_out, "text_emb": txt_out}
 
 
 def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, concurrency: int | None = None,
@@ -204,18 +205,6 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                     yield {"shard": shard.index, "pos": pos, "caption": caption or "", "error": err or "",
                            "pixels": pixels if pixels is not None else blank}
 
-            def write_shard(batch):
-                shard = by_index[int(batch["shard"][0])]
-                img, txt, ok, skipped = buf = E.new_buffer(len(shard.items), dim, cfg.out_dtype)
-                for j, p in enumerate(batch["pos"]):
-                    if batch["error"][j]:
-                        skipped.append((int(p), str(batch["error"][j])))
-                    else:
-                        img[p], txt[p], ok[p] = batch["image_emb"][j], batch["text_emb"][j], True
-                bad = E.flush_shard(pairs, shard, out, buf)
-                return {"shard": np.array([shard.index]), "embedded": np.array([int(ok.sum())]),
-                        "skipped": np.array([bad])}
-
             ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
             ds = ds.flat_map(read_shard)
             # max_restarts=0: Ray Data's default (-1, restart forever) makes Ray core log an
@@ -233,12 +222,28 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
                                     fn_constructor_kwargs={"model": cfg.model, "pretrained": cfg.pretrained,
                                                            "device": device, "precision": cfg.precision,
                                                            "tensor_side": tensor_side})
-            # one partition per pending shard (at most 64): Ray Data's default is 200 hash partitions with
-            # their aggregator actors, most of a small run's time
-            done = ds.groupby("shard", num_partitions=max(1, min(len(todo), 64))).map_groups(
-                write_shard, batch_format="numpy").take_all()
-            n_ok += sum(int(r["embedded"]) for r in done)
-            n_bad += sum(int(r["skipped"]) for r in done)
+            # The driver writes each shard as soon as its last row comes back from the actors (rows
+            # stream back in no particular order; a shard's buffer lives only until it is complete).
+            # The vectors are small (2 x dim floats a pair) next to the pixels the workers move, an
+            # interrupted run keeps every shard finished before it, and no group-by shuffle is paid.
+            left = {s.index: len(s.items) for s in todo}
+            bufs = {}
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                shard_of = np.asarray(batch["shard"], np.int64)
+                pos_b, err_b = np.asarray(batch["pos"], np.int64), np.asarray(batch["error"], str)
+                img_b, txt_b = np.stack(batch["image_emb"]), np.stack(batch["text_emb"])
+                for idx in np.unique(shard_of).tolist():
+                    rows = np.flatnonzero(shard_of == idx)
+                    if idx not in bufs:
+                        bufs[idx] = E.new_buffer(len(by_index[idx].items), dim, cfg.out_dtype)
+                    img, txt, ok, skipped = bufs[idx]
+                    good, bad = rows[err_b[rows] == ""], rows[err_b[rows] != ""]
+                    img[pos_b[good]], txt[pos_b[good]], ok[pos_b[good]] = img_b[good], txt_b[good], True
+                    skipped.extend((int(pos_b[j]), str(err_b[j])) for j in bad)
+                    left[idx] -= len(rows)
+                    if not left[idx]:
+                        n_bad += E.flush_shard(pairs, by_index[idx], out, bufs.pop(idx))
+                        n_ok += int(ok.sum())
         return E.finish(pairs, out, cfg, record, n_ok, n_bad, time.time() - t0)
     finally:
         if started:

@@ -81,19 +81,68 @@ def browser():
         b.close()
 
 
-def render(browser, url: str, name: str, wait_for: str) -> str:
-    """Open ``url``, wait until ``wait_for`` text shows, save test-artifacts/<name>.png, return the text."""
+#: true once Streamlit has finished the run and every chart has drawn: the app's script state (the
+#: attribute Streamlit's own end-to-end tests wait on) is "notRunning", no element is stale (greyed),
+#: every Vega chart has its canvas or svg, every Plotly chart is laid out
+_SETTLED = """() => !!document.querySelector('[data-testid=stApp][data-test-script-state=notRunning]'
+                                          + '[data-test-connection-state=CONNECTED]')
+    && !document.querySelector('[data-stale=true]')
+    && [...document.querySelectorAll('.vega-embed')].every(v => v.querySelector('canvas, svg'))
+    && [...document.querySelectorAll('.js-plotly-plot')].every(p => p._fullLayout && p.querySelector('.main-svg'))"""
+
+
+def settle(page) -> None:
+    """Wait until the page has settled (:data:`_SETTLED` holds on two checks 300 ms apart): the
+    screenshots then show finished charts, without a fixed sleep per page."""
+    for _ in range(2):
+        page.wait_for_function(_SETTLED, timeout=60_000, polling=100)
+        page.wait_for_timeout(300)
+    page.wait_for_function(_SETTLED, timeout=60_000, polling=100)
+
+
+#: the servers a page has been opened on (a server no page has been opened on is fresh)
+_VISITED: set[str] = set()
+
+
+def open_page(browser, url: str, height: int = 1000):
+    """A new 1400-wide page at ``url`` (the server is recorded as visited)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _VISITED.add(url.split("/")[2])
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     try:
         page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    except BaseException:
+        page.close()
+        raise
+    return page
+
+
+def render(browser, url: str, name: str, wait_for: str) -> str:
+    """Open ``url``, wait until ``wait_for`` text shows and the page settles, save
+    test-artifacts/<name>.png, return the text."""
+    page = open_page(browser, url)
+    try:
         page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
-        page.wait_for_timeout(3000)  # let charts finish drawing before the screenshot
+        settle(page)
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
         return page.inner_text("body")
     finally:
         page.close()
+
+
+def test_deep_link_to_a_fresh_server_goes_through_the_entry_point(browser, app_url, analyzed_db, tmp_path):
+    """A bookmarked /quality?... opened before anyone opened / must still get app.py's dataset picker
+    and navigation (Streamlit otherwise runs pages/quality.py alone, as a v1 multipage app).
+    First in this file: the module's server is still fresh then; otherwise it starts one of its own."""
+    with contextlib.ExitStack() as stack:
+        url = app_url
+        if app_url.split("/")[2] in _VISITED:
+            shutil.copy(analyzed_db, tmp_path / "demo.duckdb")
+            (tmp_path / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
+            url = stack.enter_context(_serve(tmp_path))
+        text = render(browser, f"{url}/quality?gate_fidelity=0.9", "deep_link_quality", "Image-text fidelity")
+    assert "No dataset yet" not in text and "Select & export" in text and "Dataset" in text
 
 
 def test_overview_renders_in_chromium(browser, app_url):
@@ -121,30 +170,18 @@ def test_other_pages_render_in_chromium(browser, app_url, page, wait_for):
 
 def test_reward_model_section_in_chromium(browser, app_url):
     """The Quality page's reward section: held-out r table and the reward histograms (screenshot)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = open_page(browser, f"{app_url}/quality")
     try:
-        page.goto(f"{app_url}/quality", wait_until="domcontentloaded", timeout=60_000)
         head = page.get_by_text("Reward: fidelity (rating scale)").first
         head.wait_for(timeout=60_000)
         page.get_by_text("Held-out Pearson r").first.scroll_into_view_if_needed()
-        page.wait_for_timeout(3000)
+        settle(page)
         page.screenshot(path=str(ARTIFACTS / "quality_reward.png"))
         text = page.inner_text("body")
         assert "by the newest model" in text and "Held-out Pearson r" in text
         assert not page.locator("[data-testid=stException]").count()
     finally:
         page.close()
-
-
-def test_deep_link_to_a_fresh_server_goes_through_the_entry_point(browser, analyzed_db, tmp_path):
-    """A bookmarked /quality?... opened before anyone opened / must still get app.py's dataset picker
-    and navigation (Streamlit otherwise runs pages/quality.py alone, as a v1 multipage app)."""
-    shutil.copy(analyzed_db, tmp_path / "demo.duckdb")
-    (tmp_path / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
-    with _serve(tmp_path) as url:
-        text = render(browser, f"{url}/quality?gate_fidelity=0.9", "deep_link_quality", "Image-text fidelity")
-    assert "No dataset yet" not in text and "Select & export" in text and "Dataset" in text
 
 
 def _plot_point_xy(page):
@@ -170,28 +207,30 @@ def _plot_point_xy(page):
 def test_map_zoom_click_inspect_lasso_exclude_in_chromium(browser, app_url):
     """The map as a person uses it: scroll to zoom, click a point and read its neighbours in the
     inspector, lasso a region and exclude it; screenshots of each state."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page = open_page(browser, f"{app_url}/map", height=1100)
     try:
-        page.goto(f"{app_url}/map", wait_until="domcontentloaded", timeout=60_000)
         page.locator(".js-plotly-plot .nsewdrag").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(2000)
+        settle(page)
         plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
         before = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
         page.mouse.move(plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2)
+        # plotly applies a wheel zoom at once and reports it (plotly_relayout) a moment later
+        page.evaluate("() => { window.__zoomed = false; document.querySelector('.js-plotly-plot')"
+                      ".once('plotly_relayout', () => { window.__zoomed = true; }); }")
         page.mouse.wheel(0, -400)  # zoom in
-        page.wait_for_timeout(1500)
+        page.wait_for_function("() => window.__zoomed", timeout=10_000, polling=100)
         after = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
         assert after[1] - after[0] < before[1] - before[0], (before, after)
+        settle(page)
         page.screenshot(path=str(ARTIFACTS / "map_zoomed.png"))
         page.evaluate("() => Plotly.relayout(document.querySelector('.js-plotly-plot'), "
-                      "{'xaxis.autorange': true, 'yaxis.autorange': true})")
-        page.wait_for_timeout(1000)
+                      "{'xaxis.autorange': true, 'yaxis.autorange': true})")  # (awaits the promise)
+        settle(page)
         x, y = _plot_point_xy(page)
         page.mouse.click(x, y)
         page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(2000)
-        assert page.get_by_text("cosine 0.").count() >= 5
+        page.get_by_text("cosine 0.").nth(4).wait_for(timeout=60_000)  # five neighbours at least
+        settle(page)
         page.screenshot(path=str(ARTIFACTS / "map_inspector.png"), full_page=True)
         # lasso around the middle of the plot, with the toolbar's lasso tool
         page.locator(".js-plotly-plot").first.hover()
