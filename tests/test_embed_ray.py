@@ -60,17 +60,30 @@ def _read(out):
     return ingest.read_clip_retrieval(out)
 
 
-def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir, tmp_path, capfd):
+def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir, tmp_path, capfd, monkeypatch):
     from curation import embed_ray
 
     pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
-    rec = embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False, max_shards=2)
-    assert not rec["complete"] and rec["embedded"] == 20 and rec["backend"] == "ray"
-    first = tmp_path / "ray" / "img_emb" / "img_emb_00000.npy"
-    stamp = first.stat().st_mtime_ns
+    real_flush, flushed = embed.flush_shard, []
+
+    def flush_then_interrupt(*a, **kw):  # Ctrl-C in the driver right after its second shard is written
+        n = real_flush(*a, **kw)
+        flushed.append(a[1].index)
+        if len(flushed) == 2:
+            raise KeyboardInterrupt
+        return n
+
+    monkeypatch.setattr(embed, "flush_shard", flush_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False)
+    monkeypatch.setattr(embed, "flush_shard", real_flush)
+    kept = sorted((tmp_path / "ray" / "metadata").glob("*.parquet"))
+    assert [int(f.stem.split("_")[-1]) for f in kept] == sorted(flushed)  # both finished shards kept, no other
+    first = tmp_path / "ray" / "img_emb" / f"img_emb_{flushed[0]:05d}.npy"
+    stamp, done_before = first.stat().st_mtime_ns, sum(len(np.load(f)) for f in (tmp_path / "ray" / "img_emb").glob("*.npy"))
     rec = embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False, concurrency=2)
     assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
-    assert rec["embedded_last_run"] == N_PAIRS - 20 and first.stat().st_mtime_ns == stamp
+    assert rec["embedded_last_run"] == N_PAIRS - done_before and first.stat().st_mtime_ns == stamp
     assert dict(embed.skipped_report(tmp_path / "ray")).keys() == BAD.keys()
     # a clean run logs no error (Ray core logged one about the model actors' constructor arguments,
     # once per process: the first run of the module is where it showed)
