@@ -30,6 +30,26 @@ def pytest_collection_modifyitems(config, items):
                                 "Fix: clone the project beside shared/ (shared/datasets/medpix).")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _component_scan_once():
+    """Streamlit's AppTest scans every installed distribution for v2 component manifests in each
+    new AppTest (about 0.4 s here, 100+ times a run); the installed packages do not change during a
+    run, so the scan runs once per process. (The real server scans once at start.)"""
+    import functools
+    import sys
+
+    if "streamlit" not in sys.modules:  # no app test collected in this process
+        yield
+        return
+    from streamlit.components.v2 import manifest_scanner as ms
+
+    real = ms.scan_component_manifests
+    once = functools.lru_cache(maxsize=1)(real)
+    ms.scan_component_manifests = lambda max_workers=None: list(once())
+    yield
+    ms.scan_component_manifests = real
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """A folder made by ``build(folder)`` once per test run, shared by every xdist worker (the
     first builds it under a lock, the others wait), copied into this worker's temporary folder."""

@@ -302,3 +302,60 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
     for kind in ("image", "text"):
         np.testing.assert_array_equal(a.vectors[kind], b.vectors[kind])
     assert embed.skipped_report(tmp_path / "ray") == embed.skipped_report(tmp_path / "local")
+
+
+# --- the read tasks' PIL side without torch ----------------------------------------------------
+def _images():
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for w, h in ((48, 40), (40, 48), (300, 7), (1, 500), (224, 224), (225, 224), (500, 333)):
+        rgb = (rng.random((h, w, 3)) * 255).astype("uint8")
+        yield Image.fromarray(rgb)
+        yield Image.fromarray(rgb[..., 0])  # L
+        yield Image.fromarray(np.dstack([rgb, rgb[..., :1]]))  # RGBA
+        yield Image.fromarray(rgb).convert("P")
+
+
+def test_pil_steps_equal_torchvision_pixel_for_pixel(tiny_model):
+    from torchvision import transforms as T
+
+    from curation import embed_ray, models
+
+    _, preprocess, _, _ = models.load_model(tiny_model, None, "cpu")
+    open_clip_side, _ = embed_ray.split_preprocess(preprocess)
+    assert isinstance(open_clip_side, embed_ray.PilSteps)
+    tv_side = T.Compose(preprocess.transforms[:3])
+    cases = [(open_clip_side, tv_side)]
+    for steps in ([T.Resize((200, 150), interpolation=T.InterpolationMode.BILINEAR)],
+                  [T.Resize(64, max_size=80), T.CenterCrop(60)],
+                  [T.Resize(32, interpolation=T.InterpolationMode.NEAREST), T.CenterCrop((40, 20))],  # pads
+                  [T.Resize([100])]):
+        cases.append((embed_ray.PilSteps.from_transforms(steps), T.Compose(steps)))
+    for mine, theirs in cases:
+        for img in _images():
+            try:
+                b = theirs(img)
+            except ValueError:  # (a 1 x 500 image under max_size=80 has a 0-pixel side) so must mine
+                with pytest.raises(ValueError):
+                    mine(img)
+                continue
+            a = mine(img)
+            assert a.mode == b.mode and a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b)), (mine.steps, img)
+    assert embed_ray.PilSteps.from_transforms([T.Resize(10), T.Grayscale()]) is None  # unknown step: torchvision's
+
+
+def test_pil_steps_unpickle_without_torch(tiny_model):
+    """A read task unpickles the PIL side without importing torch, torchvision or open_clip."""
+    import pickle
+
+    from curation import embed_ray, models
+
+    _, preprocess, _, _ = models.load_model(tiny_model, None, "cpu")
+    blob = pickle.dumps(embed_ray.split_preprocess(preprocess)[0])
+    code = ("import pickle, sys; from PIL import Image; f = pickle.loads(sys.stdin.buffer.read()); "
+            "print(f(Image.new('L', (50, 30))).size, sorted(m for m in ('torch', 'torchvision', 'open_clip') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.decode()
+    assert out.strip() == "(32, 32) []", out  # the tiny model: 32 x 32 input
