@@ -169,12 +169,16 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
     base_cols = [c for c in (S.ID, S.IMAGE, S.CAPTION, "uid") if c in names] + extra
     base = store.samples(base_cols)
     root = store.image_root()
+    # the root is resolved once and each path joined and normalised as text: resolving every file
+    # (an lstat per path component) took 52 us a row against 1.5 us (4,000 demo rows: 210 ms vs
+    # 6 ms; about a minute per export at a million rows). An absolute path in the data is kept as it is.
+    root = str(root.resolve()) if root is not None else None
     n = inp.n  # every analysis value the manifest carries is already in ``inp``
     frame = pd.DataFrame({
         "id": base[S.ID].astype(str),
         "image": base[S.IMAGE] if S.IMAGE in base else None,
-        "image_path": ([p if is_url(p) else str((root / p).resolve()) if isinstance(p, str) and root is not None
-                        else p for p in base[S.IMAGE]] if S.IMAGE in base else None),
+        "image_path": ([p if is_url(p) else os.path.normpath(os.path.join(root, p)) if isinstance(p, str)
+                        and root is not None else p for p in base[S.IMAGE]] if S.IMAGE in base else None),
         "caption": base[S.CAPTION] if S.CAPTION in base else None,
         "rank": result.rank(n),
         "reason": result.reason.astype(str),

@@ -20,16 +20,6 @@ import pytest  # noqa: E402
 MEDPIX = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "medpix"
 
 
-def pytest_collection_modifyitems(config, items):
-    """CI always has ../shared beside the clone: there a missing MedPix is a failure, not a skip
-    (a silent skip would hide that the real-data tests never ran)."""
-    import os
-
-    if os.environ.get("CI") and not MEDPIX.is_dir():
-        raise pytest.UsageError(f"MedPix data not found at {MEDPIX}; CI must run the real-data tests. "
-                                "Fix: clone the project beside shared/ (shared/datasets/medpix).")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _component_scan_once():
     """Streamlit's AppTest scans every installed distribution for v2 component manifests in each
@@ -48,6 +38,30 @@ def _component_scan_once():
     ms.scan_component_manifests = lambda max_workers=None: list(once())
     yield
     ms.scan_component_manifests = real
+
+
+def pytest_configure(config):
+    """``--dist loadgroup`` keeps the tests marked ``xdist_group`` on one worker (one local Ray
+    instance, one app server at a time). With pytest 9.2 and pytest-xdist 3.8 it silently does
+    nothing (pytest-xdist#1386: xdist tags the old node id field): stop instead of running them
+    side by side."""
+    if config.getvalue("dist") != "loadgroup" or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import xdist
+    from packaging.version import Version
+
+    if Version(pytest.__version__) >= Version("9.2") and Version(xdist.__version__) <= Version("3.8.0"):
+        raise pytest.UsageError(f"--dist loadgroup has no effect with pytest {pytest.__version__} and pytest-xdist "
+                                f"{xdist.__version__} (pytest-xdist#1386). Fix: pip install -r requirements-dev.txt "
+                                "(pytest 9.1.1).")
+
+
+def pytest_collection_modifyitems(config, items):
+    """CI always has ../shared beside the clone: there a missing MedPix is a failure, not a skip
+    (a silent skip would hide that the real-data tests never ran)."""
+    if os.environ.get("CI") and not MEDPIX.is_dir():
+        raise pytest.UsageError(f"MedPix data not found at {MEDPIX}; CI must run the real-data tests. "
+                                "Fix: clone the project beside shared/ (shared/datasets/medpix).")
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
