@@ -17,6 +17,10 @@ only needs to be writable by the driver. Without ``--address`` a local Ray insta
 ``RAY_ADDRESS`` set), the driver's copy of the ``curation`` package travels to the workers in the job's
 ``runtime_env`` (:func:`runtime_env`): the nodes need the pinned requirements and Ray, not ``curation``.
 
+Ray's usage statistics are turned off for the driver (``RAY_USAGE_STATS_ENABLED=0`` unless the
+environment sets it): patient data projects send no usage statistics (a local instance started by
+``ray.init`` has them off anyway; a cluster's driver would otherwise record Ray Data usage for them).
+
 ``ray`` is optional: nothing else in ``curation`` imports it.
 """
 
@@ -41,6 +45,10 @@ FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _import_ray():
+    # No usage statistics leave this machine (the patient-data rule the app follows too): Ray's
+    # usage stats default to on, and Ray Data records each run's library usage for them in an
+    # extra actor per job. RAY_USAGE_STATS_ENABLED=1 in the environment opts back in.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -296,7 +304,8 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
             # interrupted run keeps every shard finished before it, and no group-by shuffle is paid.
             left = {s.index: len(s.items) for s in todo}
             bufs = {}
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+            for batch in _closing(batches):
                 shard_of = np.asarray(batch["shard"], np.int64)
                 pos_b, err_b = np.asarray(batch["pos"], np.int64), np.asarray(batch["error"], str)
                 img_b, txt_b = np.stack(batch["image_emb"]), np.stack(batch["text_emb"])
@@ -316,6 +325,18 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
     finally:
         if started:
             ray.shutdown()
+
+
+def _closing(gen):
+    """Iterate ``gen`` and close it on the way out, also on an error or Ctrl-C: closing Ray Data's
+    batch iterator stops the pipeline at once (its tasks and actors) instead of whenever the
+    iterator is garbage-collected."""
+    try:
+        yield from gen
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
 
 
 def _blank():

@@ -252,6 +252,7 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
     (tmp_path / "pairs").symlink_to(pairs_dir)
     pairs = embed.TablePairs("pairs/captions.csv", "pairs/images")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as `embed --offline` sets it
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)  # (the local tests' ray.init set it to 0)
 
     ray.init(address=address, runtime_env=embed_ray.runtime_env(), logging_level=logging.ERROR,
              log_to_driver=False)
@@ -295,6 +296,12 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
 
     embed_jobs = (jobs_on(0) | jobs_on(1)) - {probe_job, "ffffffff"}  # ffff...: started before any job
     assert len(embed_jobs) == 1 and embed_jobs <= jobs_on(0) and embed_jobs <= jobs_on(1), (jobs_on(0), jobs_on(1))
+    # no usage statistics from the job: Ray Data records them in a named actor on a cluster that
+    # allows them (as this one does for a driver that has not opted out), and embed_ray opts out
+    real_init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    ray.shutdown()
+    assert "DataUsageCollectionActor" not in named, named
 
     embed.embed(pairs, tmp_path / "local", _cfg(tiny_model), progress=False)
     a, b = _read(tmp_path / "ray"), _read(tmp_path / "local")
