@@ -150,8 +150,23 @@ def test_overview_renders_in_chromium(browser, app_url):
     assert "Overview" in text and "4,000" in text, text[-2000:]
 
 
-def test_map_renders_in_chromium(browser, app_url):
-    text = render(browser, f"{app_url}/map", "map", "Colour by")
+@pytest.fixture(scope="module")
+def map_page(browser, app_url):
+    """The Map page, open and drawn: one page load for the render check and the interactions after it."""
+    page = open_page(browser, f"{app_url}/map", height=1100)
+    try:
+        page.get_by_text("Colour by").first.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot .nsewdrag").first.wait_for(timeout=60_000)
+        settle(page)
+        yield page
+    finally:
+        page.close()
+
+
+def test_map_renders_in_chromium(map_page):
+    map_page.screenshot(path=str(ARTIFACTS / "map.png"), full_page=True)
+    assert not map_page.locator("[data-testid=stException]").count(), "the page shows an exception"
+    text = map_page.inner_text("body")
     assert "samples; heatmap of all" in text
     assert "Colour by" in text
 
@@ -163,25 +178,34 @@ def test_select_page_renders_in_chromium(browser, app_url):
 
 @pytest.mark.parametrize("page, wait_for", [("long_tail", "Rarest clusters"), ("confounders", "Stratify"),
                                             ("quality", "Reward model")])
-def test_other_pages_render_in_chromium(browser, app_url, page, wait_for):
-    text = render(browser, f"{app_url}/{page}", page, wait_for)
+def test_other_pages_render_in_chromium(browser, app_url, page, wait_for, request):
+    text = (request.getfixturevalue("quality_page") if page == "quality"
+            else render(browser, f"{app_url}/{page}", page, wait_for))
     assert wait_for in text
 
 
-def test_reward_model_section_in_chromium(browser, app_url):
-    """The Quality page's reward section: held-out r table and the reward histograms (screenshot)."""
+@pytest.fixture(scope="module")
+def quality_page(browser, app_url) -> str:
+    """The Quality page's text, opened once for the two checks that read it; screenshots of the
+    whole page and of its reward section (held-out r table and reward histograms)."""
     page = open_page(browser, f"{app_url}/quality")
     try:
-        head = page.get_by_text("Reward: fidelity (rating scale)").first
-        head.wait_for(timeout=60_000)
+        page.get_by_text("Reward model").first.wait_for(timeout=60_000)
+        page.get_by_text("Reward: fidelity (rating scale)").first.wait_for(timeout=60_000)
+        settle(page)
+        page.screenshot(path=str(ARTIFACTS / "quality.png"), full_page=True)
         page.get_by_text("Held-out Pearson r").first.scroll_into_view_if_needed()
         settle(page)
         page.screenshot(path=str(ARTIFACTS / "quality_reward.png"))
-        text = page.inner_text("body")
-        assert "by the newest model" in text and "Held-out Pearson r" in text
-        assert not page.locator("[data-testid=stException]").count()
+        assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
+        return page.inner_text("body")
     finally:
         page.close()
+
+
+def test_reward_model_section_in_chromium(quality_page):
+    """The Quality page's reward section: held-out r table and the reward histograms (screenshot)."""
+    assert "by the newest model" in quality_page and "Held-out Pearson r" in quality_page
 
 
 def _plot_point_xy(page):
@@ -204,48 +228,44 @@ def _plot_point_xy(page):
     }""")
 
 
-def test_map_zoom_click_inspect_lasso_exclude_in_chromium(browser, app_url):
+def test_map_zoom_click_inspect_lasso_exclude_in_chromium(map_page):
     """The map as a person uses it: scroll to zoom, click a point and read its neighbours in the
-    inspector, lasso a region and exclude it; screenshots of each state."""
-    page = open_page(browser, f"{app_url}/map", height=1100)
-    try:
-        page.locator(".js-plotly-plot .nsewdrag").first.wait_for(timeout=60_000)
-        settle(page)
-        plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
-        before = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
-        page.mouse.move(plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2)
-        # plotly applies a wheel zoom at once and reports it (plotly_relayout) a moment later
-        page.evaluate("() => { window.__zoomed = false; document.querySelector('.js-plotly-plot')"
-                      ".once('plotly_relayout', () => { window.__zoomed = true; }); }")
-        page.mouse.wheel(0, -400)  # zoom in
-        page.wait_for_function("() => window.__zoomed", timeout=10_000, polling=100)
-        after = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
-        assert after[1] - after[0] < before[1] - before[0], (before, after)
-        settle(page)
-        page.screenshot(path=str(ARTIFACTS / "map_zoomed.png"))
-        page.evaluate("() => Plotly.relayout(document.querySelector('.js-plotly-plot'), "
-                      "{'xaxis.autorange': true, 'yaxis.autorange': true})")  # (awaits the promise)
-        settle(page)
-        x, y = _plot_point_xy(page)
-        page.mouse.click(x, y)
-        page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
-        page.get_by_text("cosine 0.").nth(4).wait_for(timeout=60_000)  # five neighbours at least
-        settle(page)
-        page.screenshot(path=str(ARTIFACTS / "map_inspector.png"), full_page=True)
-        # lasso around the middle of the plot, with the toolbar's lasso tool
-        page.locator(".js-plotly-plot").first.hover()
-        page.locator('.modebar-btn[data-title="Lasso Select"]').first.click()
-        plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
-        cx, cy, r = plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2, plot["height"] / 4
-        page.mouse.move(cx - r, cy - r)
-        page.mouse.down()
-        for px, py in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
-            page.mouse.move(px, py, steps=8)
-        page.mouse.up()
-        page.get_by_text("samples in the region").first.wait_for(timeout=60_000)
-        page.get_by_role("button", name="Exclude this region from the subset").click()
-        page.get_by_text("Rule added: exclude").first.wait_for(timeout=60_000)
-        page.screenshot(path=str(ARTIFACTS / "map_region_excluded.png"), full_page=True)
-        assert not page.locator("[data-testid=stException]").count()
-    finally:
-        page.close()
+    inspector, lasso a region and exclude it; screenshots of each state. (Last in this file: it
+    changes the shared Map page.)"""
+    page = map_page
+    plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    before = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
+    page.mouse.move(plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2)
+    # plotly applies a wheel zoom at once and reports it (plotly_relayout) a moment later
+    page.evaluate("() => { window.__zoomed = false; document.querySelector('.js-plotly-plot')"
+                  ".once('plotly_relayout', () => { window.__zoomed = true; }); }")
+    page.mouse.wheel(0, -400)  # zoom in
+    page.wait_for_function("() => window.__zoomed", timeout=10_000, polling=100)
+    after = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()")
+    assert after[1] - after[0] < before[1] - before[0], (before, after)
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "map_zoomed.png"))
+    page.evaluate("() => Plotly.relayout(document.querySelector('.js-plotly-plot'), "
+                  "{'xaxis.autorange': true, 'yaxis.autorange': true})")  # (awaits the promise)
+    settle(page)
+    x, y = _plot_point_xy(page)
+    page.mouse.click(x, y)
+    page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
+    page.get_by_text("cosine 0.").nth(4).wait_for(timeout=60_000)  # five neighbours at least
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "map_inspector.png"), full_page=True)
+    # lasso around the middle of the plot, with the toolbar's lasso tool
+    page.locator(".js-plotly-plot").first.hover()
+    page.locator('.modebar-btn[data-title="Lasso Select"]').first.click()
+    plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    cx, cy, r = plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2, plot["height"] / 4
+    page.mouse.move(cx - r, cy - r)
+    page.mouse.down()
+    for px, py in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
+        page.mouse.move(px, py, steps=8)
+    page.mouse.up()
+    page.get_by_text("samples in the region").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Exclude this region from the subset").click()
+    page.get_by_text("Rule added: exclude").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "map_region_excluded.png"), full_page=True)
+    assert not page.locator("[data-testid=stException]").count()
