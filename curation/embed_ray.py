@@ -17,15 +17,17 @@ only needs to be writable by the driver. Without ``--address`` a local Ray insta
 ``RAY_ADDRESS`` set), the driver's copy of the ``curation`` package travels to the workers in the job's
 ``runtime_env`` (:func:`runtime_env`): the nodes need the pinned requirements and Ray, not ``curation``.
 
-Ray's usage statistics are turned off for the driver (``RAY_USAGE_STATS_ENABLED=0`` unless the
-environment sets it): patient data projects send no usage statistics (a local instance started by
-``ray.init`` has them off anyway; a cluster's driver would otherwise record Ray Data usage for them).
+The job records no usage for Ray's usage statistics (``RAY_USAGE_STATS_ENABLED=0`` for the driver
+and in the runtime_env, unless the environment sets it): a local instance started by ``ray.init`` has
+them off anyway; a driver connected to a cluster would otherwise record Ray Data usage. Whether a
+cluster reports its own statistics is set where it starts (``ray start --disable-usage-stats``).
 
 ``ray`` is optional: nothing else in ``curation`` imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -45,9 +47,10 @@ FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _import_ray():
-    # No usage statistics leave this machine (the patient-data rule the app follows too): Ray's
-    # usage stats default to on, and Ray Data records each run's library usage for them in an
-    # extra actor per job. RAY_USAGE_STATS_ENABLED=1 in the environment opts back in.
+    # No usage records from this job (the patient-data rule the app follows too): a driver connected
+    # to a cluster otherwise has Ray Data record each run's library usage for Ray's usage statistics
+    # (an extra actor per job). RAY_USAGE_STATS_ENABLED=1 in the environment opts back in. Whether the
+    # cluster itself reports statistics is its own setting (`ray start --disable-usage-stats`).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -61,14 +64,15 @@ def _import_ray():
 def runtime_env() -> dict:
     """The Ray ``runtime_env`` that lets workers on other nodes run this job: this ``curation``
     package (the driver's copy, uploaded once and unpacked on each node, ahead of site-packages on the
-    workers' path) and the hub-offline variables the driver has set. Pass it to ``ray.init`` yourself
+    workers' path), the hub-offline variables the driver has set, and the usage-statistics opt-out. Pass it to ``ray.init`` yourself
     when you connect before calling :func:`embed_ray` (it then leaves your connection as it is)."""
     import curation
 
     env = {"py_modules": [str(Path(curation.__file__).resolve().parent)], "excludes": ["__pycache__"]}
     env_vars = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-    if env_vars:
-        env["env_vars"] = env_vars
+    # with Ray Client (ray://) the dataset executes on the cluster, not here: the usage opt-out goes too
+    env_vars["RAY_USAGE_STATS_ENABLED"] = os.environ.get("RAY_USAGE_STATS_ENABLED", "0")
+    env["env_vars"] = env_vars
     return env
 
 
@@ -109,6 +113,8 @@ class PilSteps:
             name = type(t).__name__
             if name == "Resize" and t.size is not None and t.interpolation in pil_modes_mapping:
                 size = [t.size] if isinstance(t.size, int) else list(t.size)
+                if t.max_size is not None and (len(size) != 1 or t.max_size <= size[0]):
+                    return None  # torchvision refuses these settings: its own Compose says how
                 steps.append(("resize", size, int(pil_modes_mapping[t.interpolation]), t.max_size))
             elif name == "CenterCrop":
                 steps.append(("crop", tuple(int(v) for v in t.size)))
@@ -148,8 +154,8 @@ class PilSteps:
     @staticmethod
     def _crop(img, crop_h, crop_w):
         w, h = img.size
-        if crop_w > w or crop_h > h:  # smaller than the crop: torchvision pads with zeros first
-            from torchvision.transforms import functional as F
+        if crop_w > w or crop_h > h:  # smaller than the crop: torchvision pads with zeros first (rare:
+            from torchvision.transforms import functional as F  # a resize to the crop size comes first)
 
             return F.center_crop(img, [crop_h, crop_w])
         top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
@@ -304,37 +310,45 @@ def embed_ray(pairs, out, cfg: E.EmbedConfig, *, address: str | None = None, con
             # interrupted run keeps every shard finished before it, and no group-by shuffle is paid.
             left = {s.index: len(s.items) for s in todo}
             bufs = {}
-            batches = ds.iter_batches(batch_size=None, batch_format="numpy")
-            for batch in _closing(batches):
-                shard_of = np.asarray(batch["shard"], np.int64)
-                pos_b, err_b = np.asarray(batch["pos"], np.int64), np.asarray(batch["error"], str)
-                img_b, txt_b = np.stack(batch["image_emb"]), np.stack(batch["text_emb"])
-                for idx in np.unique(shard_of).tolist():
-                    rows = np.flatnonzero(shard_of == idx)
-                    if idx not in bufs:
-                        bufs[idx] = E.new_buffer(len(by_index[idx].items), dim, cfg.out_dtype)
-                    img, txt, ok, skipped = bufs[idx]
-                    good, bad = rows[err_b[rows] == ""], rows[err_b[rows] != ""]
-                    img[pos_b[good]], txt[pos_b[good]], ok[pos_b[good]] = img_b[good], txt_b[good], True
-                    skipped.extend((int(pos_b[j]), str(err_b[j])) for j in bad)
-                    left[idx] -= len(rows)
-                    if not left[idx]:
-                        n_bad += E.flush_shard(pairs, by_index[idx], out, bufs.pop(idx))
-                        n_ok += int(ok.sum())
+            with _batches(ds) as batches:
+                for batch in batches:
+                    shard_of = np.asarray(batch["shard"], np.int64)
+                    pos_b, err_b = np.asarray(batch["pos"], np.int64), np.asarray(batch["error"], str)
+                    img_b, txt_b = np.stack(batch["image_emb"]), np.stack(batch["text_emb"])
+                    for idx in np.unique(shard_of).tolist():
+                        rows = np.flatnonzero(shard_of == idx)
+                        if idx not in bufs:
+                            bufs[idx] = E.new_buffer(len(by_index[idx].items), dim, cfg.out_dtype)
+                        img, txt, ok, skipped = bufs[idx]
+                        good, bad = rows[err_b[rows] == ""], rows[err_b[rows] != ""]
+                        img[pos_b[good]], txt[pos_b[good]], ok[pos_b[good]] = img_b[good], txt_b[good], True
+                        skipped.extend((int(pos_b[j]), str(err_b[j])) for j in bad)
+                        left[idx] -= len(rows)
+                        if not left[idx]:
+                            n_bad += E.flush_shard(pairs, by_index[idx], out, bufs.pop(idx))
+                            n_ok += int(ok.sum())
+            unfinished = sorted(i for i, n in left.items() if n)
+            if unfinished:  # Ray lost or repeated rows: nothing of those shards is written
+                raise CurationError(f"Ray returned the wrong number of rows for shard(s) {unfinished[:5]} "
+                                    f"({len(unfinished)} in all); they were not written. Fix: run the same "
+                                    "command again: finished shards are kept and these are redone.")
         return E.finish(pairs, out, cfg, record, n_ok, n_bad, time.time() - t0)
     finally:
         if started:
             ray.shutdown()
 
 
-def _closing(gen):
-    """Iterate ``gen`` and close it on the way out, also on an error or Ctrl-C: closing Ray Data's
-    batch iterator stops the pipeline at once (its tasks and actors) instead of whenever the
-    iterator is garbage-collected."""
+@contextlib.contextmanager
+def _batches(ds):
+    """Ray Data's batch iterator over ``ds`` (numpy, blocks as they come), closed on the way out,
+    also on an error or Ctrl-C: closing it stops the pipeline (its tasks and actors) at once instead
+    of whenever the iterator is garbage-collected. (``iter_batches`` returns an iterable without
+    ``close``; its iterator has one.)"""
+    it = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
     try:
-        yield from gen
+        yield it
     finally:
-        close = getattr(gen, "close", None)
+        close = getattr(it, "close", None)
         if close is not None:
             close()
 

@@ -171,7 +171,8 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
     root = store.image_root()
     # the root is resolved once and each path joined and normalised as text: resolving every file
     # (an lstat per path component) took 52 us a row against 1.5 us (4,000 demo rows: 210 ms vs
-    # 6 ms; about a minute per export at a million rows). An absolute path in the data is kept as it is.
+    # 6 ms; about a minute per export at a million rows). An absolute path in the data is only
+    # normalised; symlinks below the root are no longer resolved (the path still names the file).
     root = str(root.resolve()) if root is not None else None
     n = inp.n  # every analysis value the manifest carries is already in ``inp``
     frame = pd.DataFrame({

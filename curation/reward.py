@@ -127,52 +127,53 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     results, down = [], None
     # Ctrl-C sets an event instead of raising KeyboardInterrupt wherever the main thread happens to
     # be: raised inside a queue's lock it left that lock held, and the shutdown below then waited
-    # on it forever (the interrupt test hung once in a full-suite run). Only the main thread may install
-    # a handler (the app calls this from a script thread: there Ctrl-C is not ours to catch).
+    # on it forever (the interrupt test hung once in a full-suite run). The handler stays until the
+    # ratings are written, so a second Ctrl-C cannot cut the write short. Only the main thread may
+    # install one (the app calls this from a script thread: there Ctrl-C is not ours to catch), and an
+    # ignored SIGINT (nohup, a background job) stays ignored.
+    import signal
+
     interrupt = threading.Event()
-    old_handler = None
+    installed, old_handler = False, None
     if threading.current_thread() is threading.main_thread():
-        import signal
+        old_handler = signal.getsignal(signal.SIGINT)
+        if old_handler is not signal.SIG_IGN:
+            def on_sigint(signum, frame):
+                interrupt.set()
+                stop.set()
 
-        def on_sigint(signum, frame):
-            interrupt.set()
-            stop.set()
-
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+            signal.signal(signal.SIGINT, on_sigint)
+            installed = True
     try:
         with tqdm(total=len(rows), unit="pair", desc="rating", disable=not progress, file=sys.stderr) as bar:
             for t in threads:
                 t.start()
-            try:
-                while len(results) < len(rows) and not interrupt.is_set():
-                    try:
-                        r, res, err = results_q.get(timeout=0.2)
-                    except queue.Empty:
-                        if not any(t.is_alive() for t in threads) and results_q.empty():
-                            break
-                        continue
-                    if res is not None:
-                        results.append((r, res))
-                    down = down or err
-                    bar.update(1)
-            except KeyboardInterrupt:  # not the main thread's handler: an interrupt raised here
-                interrupt.set()
-                stop.set()
+            while len(results) < len(rows) and not interrupt.is_set():
+                try:
+                    r, res, err = results_q.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and results_q.empty():
+                        break
+                    continue
+                if res is not None:
+                    results.append((r, res))
+                down = down or err
+                bar.update(1)
+        while not results_q.empty():  # answers that arrived while stopping are kept too
+            r, res, err = results_q.get_nowait()
+            if res is not None:
+                results.append((r, res))
+            down = down or err
+        results.sort(key=lambda x: x[0])
+        created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        new = pd.DataFrame([{S.ROW: r, S.ID: samples[S.ID].iat[r], "source": f"mllm:{model}",
+                             "prompt_version": PROMPT_VERSION, "created": created, **res} for r, res in results])
+        if len(new):
+            _append_ratings(db, new)
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        if installed:  # (None: a handler not set from Python; Python's own stands in for it)
+            signal.signal(signal.SIGINT, old_handler if old_handler is not None else signal.default_int_handler)
     interrupted = interrupt.is_set()
-    while not results_q.empty():  # answers that arrived while stopping are kept too
-        r, res, err = results_q.get_nowait()
-        if res is not None:
-            results.append((r, res))
-        down = down or err
-    results.sort(key=lambda x: x[0])
-    created = time.strftime("%Y-%m-%dT%H:%M:%S")
-    new = pd.DataFrame([{S.ROW: r, S.ID: samples[S.ID].iat[r], "source": f"mllm:{model}",
-                         "prompt_version": PROMPT_VERSION, "created": created, **res} for r, res in results])
-    if len(new):
-        _append_ratings(db, new)
     if interrupted:
         log.warning("interrupted: %d ratings stored", len(new))
         raise KeyboardInterrupt

@@ -45,7 +45,7 @@ def pytest_configure(config):
     instance, one app server at a time). With pytest 9.2 and pytest-xdist 3.8 it silently does
     nothing (pytest-xdist#1386: xdist tags the old node id field): stop instead of running them
     side by side."""
-    if config.getvalue("dist") != "loadgroup" or os.environ.get("PYTEST_XDIST_WORKER"):
+    if config.getoption("dist", None) != "loadgroup" or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     import xdist
     from packaging.version import Version

@@ -92,8 +92,9 @@ _SETTLED = """() => !!document.querySelector('[data-testid=stApp][data-test-scri
 
 
 def settle(page) -> None:
-    """Wait until the page has settled (:data:`_SETTLED` holds on two checks 300 ms apart): the
-    screenshots then show finished charts, without a fixed sleep per page."""
+    """Wait until the page has settled: :data:`_SETTLED` holds, still holds 300 ms later, and again
+    300 ms after that (a rerun that starts in between is waited for). The screenshots then show
+    finished charts, without a fixed sleep per page."""
     for _ in range(2):
         page.wait_for_function(_SETTLED, timeout=60_000, polling=100)
         page.wait_for_timeout(300)

@@ -41,8 +41,12 @@ def test_parse_rating_is_strict(text, expected):
 
 
 def test_annotate_rates_stores_and_resumes(demo_copy):
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
     with FakeMLLM(lambda body, n: GOOD) as srv:
         counts = reward.annotate(demo_copy, srv.url, "fake-vlm", 12, progress=False)
+        assert signal.getsignal(signal.SIGINT) is before  # its Ctrl-C handler is gone again
         assert counts == {"rated": 12, "malformed": 0, "no_image": 0, "transport_error": 0, "total": 12}
         req = srv.requests[0]
         assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "fake-vlm"
