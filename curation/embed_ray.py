@@ -13,9 +13,10 @@ work is spread as a Ray Data pipeline:
    ``metadata_i.parquet`` (last). An interrupted run keeps every shard finished before it.
 
 The inputs and a ``local-dir:`` model must be paths every node sees (a shared filesystem); ``OUT``
-only needs to be writable by the driver. Without ``--address`` a local Ray instance is started (and stopped afterwards). With one (or
-``RAY_ADDRESS`` set), the driver's copy of the ``curation`` package travels to the workers in the job's
-``runtime_env`` (:func:`runtime_env`): the nodes need the pinned requirements and Ray, not ``curation``.
+only needs to be writable by the driver. Without ``--address`` a local Ray instance is started (and
+stopped afterwards). With one (or ``RAY_ADDRESS`` set), the driver's copy of the ``curation`` package
+travels to the workers in the job's ``runtime_env`` (:func:`runtime_env`): the nodes need the pinned
+requirements and Ray, not ``curation``.
 
 The job records no usage for Ray's usage statistics (``RAY_USAGE_STATS_ENABLED=0`` for the driver
 and in the runtime_env, unless the environment sets it): a local instance started by ``ray.init`` has
@@ -64,8 +65,9 @@ def _import_ray():
 def runtime_env() -> dict:
     """The Ray ``runtime_env`` that lets workers on other nodes run this job: this ``curation``
     package (the driver's copy, uploaded once and unpacked on each node, ahead of site-packages on the
-    workers' path), the hub-offline variables the driver has set, and the usage-statistics opt-out. Pass it to ``ray.init`` yourself
-    when you connect before calling :func:`embed_ray` (it then leaves your connection as it is)."""
+    workers' path), the hub-offline variables the driver has set, and the usage-statistics opt-out.
+    Pass it to ``ray.init`` yourself when you connect before calling :func:`embed_ray` (it then
+    leaves your connection as it is)."""
     import curation
 
     env = {"py_modules": [str(Path(curation.__file__).resolve().parent)], "excludes": ["__pycache__"]}

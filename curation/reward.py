@@ -173,8 +173,7 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     finally:
         if installed:  # (None: a handler not set from Python; Python's own stands in for it)
             signal.signal(signal.SIGINT, old_handler if old_handler is not None else signal.default_int_handler)
-    interrupted = interrupt.is_set()
-    if interrupted:
+    if interrupt.is_set():
         log.warning("interrupted: %d ratings stored", len(new))
         raise KeyboardInterrupt
     counts = {"rated": int((new["status"] == "ok").sum()) if len(new) else 0,

@@ -118,6 +118,10 @@ def open_page(browser, url: str, height: int = 1000):
     return page
 
 
+def assert_no_exception(page) -> None:
+    assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
+
+
 def render(browser, url: str, name: str, wait_for: str) -> str:
     """Open ``url``, wait until ``wait_for`` text shows and the page settles, save
     test-artifacts/<name>.png, return the text."""
@@ -126,7 +130,7 @@ def render(browser, url: str, name: str, wait_for: str) -> str:
         page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
         settle(page)
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-        assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
+        assert_no_exception(page)
         return page.inner_text("body")
     finally:
         page.close()
@@ -166,7 +170,7 @@ def map_page(browser, app_url):
 
 def test_map_renders_in_chromium(map_page):
     map_page.screenshot(path=str(ARTIFACTS / "map.png"), full_page=True)
-    assert not map_page.locator("[data-testid=stException]").count(), "the page shows an exception"
+    assert_no_exception(map_page)
     text = map_page.inner_text("body")
     assert "samples; heatmap of all" in text
     assert "Colour by" in text
@@ -198,7 +202,7 @@ def quality_page(browser, app_url) -> str:
         page.get_by_text("Held-out Pearson r").first.scroll_into_view_if_needed()
         settle(page)
         page.screenshot(path=str(ARTIFACTS / "quality_reward.png"))
-        assert not page.locator("[data-testid=stException]").count(), "the page shows an exception"
+        assert_no_exception(page)
         return page.inner_text("body")
     finally:
         page.close()
@@ -269,4 +273,4 @@ def test_map_zoom_click_inspect_lasso_exclude_in_chromium(map_page):
     page.get_by_role("button", name="Exclude this region from the subset").click()
     page.get_by_text("Rule added: exclude").first.wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "map_region_excluded.png"), full_page=True)
-    assert not page.locator("[data-testid=stException]").count()
+    assert_no_exception(page)
