@@ -125,6 +125,24 @@ class Store:
                                         f"writing it ({e}). Fix: wait for it to finish, then try again.") from e
                 raise CurationError(f"cannot open dataset {self.path}: {_first_line(e)}") from e
         self._meta: dict | None = None
+        self._catalog: dict[str, list[tuple[str, str]]] | None = None
+
+    def _columns_of(self) -> dict[str, list[tuple[str, str]]]:
+        """Table name -> [(column, duckdb type)] in column order, for the dataset's own tables.
+
+        One catalog query. A read-only handle keeps the answer for its lifetime: DuckDB's file lock
+        keeps writers out while it is open, so its catalog cannot change (an app rerun asked a dozen
+        times, 2-4 ms each). A writable handle asks again each time."""
+        if self._catalog is not None:
+            return self._catalog
+        cat: dict[str, list[tuple[str, str]]] = {}
+        for t, c, typ in self.con.execute(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
+                "AND database_name = current_database() ORDER BY table_name, column_index").fetchall():
+            cat.setdefault(t, []).append((c, typ))
+        if self.read_only:
+            self._catalog = cat
+        return cat
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -142,13 +160,11 @@ class Store:
 
     # -- metadata --------------------------------------------------------------------------
     def tables(self) -> list[str]:
-        rows = self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-        ).fetchall()
-        return sorted(r[0] for r in rows)
+        """Names of the dataset's tables (and views), sorted."""
+        return sorted(self._columns_of())
 
     def has_table(self, name: str) -> bool:
-        return name in self.tables()
+        return name in self._columns_of()
 
     @property
     def meta(self) -> dict:
@@ -199,18 +215,11 @@ class Store:
 
     def columns(self) -> list[tuple[str, str]]:
         """(name, duckdb type) of the samples table, ``row_idx`` left out."""
-        rows = self.con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = ? ORDER BY ordinal_position",
-            [S.SAMPLES],
-        ).fetchall()
-        return [(n, t) for n, t in rows if n != S.ROW]
+        return [(n, t) for n, t in self._columns_of().get(S.SAMPLES, []) if n != S.ROW]
 
     def table_columns(self, name: str) -> list[str]:
         """Column names of any table of the dataset ([] when it does not exist)."""
-        return [c for c, in self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-            [name]).fetchall()]
+        return [c for c, _ in self._columns_of().get(name, [])]
 
     def metadata_columns(self) -> list[str]:
         """Metadata columns (everything but id, image and caption)."""
@@ -281,12 +290,11 @@ class Store:
 
     def read_table(self, name: str, columns: Iterable[str] | None = None):
         """A derived table as a pandas DataFrame (ordered by row_idx when it has one)."""
-        if not self.has_table(name):
+        cat = self._columns_of()
+        if name not in cat:
             raise StateError(f"dataset {self.name} has no table {name!r}.")
         sel = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
-        cols = {n for n, in self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
-        ).fetchall()}
+        cols = {n for n, _ in cat[name]}
         order = f" ORDER BY {S.ROW}" if S.ROW in cols else ""
         return self.con.execute(f"SELECT {sel} FROM {quote_ident(name)}{order}").fetch_df()
 
