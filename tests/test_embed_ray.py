@@ -1,8 +1,9 @@
-"""`embed --backend ray`: a local Ray instance (2 cores) embeds the generated pairs with the tiny
-random model; the result equals the single-machine path (same ids and order after ingest, vectors
-within float tolerance), an interrupted run resumes, a clean run logs no error, a two-node cluster
-started here gives the same output with `curation` shipped to its workers, and a missing Ray is one
-clear error."""
+"""`embed --backend ray` on a Ray cluster of two nodes started here (two raylets, one CPU each),
+shared by the module's tests: embedding the generated pairs with the tiny random model gives the
+single-machine output (same ids and order after ingest, same vectors), an interrupted run resumes,
+a clean run logs no error, `curation` is shipped to the workers by the runtime_env, and a missing
+Ray is one clear error. (One cluster for every test: a second, local instance cost the suite about
+ten CPU-seconds of Ray processes for nothing the cluster does not also test.)"""
 
 import copy
 import logging
@@ -24,22 +25,17 @@ from curation import embed
 from curation.errors import CurationError
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test: one local instance at a time
-
-
-@pytest.fixture(scope="module")
-def _ray_module():
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test: one cluster at a time
 
 
 @pytest.fixture
-def ray_local(_ray_module):
-    """One local Ray instance shared by the module's tests (embed_ray leaves an instance it did not
-    start running); started again after the cluster test, which disconnects this process from it."""
+def ray_driver(cluster):
+    """This process connected to the module's cluster as a plain driver (no runtime_env: the
+    nodes share this machine and this environment), as a script calling embed_ray after its own
+    ``ray.init`` would be; embed_ray then uses that connection and leaves it open."""
+    address, _ = cluster
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
 
 
 #: an error-level line: Python logging's level name, or the ``E`` of Ray's C++ core ("[date time E pid tid]")
@@ -60,94 +56,6 @@ def _read(out):
     return ingest.read_clip_retrieval(out)
 
 
-def test_ray_equals_single_machine_and_resumes(ray_local, tiny_model, pairs_dir, tmp_path, capfd, monkeypatch):
-    from curation import embed_ray
-
-    pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
-    real_flush, flushed = embed.flush_shard, []
-
-    def flush_then_interrupt(*a, **kw):  # Ctrl-C in the driver right after its second shard is written
-        n = real_flush(*a, **kw)
-        flushed.append(a[1].index)
-        if len(flushed) == 2:
-            raise KeyboardInterrupt
-        return n
-
-    monkeypatch.setattr(embed, "flush_shard", flush_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False)
-    monkeypatch.setattr(embed, "flush_shard", real_flush)
-    kept = sorted((tmp_path / "ray" / "metadata").glob("*.parquet"))
-    assert [int(f.stem.split("_")[-1]) for f in kept] == sorted(flushed)  # both finished shards kept, no other
-    first = tmp_path / "ray" / "img_emb" / f"img_emb_{flushed[0]:05d}.npy"
-    stamp, done_before = first.stat().st_mtime_ns, sum(len(np.load(f)) for f in (tmp_path / "ray" / "img_emb").glob("*.npy"))
-    rec = embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False, concurrency=2)
-    assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
-    assert rec["embedded_last_run"] == N_PAIRS - done_before and first.stat().st_mtime_ns == stamp
-    assert dict(embed.skipped_report(tmp_path / "ray")).keys() == BAD.keys()
-    # a clean run logs no error (Ray core logged one about the model actors' constructor arguments,
-    # once per process: the first run of the module is where it showed)
-    out, err = capfd.readouterr()
-    assert not error_lines(out + err), error_lines(out + err)
-
-    embed.embed(pairs, tmp_path / "local", _cfg(tiny_model), progress=False)
-    a, b = _read(tmp_path / "ray"), _read(tmp_path / "local")
-    assert a.samples.equals(b.samples)
-    for kind in ("image", "text"):
-        np.testing.assert_allclose(a.vectors[kind].astype(np.float32), b.vectors[kind].astype(np.float32),
-                                   atol=2e-3)
-
-
-def test_ray_webdataset(ray_local, tiny_model, tar_dir, tmp_path):
-    from curation import embed_ray
-
-    cfg = _cfg(tiny_model, out_dtype="float32")
-    rec = embed_ray.embed_ray(embed.TarPairs([tar_dir]), tmp_path / "ray", cfg, progress=False)
-    assert rec["complete"] and rec["n_shards"] == 2 and rec["embedded"] == N_PAIRS and rec["skipped"] == 2
-    a = _read(tmp_path / "ray")
-    assert a.samples.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
-    # uint8 pixels through the object store, tensor steps in the actor: the same vectors as one machine
-    embed.embed(embed.TarPairs([tar_dir]), tmp_path / "local", cfg, progress=False)
-    b = _read(tmp_path / "local")
-    for kind in ("image", "text"):
-        np.testing.assert_allclose(a.vectors[kind], b.vectors[kind], atol=1e-5)
-
-
-def test_runtime_env_ships_the_package(monkeypatch):
-    import curation
-    from curation import embed_ray
-
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
-    env = embed_ray.runtime_env()
-    assert env["py_modules"] == [str(Path(curation.__file__).resolve().parent)]
-    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")  # the user's opt-in travels as it is
-    assert embed_ray.runtime_env()["env_vars"] == {"RAY_USAGE_STATS_ENABLED": "1"}
-
-
-def test_missing_ray_is_one_clear_error(monkeypatch, tiny_model, pairs_dir, tmp_path, run_cli):
-    monkeypatch.setitem(sys.modules, "ray", None)
-    code, _, err = run_cli("embed", tmp_path / "out", "--captions", pairs_dir / "captions.csv",
-                           "--image-root", pairs_dir / "images", "--model", tiny_model, "--backend", "ray")
-    assert code == 2 and "needs Ray" in err and "pip install" in err
-    code, _, err = run_cli("embed", tmp_path / "out", "--captions", pairs_dir / "captions.csv",
-                           "--image-root", pairs_dir / "images", "--model", tiny_model, "--address", "auto")
-    assert code == 2 and "--backend ray" in err
-
-
-def test_gpus_requested_on_a_cpu_cluster(ray_local, tiny_model, pairs_dir, tmp_path):
-    from curation import embed_ray
-
-    if ray.cluster_resources().get("GPU"):
-        pytest.skip("this cluster has GPUs")
-    pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
-    with pytest.raises(CurationError, match="has no GPUs"):
-        embed_ray.embed_ray(pairs, tmp_path / "o", _cfg(tiny_model), gpus_per_actor=1, progress=False)
-
-
 # --- a two-node cluster on this machine --------------------------------------------------------
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
@@ -159,14 +67,13 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture
-def two_nodes(_ray_module, monkeypatch):
+@pytest.fixture(scope="module")
+def cluster():
     """A Ray cluster of two nodes (two raylets, one CPU each), each a `ray start --block` process
     group of its own, run from its own empty folder with its own temp dir, no PYTHONPATH and no
-    hub-offline variables (the runtime_env is to bring those); this
-    process is disconnected from the module's local instance first. Yields (address, root): node i
-    keeps its files under root/t{i}. Stopped by killing those two process groups, not `ray stop`,
-    which would stop every Ray instance on the machine."""
+    hub-offline variables (the runtime_env is to bring those). Yields (address, root): node i
+    keeps its files under root/t{i}. Stopped at the end of the module by killing those two process
+    groups, not `ray stop`, which would stop every Ray instance on the machine."""
     if ray.is_initialized():
         ray.shutdown()
     # short: Ray's unix sockets live under the temp dir (paths are limited to 107 characters)
@@ -180,7 +87,7 @@ def two_nodes(_ray_module, monkeypatch):
         env["RAY_AUTH_MODE"] = "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
     except ImportError:
         pass
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    saved_address = os.environ.pop("RAY_ADDRESS", None)
     ray_cli = Path(sys.executable).with_name("ray")
     procs, logs = [], []
 
@@ -227,10 +134,12 @@ def two_nodes(_ray_module, monkeypatch):
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+        if saved_address is not None:
+            os.environ["RAY_ADDRESS"] = saved_address
 
 
-@pytest.mark.xdist_group("ray-cluster")  # its own cluster: may run beside the local-Ray tests on the other worker
-def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir, tmp_path, monkeypatch, capfd):
+# First: it checks the jobs and named actors on the fresh cluster.
+def test_two_node_cluster_equals_single_machine(cluster, tiny_model, pairs_dir, tmp_path, monkeypatch, capfd):
     """`embed_ray(address=...)` on a cluster of two raylets gives the single-machine output exactly.
 
     Proven: embed_ray connects with its runtime_env; under that runtime_env a worker on the second
@@ -247,7 +156,9 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
 
     from curation import embed_ray
 
-    address, root = two_nodes
+    address, root = cluster
+    if ray.is_initialized():  # a driver of its own, connected with embed_ray's runtime_env
+        ray.shutdown()
     # this process's working directory goes onto every worker's path: make it one without `curation`,
     # and give the inputs relative to it
     monkeypatch.chdir(tmp_path)
@@ -278,7 +189,14 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
     folders = sorted(str(Path(f).relative_to(root)).split(os.sep)[0] for f in files.values())
     assert folders == ["t0", "t1"], files  # each node its own unpacked copy
     assert all("runtime_resources" in f for f in files.values()), files
+    named_before = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert "DataUsageCollectionActor" not in named_before, named_before  # (else the check below proves nothing)
     ray.shutdown()
+
+    def jobs_on(i):  # jobs with workers on node i: Ray names their logs worker-<worker>-<job>-<pid>.out
+        return {f.name.split("-")[2] for f in (root / f"t{i}").glob("session_2*/logs/worker-*.out")}
+
+    jobs_before = jobs_on(0) | jobs_on(1)
 
     inits = []
     real_init = ray.init
@@ -293,10 +211,7 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
     assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
     assert rec["ray_address"] == address and rec["backend"] == "ray"
 
-    def jobs_on(i):  # jobs with workers on node i: Ray names their logs worker-<worker>-<job>-<pid>.out
-        return {f.name.split("-")[2] for f in (root / f"t{i}").glob("session_2*/logs/worker-*.out")}
-
-    embed_jobs = (jobs_on(0) | jobs_on(1)) - {probe_job, "ffffffff"}  # ffff...: started before any job
+    embed_jobs = (jobs_on(0) | jobs_on(1)) - jobs_before - {probe_job, "ffffffff"}  # ffff...: started before any job
     assert len(embed_jobs) == 1 and embed_jobs <= jobs_on(0) and embed_jobs <= jobs_on(1), (jobs_on(0), jobs_on(1))
     # no usage statistics from the job: Ray Data records them in a named actor on a cluster that
     # allows them (as this one does for a driver that has not opted out), and embed_ray opts out
@@ -311,6 +226,95 @@ def test_two_node_cluster_equals_single_machine(two_nodes, tiny_model, pairs_dir
     for kind in ("image", "text"):
         np.testing.assert_array_equal(a.vectors[kind], b.vectors[kind])
     assert embed.skipped_report(tmp_path / "ray") == embed.skipped_report(tmp_path / "local")
+
+
+# --- the same cluster, this process connected as a plain driver -------------------------------
+def test_ray_equals_single_machine_and_resumes(ray_driver, tiny_model, pairs_dir, tmp_path, capfd, monkeypatch):
+    from curation import embed_ray
+
+    pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
+    real_flush, flushed = embed.flush_shard, []
+
+    def flush_then_interrupt(*a, **kw):  # Ctrl-C in the driver right after its second shard is written
+        n = real_flush(*a, **kw)
+        flushed.append(a[1].index)
+        if len(flushed) == 2:
+            raise KeyboardInterrupt
+        return n
+
+    monkeypatch.setattr(embed, "flush_shard", flush_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False)
+    monkeypatch.setattr(embed, "flush_shard", real_flush)
+    kept = sorted((tmp_path / "ray" / "metadata").glob("*.parquet"))
+    assert [int(f.stem.split("_")[-1]) for f in kept] == sorted(flushed)  # both finished shards kept, no other
+    first = tmp_path / "ray" / "img_emb" / f"img_emb_{flushed[0]:05d}.npy"
+    stamp, done_before = first.stat().st_mtime_ns, sum(len(np.load(f)) for f in (tmp_path / "ray" / "img_emb").glob("*.npy"))
+    rec = embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False, concurrency=2)
+    assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
+    assert rec["embedded_last_run"] == N_PAIRS - done_before and first.stat().st_mtime_ns == stamp
+    assert dict(embed.skipped_report(tmp_path / "ray")).keys() == BAD.keys()
+    # a clean run logs no error (Ray core logged one about the model actors' constructor arguments,
+    # once per process: the first run of the module is where it showed)
+    out, err = capfd.readouterr()
+    assert not error_lines(out + err), error_lines(out + err)
+
+    embed.embed(pairs, tmp_path / "local", _cfg(tiny_model), progress=False)
+    a, b = _read(tmp_path / "ray"), _read(tmp_path / "local")
+    assert a.samples.equals(b.samples)
+    for kind in ("image", "text"):
+        np.testing.assert_allclose(a.vectors[kind].astype(np.float32), b.vectors[kind].astype(np.float32),
+                                   atol=2e-3)
+
+
+def test_ray_webdataset(ray_driver, tiny_model, tar_dir, tmp_path):
+    from curation import embed_ray
+
+    cfg = _cfg(tiny_model, out_dtype="float32")
+    rec = embed_ray.embed_ray(embed.TarPairs([tar_dir]), tmp_path / "ray", cfg, progress=False)
+    assert rec["complete"] and rec["n_shards"] == 2 and rec["embedded"] == N_PAIRS and rec["skipped"] == 2
+    a = _read(tmp_path / "ray")
+    assert a.samples.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
+    # uint8 pixels through the object store, tensor steps in the actor: the same vectors as one machine
+    embed.embed(embed.TarPairs([tar_dir]), tmp_path / "local", cfg, progress=False)
+    b = _read(tmp_path / "local")
+    for kind in ("image", "text"):
+        np.testing.assert_allclose(a.vectors[kind], b.vectors[kind], atol=1e-5)
+
+
+def test_runtime_env_ships_the_package(monkeypatch):
+    import curation
+    from curation import embed_ray
+
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    env = embed_ray.runtime_env()
+    assert env["py_modules"] == [str(Path(curation.__file__).resolve().parent)]
+    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")  # the user's opt-in travels as it is
+    assert embed_ray.runtime_env()["env_vars"] == {"RAY_USAGE_STATS_ENABLED": "1"}
+
+
+def test_missing_ray_is_one_clear_error(monkeypatch, tiny_model, pairs_dir, tmp_path, run_cli):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, _, err = run_cli("embed", tmp_path / "out", "--captions", pairs_dir / "captions.csv",
+                           "--image-root", pairs_dir / "images", "--model", tiny_model, "--backend", "ray")
+    assert code == 2 and "needs Ray" in err and "pip install" in err
+    code, _, err = run_cli("embed", tmp_path / "out", "--captions", pairs_dir / "captions.csv",
+                           "--image-root", pairs_dir / "images", "--model", tiny_model, "--address", "auto")
+    assert code == 2 and "--backend ray" in err
+
+
+def test_gpus_requested_on_a_cpu_cluster(ray_driver, tiny_model, pairs_dir, tmp_path):
+    from curation import embed_ray
+
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has GPUs")
+    pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
+    with pytest.raises(CurationError, match="has no GPUs"):
+        embed_ray.embed_ray(pairs, tmp_path / "o", _cfg(tiny_model), gpus_per_actor=1, progress=False)
 
 
 # --- the read tasks' PIL side without torch ----------------------------------------------------
