@@ -159,6 +159,32 @@ def analyzed_copy(analyzed_db, tmp_path) -> Path:
     return _private_copy(analyzed_db, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def _app_data_module(analyzed_db, tmp_path_factory):
+    d = tmp_path_factory.mktemp("app-data")
+    shutil.copy(analyzed_db, d / "demo.duckdb")
+    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
+    before = _sha256(d / "demo.duckdb")
+    yield d
+    assert _sha256(d / "demo.duckdb") == before, ("a test given read_only_app_data changed the dataset: "
+                                                  "give it data_dir (a private copy) instead")
+
+
+@pytest.fixture
+def read_only_app_data(_app_data_module, monkeypatch) -> Path:
+    """The app's data folder with the analysed demo, shared by a module's tests that only read it
+    (the app's caches then serve them all, as they serve every session of one server); checked
+    unchanged at the end of the module. A test that writes takes ``data_dir``, its own copy."""
+    monkeypatch.setenv("CURATION_DATA_DIR", str(_app_data_module))
+    return _app_data_module
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # --- embedding inputs: a tiny random open_clip model and a few dozen generated pairs ------------
 N_PAIRS = 36
 BAD = {"corrupt": "not a readable image", "missing": "is missing", "escape": "leaves the dataset's image root",

@@ -45,7 +45,7 @@ def _metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
-def test_overview_shows_the_demo_summary(data_dir):
+def test_overview_shows_the_demo_summary(read_only_app_data):
     at = _app()
     assert at.title[0].value == "Overview"
     assert [m.value for m in at.metric][:3] == ["4,000", "64", "64"]
@@ -55,7 +55,7 @@ def test_overview_shows_the_demo_summary(data_dir):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_every_page_renders(data_dir, page):
+def test_every_page_renders(read_only_app_data, page):
     at = _app(page)
     assert not at.error, [e.value for e in at.error]
     if page == "pages/map.py":
@@ -69,14 +69,14 @@ def _inputs(db):
         return selection.load_inputs(s, analysis.latest_run(s))
 
 
-def test_select_page_counts_match_select(data_dir):
+def test_select_page_counts_match_select(read_only_app_data):
     at = _app("pages/select.py")
     at.slider(key="sel_budget").set_value(0.1).run()
     at.multiselect(key="sel_confounders").set_value(["site"]).run()
     at.selectbox(key="sel_mode").set_value("balanced").run()
     at.slider(key="sel_gate_fidelity").set_value(0.9).run()
     assert not at.exception
-    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(
+    res = selection.select(_inputs(read_only_app_data / "demo.duckdb"), SelectionConfig(
         budget=0.1, confounders=("site",), mode="balanced", gates=(Gate("fidelity", top_q=0.9),)))
     assert _metric(at, "Selected") == f"{len(res.selected):,}" == "400"
     assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
@@ -98,7 +98,7 @@ def test_export_from_the_page_equals_the_cli(data_dir, run_cli, tmp_path):
     assert sha(page_file) == sha(tmp_path / "cli.parquet")
 
 
-def test_url_state_is_restored(data_dir):
+def test_url_state_is_restored(read_only_app_data):
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["budget"] = "0.05"
     at.query_params["mode"] = "tempered"
@@ -108,7 +108,7 @@ def test_url_state_is_restored(data_dir):
     assert _metric(at, "Selected") == "200"
 
 
-def test_a_config_that_selects_nothing_is_a_message(data_dir):
+def test_a_config_that_selects_nothing_is_a_message(read_only_app_data):
     at = _app("pages/select.py")
     at.selectbox(key="sel_filter_col").set_value("age").run()
     at.selectbox(key="sel_filter_op").set_value(">").run()

@@ -30,7 +30,7 @@ def _inputs(db):
         return selection.load_inputs(s)
 
 
-def test_knobs_and_url_survive_every_page(data_dir):
+def test_knobs_and_url_survive_every_page(read_only_app_data):
     at = _app("pages/select.py")
     at.slider(key="sel_budget").set_value(0.4).run()
     at.selectbox(key="sel_mode").set_value("balanced").run()
@@ -50,14 +50,14 @@ def test_knobs_and_url_survive_every_page(data_dir):
     assert _metric(at, "Selected") == "1,600"
 
 
-def test_strata_from_confounders_and_gate_from_quality_reach_select(data_dir):
+def test_strata_from_confounders_and_gate_from_quality_reach_select(read_only_app_data):
     at = _app("pages/confounders.py")
     at.multiselect(key="sel_confounders").set_value(["scanner"]).run()
     at.switch_page("pages/quality.py").run()
     at.slider(key="sel_gate_fidelity").set_value(0.5).run()
     at.switch_page("pages/select.py").run()
     assert not at.exception
-    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(
+    res = selection.select(_inputs(read_only_app_data / "demo.duckdb"), SelectionConfig(
         confounders=("scanner",), gates=(Gate("fidelity", top_q=0.5),)))
     assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
     assert at.multiselect(key="sel_confounders").value == ["scanner"]
@@ -71,7 +71,7 @@ def test_strata_from_confounders_and_gate_from_quality_reach_select(data_dir):
     ("gate_nosuch", "0.5"), ("filter_col", "nosuch"), ("filter_op", "~"), ("confounders", "nosuch"),
     ("seed", "x"), ("seed", "-3"),
 ])
-def test_junk_url_values_are_notices_not_tracebacks(data_dir, name, value):
+def test_junk_url_values_are_notices_not_tracebacks(read_only_app_data, name, value):
     at = _app(None, {name: value})  # the notice shows on the page the link opens
     assert not at.exception
     notices = [w.value for w in at.warning]
@@ -85,14 +85,14 @@ def test_junk_url_values_are_notices_not_tracebacks(data_dir, name, value):
 @pytest.mark.parametrize("name, value, widget, shown", [
     ("budget", "5", "number_input", 5), ("budget", "0.00001", "slider", 0.01), ("dedup_eps", "0.9", "number_input", 0.9),
 ])
-def test_valid_url_values_are_kept_as_given(data_dir, name, value, widget, shown):
+def test_valid_url_values_are_kept_as_given(read_only_app_data, name, value, widget, shown):
     at = _app("pages/select.py", {name: value})
     assert not at.exception
     got = getattr(at, widget)(key=f"sel_{name}").value
     assert got == pytest.approx(shown)
 
 
-def test_budget_as_a_count(data_dir):
+def test_budget_as_a_count(read_only_app_data):
     at = _app("pages/select.py")
     at.radio(key="sel_budget_unit").set_value("count").run()
     assert at.number_input(key="sel_budget").value == 1000  # 0.25 of 4,000, converted
@@ -103,7 +103,7 @@ def test_budget_as_a_count(data_dir):
     assert at.number_input(key="sel_budget").value == 123 and _metric(at, "Selected") == "123"
 
 
-def test_an_incomplete_filter_is_a_hint_not_an_error(data_dir):
+def test_an_incomplete_filter_is_a_hint_not_an_error(read_only_app_data):
     at = _app("pages/select.py")
     at.selectbox(key="sel_filter_col").set_value("age").run()
     assert not at.exception and not at.error
@@ -111,12 +111,12 @@ def test_an_incomplete_filter_is_a_hint_not_an_error(data_dir):
     assert any("Filter not applied yet" in c.value for c in at.caption)
     at.text_input(key="sel_filter_value").set_value("40").run()
     at.selectbox(key="sel_filter_op").set_value(">=").run()
-    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(
+    res = selection.select(_inputs(read_only_app_data / "demo.duckdb"), SelectionConfig(
         filters=(selection.Filter("age", ">=", 40),)))
     assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}"
 
 
-def test_two_sessions_interleaved_get_their_own_results(data_dir):
+def test_two_sessions_interleaved_get_their_own_results(read_only_app_data):
     """Two sessions changing knobs in turn share the cached inputs but never each other's state.
     (Interleaved, not in threads: AppTest installs one process-wide mock runtime per run and
     removes it afterwards, so two AppTests cannot run at the same instant; the threaded case is
@@ -132,14 +132,14 @@ def test_two_sessions_interleaved_get_their_own_results(data_dir):
     assert a.selectbox(key="sel_mode").value == "proportional" and b.selectbox(key="sel_mode").value == "balanced"
 
 
-def test_shared_inputs_and_impact_serve_threads_at_once(data_dir):
+def test_shared_inputs_and_impact_serve_threads_at_once(read_only_app_data):
     """What the app shares between sessions (SelectionInputs, ImpactContext) is read by many
     threads at once, each with its own SelectionCache: every thread gets the sequential answer."""
     from concurrent.futures import ThreadPoolExecutor
 
     from curation.metrics import ImpactContext
 
-    inp = _inputs(data_dir / "demo.duckdb")
+    inp = _inputs(read_only_app_data / "demo.duckdb")
     ctx = ImpactContext(inp, columns=("site",), label="finding")
     cfgs = [SelectionConfig(budget=b, confounders=c, mode=m, dedup_eps=e)
             for b in (0.1, 0.3) for c in ((), ("site",)) for m in ("proportional", "balanced") for e in (0.05, 0.1)]
@@ -166,9 +166,13 @@ def test_shared_inputs_and_impact_serve_threads_at_once(data_dir):
 HOSTILE = "![x](http://127.0.0.1:8999/a) <img src=x onerror=alert(1)> **bold** :red[r]"
 
 
-@pytest.fixture
-def hostile_dir(tmp_path, monkeypatch, run_cli):
-    """A dataset whose ids, image paths, model names and a column name are Markdown/HTML."""
+@pytest.fixture(scope="module")
+def _hostile_module(tmp_path_factory):
+    """A dataset whose ids, image paths, model names and a column name are Markdown/HTML (built
+    once for the module: the tests only read it)."""
+    from curation.cli import main
+
+    tmp_path = tmp_path_factory.mktemp("hostile")
     rng = np.random.default_rng(0)
     n = 240
     d = tmp_path / "data"
@@ -183,13 +187,18 @@ def hostile_dir(tmp_path, monkeypatch, run_cli):
     np.save(tmp_path / "img.npy", img.astype(np.float32))
     np.save(tmp_path / "txt.npy", (img + 0.3 * rng.normal(size=(n, 16))).astype(np.float32))
     db = d / "demo.duckdb"
-    code, _, err = run_cli("ingest", db, "--metadata", tmp_path / "meta.csv", "--image-emb", tmp_path / "img.npy",
-                           "--text-emb", tmp_path / "txt.npy", "--shared-space", "--image-model", HOSTILE,
-                           "--text-model", HOSTILE)
-    assert code == 0, err
+    code = main([str(a) for a in ("ingest", db, "--metadata", tmp_path / "meta.csv", "--image-emb",
+                                  tmp_path / "img.npy", "--text-emb", tmp_path / "txt.npy", "--shared-space",
+                                  "--image-model", HOSTILE, "--text-model", HOSTILE)])
+    assert code == 0
     analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density", "quality", "confounders"])
-    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def hostile_dir(_hostile_module, monkeypatch):
+    monkeypatch.setenv("CURATION_DATA_DIR", str(_hostile_module))
+    return _hostile_module
 
 
 def _markdown_values(at):
@@ -225,10 +234,10 @@ def test_run_analysis_button_runs_in_the_background(data_dir):
         assert len(s.runs("analysis")) == 1  # the stored run was reused: no second row
 
 
-def test_inspector_shows_the_stored_neighbours(data_dir):
+def test_inspector_shows_the_stored_neighbours(read_only_app_data):
     from curation import analysis
 
-    with store.open_store(data_dir / "demo.duckdb") as s:
+    with store.open_store(read_only_app_data / "demo.duckdb") as s:
         nbr, _ = analysis.load_knn(s, analysis.latest_run(s))
         ids = s.samples(["id"])["id"].tolist()
     at = _app("pages/map.py")
@@ -263,17 +272,17 @@ def test_search_on_the_map_excludes_hits_from_the_subset(data_dir):
     assert _metric(at, "Selected") == "1,000" and not [t for t in at.text if t.value.startswith("exclude set")]
 
 
-def test_excluding_a_cluster_on_long_tail_reaches_select(data_dir):
+def test_excluding_a_cluster_on_long_tail_reaches_select(read_only_app_data):
     at = _app("pages/long_tail.py")
     rare = [b.key for b in at.button if b.key and b.key.startswith("lt_excl_")]
     at.button(key=rare[0]).click().run()
     c = int(rare[0].split("_")[-1])
     at.switch_page("pages/select.py").run()
-    res = selection.select(_inputs(data_dir / "demo.duckdb"), SelectionConfig(exclude_clusters=(c,)))
+    res = selection.select(_inputs(read_only_app_data / "demo.duckdb"), SelectionConfig(exclude_clusters=(c,)))
     assert _metric(at, "Eligible") == f"{res.summary['eligible']:,}" and _qp(at, "exclude_clusters") == str(c)
 
 
-def test_duplicate_groups_show_the_cosine_to_the_kept_sample(data_dir):
+def test_duplicate_groups_show_the_cosine_to_the_kept_sample(read_only_app_data):
     at = _app("pages/quality.py")
     assert not at.exception
     shown = [t.value for t in at.text if t.value.startswith("dropped: cosine ")]
