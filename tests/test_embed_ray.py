@@ -1,9 +1,10 @@
 """`embed --backend ray` on a Ray cluster of two nodes started here (two raylets, one CPU each),
-shared by the module's tests: embedding the generated pairs with the tiny random model gives the
-single-machine output (same ids and order after ingest, same vectors), an interrupted run resumes,
-a clean run logs no error, `curation` is shipped to the workers by the runtime_env, and a missing
-Ray is one clear error. (One cluster for every test: a second, local instance cost the suite about
-ten CPU-seconds of Ray processes for nothing the cluster does not also test.)"""
+shared by the module's tests: the generated pairs (a table, through the runtime_env) and the
+WebDataset tars (a plain driver, interrupted and resumed) embedded with the tiny random model give
+the single-machine output (same ids and order after ingest, same vectors), an interrupted run
+resumes, a clean run logs no error, `curation` is shipped to the workers by the runtime_env, and a
+missing Ray is one clear error. One cluster for every test: a second, local instance cost the suite
+about ten CPU-seconds of Ray processes for nothing the cluster does not also test."""
 
 import copy
 import logging
@@ -229,55 +230,64 @@ def test_two_node_cluster_equals_single_machine(cluster, tiny_model, pairs_dir, 
 
 
 # --- the same cluster, this process connected as a plain driver -------------------------------
-def test_ray_equals_single_machine_and_resumes(ray_driver, tiny_model, pairs_dir, tmp_path, capfd, monkeypatch):
+_TAR_RUNS: dict = {}
+
+
+def tar_runs(tiny_model, tar_dir, tmp_path_factory) -> dict:
+    """Ray on the two WebDataset tars, stopped by Ctrl-C in the driver right after its first shard
+    is written, then run again to the end; and the single-machine run of the same tars. Done once
+    for the two tests below that read it (the first to ask runs it, inside its own output capture):
+    each Ray run starts a model actor, which imports torch and open_clip (about 8 CPU-seconds)."""
+    if _TAR_RUNS:
+        return _TAR_RUNS
     from curation import embed_ray
 
-    pairs = embed.TablePairs(pairs_dir / "captions.csv", pairs_dir / "images")
+    out, pairs = tmp_path_factory.mktemp("ray-tars"), embed.TarPairs([tar_dir])
+    cfg = _cfg(tiny_model, out_dtype="float32")
     real_flush, flushed = embed.flush_shard, []
 
-    def flush_then_interrupt(*a, **kw):  # Ctrl-C in the driver right after its second shard is written
+    def flush_then_interrupt(*a, **kw):
         n = real_flush(*a, **kw)
         flushed.append(a[1].index)
-        if len(flushed) == 2:
-            raise KeyboardInterrupt
-        return n
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(embed, "flush_shard", flush_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False)
-    monkeypatch.setattr(embed, "flush_shard", real_flush)
-    kept = sorted((tmp_path / "ray" / "metadata").glob("*.parquet"))
-    assert [int(f.stem.split("_")[-1]) for f in kept] == sorted(flushed)  # both finished shards kept, no other
-    first = tmp_path / "ray" / "img_emb" / f"img_emb_{flushed[0]:05d}.npy"
-    stamp, done_before = first.stat().st_mtime_ns, sum(len(np.load(f)) for f in (tmp_path / "ray" / "img_emb").glob("*.npy"))
-    rec = embed_ray.embed_ray(pairs, tmp_path / "ray", _cfg(tiny_model), progress=False, concurrency=2)
-    assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == len(BAD)
-    assert rec["embedded_last_run"] == N_PAIRS - done_before and first.stat().st_mtime_ns == stamp
-    assert dict(embed.skipped_report(tmp_path / "ray")).keys() == BAD.keys()
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(embed, "flush_shard", flush_then_interrupt)
+        embed_ray.embed_ray(pairs, out / "ray", cfg, progress=False)
+    kept = [int(f.stem.split("_")[-1]) for f in sorted((out / "ray" / "metadata").glob("*.parquet"))]
+    first = out / "ray" / "img_emb" / f"img_emb_{flushed[0]:05d}.npy"
+    stamp = first.stat().st_mtime_ns
+    done_before = sum(len(np.load(f)) for f in (out / "ray" / "img_emb").glob("*.npy"))
+    rec = embed_ray.embed_ray(pairs, out / "ray", cfg, progress=False, concurrency=2)
+    embed.embed(pairs, out / "local", cfg, progress=False)
+    _TAR_RUNS.update(flushed=flushed, kept=kept, first=first, stamp=stamp, done_before=done_before, rec=rec,
+                     ray=out / "ray", local=out / "local")
+    return _TAR_RUNS
+
+
+def test_ray_equals_single_machine_and_resumes(ray_driver, tiny_model, tar_dir, tmp_path_factory, capfd):
+    capfd.readouterr()
+    r = tar_runs(tiny_model, tar_dir, tmp_path_factory)
     # a clean run logs no error (Ray core logged one about the model actors' constructor arguments,
     # once per process: the first run of the module is where it showed)
     out, err = capfd.readouterr()
     assert not error_lines(out + err), error_lines(out + err)
-
-    embed.embed(pairs, tmp_path / "local", _cfg(tiny_model), progress=False)
-    a, b = _read(tmp_path / "ray"), _read(tmp_path / "local")
+    assert r["kept"] == r["flushed"] and len(r["flushed"]) == 1  # the finished shard kept, no other
+    rec = r["rec"]
+    assert rec["complete"] and rec["embedded"] == N_PAIRS and rec["skipped"] == 2
+    # the second run embedded only what the first had not written, and left the finished shard alone
+    assert rec["embedded_last_run"] == N_PAIRS - r["done_before"] and r["first"].stat().st_mtime_ns == r["stamp"]
+    assert embed.skipped_report(r["ray"]) == embed.skipped_report(r["local"])
+    a, b = _read(r["ray"]), _read(r["local"])
     assert a.samples.equals(b.samples)
-    for kind in ("image", "text"):
-        np.testing.assert_allclose(a.vectors[kind].astype(np.float32), b.vectors[kind].astype(np.float32),
-                                   atol=2e-3)
 
 
-def test_ray_webdataset(ray_driver, tiny_model, tar_dir, tmp_path):
-    from curation import embed_ray
-
-    cfg = _cfg(tiny_model, out_dtype="float32")
-    rec = embed_ray.embed_ray(embed.TarPairs([tar_dir]), tmp_path / "ray", cfg, progress=False)
-    assert rec["complete"] and rec["n_shards"] == 2 and rec["embedded"] == N_PAIRS and rec["skipped"] == 2
-    a = _read(tmp_path / "ray")
+def test_ray_webdataset(ray_driver, tiny_model, tar_dir, tmp_path_factory):
+    r = tar_runs(tiny_model, tar_dir, tmp_path_factory)
+    assert r["rec"]["n_shards"] == 2 and r["rec"]["workers"] == 1  # (--concurrency 2 on 2 CPUs: one actor)
+    a, b = _read(r["ray"]), _read(r["local"])
     assert a.samples.column("id").to_pylist() == [f"p{i:03d}" for i in range(N_PAIRS)]
     # uint8 pixels through the object store, tensor steps in the actor: the same vectors as one machine
-    embed.embed(embed.TarPairs([tar_dir]), tmp_path / "local", cfg, progress=False)
-    b = _read(tmp_path / "local")
     for kind in ("image", "text"):
         np.testing.assert_allclose(a.vectors[kind], b.vectors[kind], atol=1e-5)
 
