@@ -75,6 +75,30 @@ def test_write_tables_is_atomic(tmp_path):
         assert not s.has_table("t2")
 
 
+def test_table_lookups_on_writable_and_read_only_handles(tmp_path):
+    """A writable handle sees its own new tables at once, and asking for a missing table inside its
+    write transaction does not abort it; a read-only handle answers the same, with column types."""
+    import pandas as pd
+
+    store.create_dataset(tmp_path / "d.duckdb", _samples(10), {"image": np.ones((10, 4), np.float32)})
+    with store.open_store(tmp_path / "d.duckdb", read_only=False) as s:
+        assert not s.has_table("t1") and s.table_columns("t1") == []
+        s.write_tables({"t1": pd.DataFrame({"x": [1, 2], "y": ["a", "b"]})})
+        assert s.has_table("t1") and s.table_columns("t1") == ["x", "y"]
+        asked = []
+        s._transaction(lambda: asked.append(s.has_table("nosuch")) or s._replace_tables(
+            {"t2": pd.DataFrame({"z": [3]})}))
+        assert asked == [False] and s.read_table("t2")["z"].tolist() == [3]
+    with store.open_store(tmp_path / "d.duckdb") as s:
+        for _ in range(2):  # the second answers come from the handle's memory: the same
+            assert s.has_table("t1") and s.has_table("t2") and not s.has_table("nosuch")
+            assert s.table_columns("t1") == ["x", "y"] and s.table_columns("nosuch") == []
+            assert [c for c, _ in s.columns()] == ["id", "site"] and dict(s.columns())["site"] == "VARCHAR"
+        with pytest.raises(StateError, match="no table 'nosuch'"):
+            s.read_table("nosuch")
+        assert s.read_table("t1")["y"].tolist() == ["a", "b"] and "t2" in s.tables()
+
+
 def test_read_only_store_refuses_writes(tmp_path):
     import pandas as pd
 
