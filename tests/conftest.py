@@ -41,8 +41,8 @@ def _component_scan_once():
 
 
 def pytest_configure(config):
-    """``--dist loadgroup`` keeps the tests marked ``xdist_group`` on one worker (one local Ray
-    instance, one app server at a time). With pytest 9.2 and pytest-xdist 3.8 it silently does
+    """``--dist loadgroup`` keeps the tests marked ``xdist_group`` on one worker (one Ray
+    cluster, one app server at a time). With pytest 9.2 and pytest-xdist 3.8 it silently does
     nothing (pytest-xdist#1386: xdist tags the old node id field): stop instead of running them
     side by side."""
     if config.getoption("dist", None) != "loadgroup" or os.environ.get("PYTEST_XDIST_WORKER"):
@@ -161,12 +161,10 @@ def analyzed_copy(analyzed_db, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def _app_data_module(analyzed_db, tmp_path_factory):
-    d = tmp_path_factory.mktemp("app-data")
-    shutil.copy(analyzed_db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
-    before = _sha256(d / "demo.duckdb")
-    yield d
-    assert _sha256(d / "demo.duckdb") == before, ("a test given read_only_app_data changed the dataset: "
+    db = _private_copy(analyzed_db, tmp_path_factory.mktemp("app-data"))
+    before = _sha256(db)
+    yield db.parent
+    assert _sha256(db) == before, ("a test given read_only_app_data changed the dataset: "
                                                   "give it data_dir (a private copy) instead")
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import _private_copy
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 #: Debian's chromium-headless-shell (the chromium source package's headless build: the same Blink
@@ -154,9 +156,7 @@ def test_deep_link_to_a_fresh_server_goes_through_the_entry_point(browser, app_u
     with contextlib.ExitStack() as stack:
         url = app_url
         if app_url.split("/")[2] in _VISITED:
-            shutil.copy(analyzed_db, tmp_path / "demo.duckdb")
-            (tmp_path / "demo_images").symlink_to(analyzed_db.parent / "demo_images")
-            url = stack.enter_context(_serve(tmp_path))
+            url = stack.enter_context(_serve(_private_copy(analyzed_db, tmp_path).parent))
         text = render(browser, f"{url}/quality?gate_fidelity=0.9", "deep_link_quality", "Image-text fidelity")
     assert "No dataset yet" not in text and "Select & export" in text and "Dataset" in text
 

@@ -166,7 +166,7 @@ def test_two_node_cluster_equals_single_machine(cluster, tiny_model, pairs_dir, 
     (tmp_path / "pairs").symlink_to(pairs_dir)
     pairs = embed.TablePairs("pairs/captions.csv", "pairs/images")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as `embed --offline` sets it
-    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)  # (the local tests' ray.init set it to 0)
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)  # (an earlier embed_ray set it to 0)
 
     ray.init(address=address, runtime_env=embed_ray.runtime_env(), logging_level=logging.ERROR,
              log_to_driver=False)
@@ -247,7 +247,7 @@ def tar_runs(tiny_model, tar_dir, tmp_path_factory) -> dict:
     real_flush, flushed = embed.flush_shard, []
 
     def flush_then_interrupt(*a, **kw):
-        n = real_flush(*a, **kw)
+        real_flush(*a, **kw)
         flushed.append(a[1].index)
         raise KeyboardInterrupt
 
