@@ -428,6 +428,11 @@ def _step_confounders(inp: _Inputs, prog) -> StepResult:
     cfg, n = inp.config, inp.n
     meta = inp.meta
     meta_cols = list(meta.columns)
+    if not meta_cols:  # an id + caption pool (DataComp, clip-retrieval): nothing to test, not an error
+        prog("confounders", 1, 1)
+        return StepResult(tables={"confounders": C.confounder_table(meta, inp.out["prototype"].to_numpy(),
+                                                                    np.empty((0, 0), np.float32), rows=np.arange(0))},
+                          outputs={"confounders_reason": "not available: the dataset has no metadata columns"})
     rows = probe_rows(n, cfg.probe_max, cfg.seed)
     Z = M.pca_reduce(inp.X[rows], 64, seed=cfg.seed)
     done = [0]

@@ -79,6 +79,10 @@ def _add_ingest(sub):
                         "default: what the input says (an embed or clip-retrieval folder is one model)")
     p.add_argument("--label-column", help="a label column (kept out of confounder flags)")
     p.add_argument("--case-column", help="case/patient id column (duplicates and splits respect it)")
+    p.add_argument("--column-types", metavar="COL=TYPE[,...]",
+                   help="force metadata column types: text, number, integer, boolean (e.g. zip=text,age=number). "
+                        "Without it a CSV column is a number only when every value reads back unchanged: "
+                        "codes with leading zeros (02139) and over-long numbers stay text")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
     p.set_defaults(func=cmd_ingest)
 
@@ -87,6 +91,7 @@ def cmd_ingest(a) -> int:
     from curation import ingest
 
     t = time.time()
+    column_types = ingest.parse_column_types(a.column_types)
     if a.metadata:
         if a.image_column or a.text_column:
             raise CurationError("--image-column/--text-column go with --parquet. Fix: with --metadata "
@@ -102,7 +107,8 @@ def cmd_ingest(a) -> int:
     else:
         inp = ingest.read_clip_retrieval(a.clip_retrieval, id_column=a.id_column, image_root=a.image_root)
     fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
-                       shared_space=a.shared_space, case_column=a.case_column, label_column=a.label_column)
+                       shared_space=a.shared_space, case_column=a.case_column, label_column=a.label_column,
+                       column_types=column_types)
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     print(f"ingested {inp.samples.num_rows} samples into {a.db} (image dim {dims['image']}, "
           f"text dim {dims['text']}), fingerprint {fp} ({time.time() - t:.1f} s)")
@@ -380,7 +386,9 @@ def analysis_report(db, run_id) -> str:
         if "fidelity_reason" in out:
             lines.append(f"  fidelity: {out['fidelity_reason']}")
         conf_table = rec.table("confounders")
-        if conf_table and s.has_table(conf_table):
+        if "confounders_reason" in out:
+            lines.append(f"  confounders: {out['confounders_reason']}")
+        elif conf_table and s.has_table(conf_table):
             f = flagged(s.read_table(conf_table))
             lines.append(f"  likely confounders: {', '.join(f) if f else 'none'}")
         lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec.timings.items()
@@ -677,6 +685,8 @@ def cmd_evaluate(a) -> int:
     print(f"rare classes ({len(res['rare_classes'])}): {', '.join(res['rare_classes'][:10])}"
           + (" ..." if len(res["rare_classes"]) > 10 else ""))
     print(res["summary"].round(4).to_string(index=False))
+    for note in res["notes"]:
+        print(f"note: {note}")
     return 0
 
 

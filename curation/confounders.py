@@ -14,7 +14,12 @@ import logging
 
 import numpy as np
 
+from curation.schema import UnusableColumn, category_values
+
 log = logging.getLogger(__name__)
+
+COLUMNS = ("column", "role", "kind", "levels", "cramers_v", "mutual_info", "nmi", "probe_accuracy",
+           "chance_accuracy", "probe_lift", "is_confounder", "note")
 
 MISSING = "(missing)"
 
@@ -22,7 +27,9 @@ MISSING = "(missing)"
 def categorize(values, max_levels: int = 50, n_bins: int = 5):
     """Codes for a metadata column: categories as they are, numbers binned into quantiles.
 
-    Missing values form a level of their own (``(missing)``), never dropped.
+    Missing values form a level of their own (``(missing)``), never dropped. Nested values (lists,
+    structs, maps) are categories by their JSON text, decimals are numbers, binary data is skipped
+    (:func:`curation.schema.category_values`).
 
     Returns
     -------
@@ -32,7 +39,10 @@ def categorize(values, max_levels: int = 50, n_bins: int = 5):
     """
     import pandas as pd
 
-    s = pd.Series(values)
+    try:
+        s = category_values(pd.Series(values))
+    except UnusableColumn:
+        return None, [], "skipped: binary data"
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     if numeric and s.nunique(dropna=True) > max_levels // 5:
         try:
@@ -73,34 +83,52 @@ def cramers_v_corrected(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def probe_accuracy(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, *,
-                   folds: int = 3, seed: int = 0) -> tuple[float, float]:
+                   folds: int = 3, seed: int = 0) -> tuple[float, float, str]:
     """Cross-validated balanced accuracy of a logistic-regression probe from ``Z`` to ``y``,
     and the same for always predicting the majority class (balanced: 1 / n_classes).
 
-    Folds are grouped by ``groups`` (case ids) when given, so one patient never sits on both sides.
-    Classes with fewer members than folds are merged into one "rare" class first.
+    Folds are grouped by ``groups`` (case ids) when given, so one patient never sits on both sides,
+    and stratified by class. A class needs ``folds`` groups (rows when ungrouped) to appear on
+    both sides of every split: rarer classes are merged into one "rare" class, and when that class
+    is itself too small its rows are left out of the probe. Returns (accuracy, chance, note); the
+    probe is skipped (NaN accuracy, the note says why) when fewer than two classes remain or a
+    training fold would hold one class. It never raises for the shape of the data.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(y)
-    counts = np.bincount(y)
-    rare = counts[y] < folds
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
+    notes = []
+
+    def support(labels):  # distinct groups per class
+        pairs = np.unique(np.stack([labels, g]), axis=1)
+        return np.bincount(pairs[0], minlength=int(labels.max()) + 1)
+
+    rare = support(y)[y] < folds
     if rare.any():
-        y = np.where(rare, counts.size, y)
+        notes.append(f"{len(np.unique(y[rare]))} value(s) held by fewer than {folds} "
+                     f"{'cases' if groups is not None else 'rows'} merged into one")
+        y = np.where(rare, int(y.max()) + 1, y)
+        small = support(y)[y] < folds
+        if small.any():
+            notes[-1] += f" and left out of the probe ({int(small.sum())} rows: too few to split)"
+            keep = ~small
+            Z, y, g = Z[keep], y[keep], g[keep]
     classes = np.unique(y)
     if len(classes) < 2:
-        return 0.0, 1.0
-    if groups is not None:
-        cv = GroupKFold(n_splits=folds)
-        split_args = {"groups": groups}
-    else:
-        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        split_args = {}
-    clf = LogisticRegression(max_iter=300, C=1.0)
-    pred = cross_val_predict(clf, Z, y, cv=cv, **split_args)
-    return float(balanced_accuracy_score(y, pred)), 1.0 / len(classes)
+        return float("nan"), float("nan"), "; ".join(notes + ["probe skipped: fewer than two values to tell apart"])
+    y = np.searchsorted(classes, y)
+    cv = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if groups is not None
+          else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    pred = np.empty_like(y)
+    for train, test in cv.split(Z, y, **({"groups": g} if groups is not None else {})):
+        if len(np.unique(y[train])) < 2:
+            return float("nan"), float("nan"), "; ".join(
+                notes + ["probe skipped: a grouped fold holds a single value (too few cases per value)"])
+        pred[test] = LogisticRegression(max_iter=300, C=1.0).fit(Z[train], y[train]).predict(Z[test])
+    return float(balanced_accuracy_score(y, pred)), 1.0 / len(classes), "; ".join(notes)
 
 
 def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndarray | None = None, case=None,
@@ -151,13 +179,15 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndar
             row["note"] = kind
             row["kind"] = "skipped"
             rows.append(row)
+            if progress:
+                progress(1)
             continue
         row["cramers_v"] = cramers_v_corrected(codes, clusters)
         row["mutual_info"] = float(mutual_info_score(codes, clusters))
         row["nmi"] = float(normalized_mutual_info_score(codes, clusters))
-        acc, base = probe_accuracy(Z, codes[sub], groups, seed=seed)
+        acc, base, probe_note = probe_accuracy(Z, codes[sub], groups, seed=seed)
         row.update(probe_accuracy=acc, chance_accuracy=base, probe_lift=acc - base)
-        flagged = row["probe_lift"] >= lift_threshold or row["cramers_v"] >= v_threshold
+        flagged = bool(row["probe_lift"] >= lift_threshold) or row["cramers_v"] >= v_threshold
         row["is_confounder"] = bool(flagged and role != "label")
         if flagged and role == "label":
             row["note"] = "label column: predictable from the embeddings, as a label should be"
@@ -168,10 +198,12 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndar
             if row["cramers_v"] >= v_threshold:
                 why.append(f"it is tied to the clusters (Cramer's V {row['cramers_v']:.2f})")
             row["note"] = "; ".join(why)
+        if probe_note:
+            row["note"] = "; ".join(x for x in (row["note"], probe_note) if x)
         rows.append(row)
         if progress:
             progress(1)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def flagged(table) -> list[str]:

@@ -144,12 +144,19 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
 
     try:
         try:
-            return parse()
+            table = parse()
+            block = None
         except pa.ArrowInvalid as e:
             if "straddl" not in str(e) or len(raw) >= 2**31 - 1:
                 raise
             # a value longer than Arrow's 1 MB block (a 10 MB caption): parse the file as one block
-            return parse(block_size=len(raw) + 1)
+            block = len(raw) + 1
+            table = parse(block_size=block)
+        numeric = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+        if numeric:
+            types.update({c: pa.string() for c in numeric})
+            return keep_codes_as_text(table, parse(block_size=block))
+        return table
     except pa.ArrowException as e:
         msg = str(e)
         line = _csv_error_line(raw, msg)
@@ -158,6 +165,79 @@ def read_table_file(path: str | Path, string_columns=()) -> object:
         row = int(m.group(1)) if m else (line - 2 if line and line >= 2 else None)
         raise InputError(f"cannot parse CSV{where}: {msg.splitlines()[0][:300]}", file=p, row=row,
                          fix="check quoting and the number of fields on that row.") from None
+
+
+# a number whose text does not come back from it: a code with leading zeros (zip 02139, case 00012),
+# or more digits than the column's type holds exactly (an int64 has 18 safe digits, a float64 15)
+_LEADING_ZERO = r"^\s*[-+]?0[0-9]"
+_INT_TEXT = r"^\s*[-+]?[0-9]+\s*$"
+
+
+def keep_codes_as_text(table, as_text):
+    """``table`` (a CSV parsed with Arrow's type inference) with every numeric column whose values
+    would not survive the round trip as numbers put back as the text it was read from
+    (``as_text``: the same file with those columns as strings). Numbers that are numbers stay."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in table.column_names:
+        typ = table.schema.field(name).type
+        if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+            continue
+        text = as_text.column(name)
+        digits = pc.utf8_length(pc.replace_substring_regex(text, r"[^0-9]", ""))
+        whole = pc.match_substring_regex(text, _INT_TEXT)
+        lossy = pc.or_kleene(pc.match_substring_regex(text, _LEADING_ZERO),
+                             pc.and_kleene(whole, pc.greater(digits, 15 if pa.types.is_floating(typ) else 18)))
+        if pc.any(lossy).as_py():
+            table = table.set_column(table.column_names.index(name), name, text)
+    return table
+
+
+COLUMN_TYPES = {"text": "string", "number": "float64", "integer": "int64", "boolean": "bool"}
+
+
+def parse_column_types(text: str | None) -> dict[str, str]:
+    """``"zip=text,age=number"`` -> {"zip": "text", "age": "number"} (types: text, number,
+    integer, boolean)."""
+    out = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, kind = item.partition("=")
+        kind = kind.strip().lower()
+        if not sep or not name.strip() or kind not in COLUMN_TYPES:
+            raise InputError(f"--column-types item {item.strip()!r} is not COLUMN=TYPE.",
+                             fix=f"e.g. zip=text,age=number (types: {', '.join(COLUMN_TYPES)}).")
+        out[name.strip()] = kind
+    return out
+
+
+def apply_column_types(table, column_types: dict, file=None):
+    """Cast the named columns of ``table`` (pyarrow) to the types a user forced; one clear error
+    naming the column and the first value that does not convert."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name, kind in (column_types or {}).items():
+        if name not in table.column_names:
+            raise InputError(f"--column-types names {name!r}, which is not a column.", file=file,
+                             fix=f"use one of: {', '.join(table.column_names)}.")
+        if name in (S.ID,):
+            raise InputError("the id column is always text.", column=name, fix="leave it out of --column-types.")
+        col = table.column(name)
+        target = pa.type_for_alias(COLUMN_TYPES[kind])
+        if kind == "text" and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            col = pc.cast(col, pa.string())
+        else:
+            try:
+                col = pc.cast(pc.utf8_trim_whitespace(col) if pa.types.is_string(col.type) and kind != "text" else col,
+                              target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise InputError(f"column {name!r} cannot be read as {kind}: {str(e).splitlines()[0][:200]}",
+                                 file=file, column=name, fix=f"clean its values, or drop {name}={kind}.") from None
+        table = table.set_column(table.column_names.index(name), name, col)
+    return table
 
 
 def _check_unique_names(names, path) -> None:
@@ -640,7 +720,7 @@ def infer_case_column(names, given: str | None = None) -> str | None:
 
 
 def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=None,
-           shared_space=None, extra_meta=None, case_column=None, label_column=None) -> str:
+           shared_space=None, extra_meta=None, case_column=None, label_column=None, column_types=None) -> str:
     """Validate ``inp`` and write it as the dataset ``db`` atomically. Returns the fingerprint.
 
     Parameters
@@ -655,12 +735,20 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
         :data:`curation.schema.CASE_CANDIDATES` when not given.
     label_column : str, optional
         A label column (kept out of confounder flags); must exist.
+    column_types : dict {column: "text" | "number" | "integer" | "boolean"}, optional
+        Types forced on metadata columns (:func:`parse_column_types`). Without it a CSV column is a
+        number only when every value comes back unchanged from it (codes with leading zeros and
+        numbers too long for their type stay text).
 
     Models and ``shared_space`` not given are taken from what the input says of itself
     (``inp.meta``: an ``embed`` output folder records its model), as is the embed record.
     """
+    from dataclasses import replace as _replace
+
     from curation import store
 
+    if column_types:
+        inp = _replace(inp, samples=apply_column_types(inp.samples, column_types, inp.sources.get("metadata")))
     names = inp.samples.column_names
     if label_column and label_column not in names:
         raise InputError(f"--label-column '{label_column}' is not a column.", fix=f"use one of: {', '.join(names)}.")

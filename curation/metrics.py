@@ -230,18 +230,32 @@ class ImpactContext:
 
 # ---------------------------------------------------------------------------------------------
 # offline evaluation: a linear probe trained on the subset vs on random subsets of the same size
-HELDOUT_WORDS = ("test", "val", "dev", "holdout", "heldout")
+HELDOUT_VALUES = ("test", "val", "valid", "validation", "dev", "holdout", "heldout", "held-out")
 
 
 def heldout_split(meta, split_column: str | None, case=None, seed: int = 0, frac: float = 0.2):
-    """Boolean held-out mask: rows whose split names a test/validation set when a split column is
-    given; otherwise a seeded group split by case id (or by row) holding out ``frac``."""
+    """Boolean held-out mask.
+
+    With ``split_column``: the rows whose value is one of :data:`HELDOUT_VALUES` as a whole value
+    (case and surrounding spaces ignored: ``Test`` and ``val`` are held out, ``trainval`` is not).
+    A column with no such value, or with nothing else, is refused: a silent fallback to a random
+    split would report the wrong split. Without one: a seeded group split by case id (or by row)
+    holding out ``frac``.
+    """
     n = len(meta)
     if split_column:
-        s = meta[split_column].astype(str).str.lower()
-        mask = s.str.contains("|".join(HELDOUT_WORDS)).to_numpy()
-        if 0 < mask.sum() < n:
-            return mask
+        s = meta[split_column].astype(str).str.strip().str.lower()
+        mask = s.isin(HELDOUT_VALUES).to_numpy() & meta[split_column].notna().to_numpy()
+        values = sorted(meta[split_column].dropna().astype(str).unique().tolist())
+        shown = ", ".join(values[:8]) + (" ..." if len(values) > 8 else "")
+        if not mask.any():
+            raise CurationError(f"split column {split_column!r} names no held-out set (its values: {shown}). "
+                                f"Fix: mark held-out rows as one of {', '.join(HELDOUT_VALUES[:4])}, pass another "
+                                f"--split-column, or leave it out for a case-grouped random 20%.")
+        if mask.all():
+            raise CurationError(f"split column {split_column!r} holds out every row (its values: {shown}); "
+                                f"nothing is left to select from. Fix: pass another --split-column.")
+        return mask
     from sklearn.model_selection import GroupShuffleSplit
 
     groups = case if case is not None else np.arange(n)
@@ -253,10 +267,13 @@ def heldout_split(meta, split_column: str | None, case=None, seed: int = 0, frac
 
 def probe_scores(Z_train, y_train, Z_test, y_test, classes, rare) -> dict:
     """Macro AUC (one-vs-rest), balanced accuracy and recall on the rare classes of a logistic
-    probe trained on (Z_train, y_train) and tested on (Z_test, y_test)."""
+    probe trained on (Z_train, y_train) and tested on (Z_test, y_test). A training set with a
+    single class cannot train a probe: every score is NaN then (reported, not raised)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
+    if len(np.unique(y_train)) < 2:
+        return {"macro_auc": float("nan"), "balanced_accuracy": float("nan"), "rare_class_recall": float("nan")}
     clf = LogisticRegression(max_iter=500)
     clf.fit(Z_train, y_train)
     proba = np.zeros((len(Z_test), len(classes)))
@@ -295,9 +312,30 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
 
     if label not in inp.meta.columns:
         raise CurationError(f"unknown label column {label!r}. Fix: use one of: {', '.join(inp.meta.columns)}.")
-    codes, labels = pd.factorize(inp.meta[label].astype(str), sort=True)
+    from curation.selection import factorize_column
+
+    values = inp.meta[label]
+    labelled = values.notna().to_numpy()
+    codes = np.full(len(values), -1, np.int64)  # -1: no label
+    codes[labelled], labels = factorize_column(values[labelled])
+    if len(labels) < 2:
+        raise CurationError(f"label {label!r} has {len(labels)} class(es) among its {int(labelled.sum()):,} labelled "
+                            f"rows; a probe needs at least two. Fix: choose another --label.")
     test = heldout_split(inp.meta, split_column, inp.case, seed=cfg.seed)
     train_rows = np.flatnonzero(~test)
+    notes = []
+    if not labelled.all():
+        notes.append(f"{int((~labelled).sum()):,} rows without a {label} are left out of every probe "
+                     f"(selected like any other row)")
+    test = test & labelled
+    if len(np.unique(codes[test])) < 2:
+        raise CurationError(f"the held-out rows hold {len(np.unique(codes[test]))} class(es) of {label!r}; the "
+                            f"scores need two. Fix: another --split-column, or more labelled rows.")
+    for name, where in (("training", ~test & labelled), ("held-out", test)):
+        missing = sorted(set(range(len(labels))) - set(np.unique(codes[where]).tolist()))
+        if missing:
+            notes.append(f"class(es) not in the {name} rows: " + ", ".join(labels[c] for c in missing[:8])
+                         + (" ..." if len(missing) > 8 else ""))
     b = cfg.budget
     count = int(round(b * len(train_rows))) if b <= 1 and not (isinstance(b, int) and b == 1) else int(b)
     count = min(count, len(train_rows))
@@ -308,15 +346,23 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     res = select(inp_t, cfg_t)
     from curation.prototypes import rare_clusters
 
-    rare = np.flatnonzero(rare_clusters(np.bincount(codes[train_rows], minlength=len(labels)))).tolist()
+    train_l = train_rows[labelled[train_rows]]
+    rare = np.flatnonzero(rare_clusters(np.bincount(codes[train_l], minlength=len(labels)))).tolist()
     Zte, yte = features[test], codes[test]
-    curated = probe_scores(features[res.selected], codes[res.selected], Zte, yte, labels, rare)
+
+    def scores(rows):
+        rows = rows[labelled[rows]]
+        return probe_scores(features[rows], codes[rows], Zte, yte, labels, rare)
+
+    curated = scores(np.asarray(res.selected))
+    if np.isnan(curated["balanced_accuracy"]):
+        notes.append("the curated subset holds one class: no probe could be trained on it")
     if progress:
         progress(1, n_random + 1)
     rnd = []
     for i in range(n_random):
         rows = np.random.default_rng(cfg.seed + EVAL_RANDOM_SUBSET_SEED_OFFSET + i).choice(train_rows, len(res.selected), replace=False)
-        rnd.append(probe_scores(features[rows], codes[rows], Zte, yte, labels, rare))
+        rnd.append(scores(rows))
         if progress:
             progress(i + 2, n_random + 1)
     r = pd.DataFrame(rnd)
@@ -325,4 +371,4 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     summary["difference"] = summary.curated - summary.random_mean
     return {"curated": curated, "random": rnd, "summary": summary, "n_train": int(len(train_rows)),
             "n_test": int(test.sum()), "budget": int(len(res.selected)),
-            "rare_classes": [str(labels[c]) for c in rare]}
+            "rare_classes": [str(labels[c]) for c in rare], "notes": notes}

@@ -94,16 +94,32 @@ def pca_basis(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int =
         mean += chunk(i).sum(axis=0, dtype=np.float64)
     mean /= m
     mean32 = mean.astype(np.float32)
+    if m < d:
+        # fewer rows than dimensions (60 x 10,000): the d x d covariance would cost d^3 to decompose
+        # (minutes); the m x m Gram matrix of the centred rows has the same non-zero spectrum, and
+        # its eigenvectors map to the principal axes (C^T u / sqrt(lambda))
+        C = np.concatenate([chunk(i) for i in range(0, m, step)]).astype(np.float64) - mean
+        vals, u = np.linalg.eigh(C @ C.T)
+        order = np.argsort(vals)[::-1][:dims]
+        vals = np.maximum(vals[order], 0)
+        comp = (C.T @ u[:, order]) / np.sqrt(np.maximum(vals, 1e-30))
+        comp = comp.T.astype(np.float32)
+    else:
+        vals, comp = _cov_axes(chunk, m, d, step, mean32, dims)
+    comp *= np.sign(comp[np.arange(dims), np.abs(comp).argmax(axis=1)])[:, None]
+    sd = np.sqrt(vals / max(m - 1, 1))
+    return mean32, comp, sd.astype(np.float32)
+
+
+def _cov_axes(chunk, m, d, step, mean32, dims):
+    """Top ``dims`` eigenvalues and axes (dims, d) of the covariance, accumulated chunk by chunk."""
     cov = np.zeros((d, d), np.float64)
     for i in range(0, m, step):
         c = chunk(i) - mean32
         cov += (c.T @ c).astype(np.float64)
     vals, vecs = np.linalg.eigh(cov)
     order = np.argsort(vals)[::-1][:dims]
-    comp = vecs[:, order].T.astype(np.float32)
-    comp *= np.sign(comp[np.arange(dims), np.abs(comp).argmax(axis=1)])[:, None]
-    sd = np.sqrt(np.maximum(vals[order], 0) / max(m - 1, 1))
-    return mean32, comp, sd.astype(np.float32)
+    return np.maximum(vals[order], 0), vecs[:, order].T.astype(np.float32)
 
 
 def pca_reduce(X: np.ndarray, dims: int = 50, fit_max: int = 100_000, seed: int = 0) -> np.ndarray:

@@ -36,3 +36,58 @@ def emb_column(kind: str) -> str:
     if kind not in EMB_KINDS:
         raise ValueError(f"embedding kind must be one of {EMB_KINDS}, got {kind!r}")
     return IMAGE_EMB if kind == "image" else TEXT_EMB
+
+
+# How a metadata value reads as a category (confounder statistics, strata, filters). DuckDB hands
+# nested types to pandas as Python objects that cannot be hashed or compared, so each type is
+# decided once, here:
+#   LIST / STRUCT / MAP / arrays  -> canonical JSON text (sorted keys): one category per distinct value
+#   DECIMAL                       -> float (a number, binned like any numeric column)
+#   BLOB (bytes)                  -> not usable: raises UnusableColumn (binary data is no category)
+#   TIMESTAMP WITH TIME ZONE, dates, booleans, text, numbers -> as they are
+class UnusableColumn(ValueError):
+    """A metadata column whose values cannot serve as categories (binary data)."""
+
+
+def _canonical(v):
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        return [_canonical(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _canonical(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def category_values(series):
+    """``series`` (a pandas Series of one metadata column) with hashable, comparable values.
+
+    Columns of a plain dtype are returned as they are. An object column holding nested values
+    (lists, structs, maps) becomes canonical JSON text; one holding decimals becomes float.
+    Raises :class:`UnusableColumn` for binary data.
+    """
+    import decimal
+    import json
+
+    import pandas as pd
+
+    if series.dtype != object:
+        return series
+    kinds = set(series.dropna().map(type))
+    if not kinds:
+        return series
+    if any(issubclass(k, (bytes, bytearray, memoryview)) for k in kinds):
+        raise UnusableColumn(f"column {series.name!r} holds binary data")
+    if kinds <= {decimal.Decimal}:
+        return series.map(lambda v: None if v is None else float(v)).astype("float64")
+    nested = (list, tuple, dict)
+    import numpy as np
+
+    if any(issubclass(k, nested + (np.ndarray,)) for k in kinds):
+        return series.map(lambda v: v if v is None or (isinstance(v, float) and v != v)
+                          else json.dumps(_canonical(v), sort_keys=True, default=str, ensure_ascii=False))
+    return series
