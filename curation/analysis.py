@@ -118,6 +118,13 @@ class AnalysisConfig:
             raise CurationError("dedup_eps must be in (0, 1).")
         if self.knn_k < 1 or self.knn_probes < 1:
             raise CurationError("knn_k and knn_probes must be at least 1.")
+        S.check_seed(self.seed)
+        for name, low in (("map_fit_max", MAP_MIN_ROWS), ("kmeans_train_max", 1), ("kmeans_iters", 1),
+                          ("fps_exact_max", 1), ("map_pca_dims", 2), ("probe_max", 10)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise CurationError(f"{name} (--{name.replace('_', '-')}) is {v!r}; it must be a whole number of at "
+                                    f"least {low}.")
 
 
 def run_id_for(config: AnalysisConfig, fingerprint: str) -> str:
@@ -152,11 +159,33 @@ def load(store, run_id: str | None = None):
         raise StateError(f"dataset {store.name} has no analysis yet. "
                          f"Fix: run `python -m curation analyze {store.path}`.")
     df = store.read_table(table_names(rec.run_id)["samples"])
+    check_run(store, rec.run_id, df)
     if store.has_table(S.REWARD_SCORES):  # reward-model scores are per sample too; gates read them
         rw = store.read_table(S.REWARD_SCORES)
         if len(rw) == len(df):
             df = df.join(rw.drop(columns=[S.ROW]))
     return df, rec.config
+
+
+def check_run(store, run_id: str, df) -> None:
+    """Refuse an analysis whose tables no longer match the dataset (a row deleted from ``samples``,
+    a prototype id edited into one the prototypes table does not have): selecting on it would
+    misattribute rows or fail deep inside with a shape error."""
+    n = store.n_rows
+    n_samples = store.con.execute(f"SELECT count(*) FROM {S.SAMPLES}").fetchone()[0]
+    fix = f"Fix: re-ingest the dataset, or run `python -m curation analyze {store.path} --force`."
+    if n_samples != n or len(df) != n:
+        raise StateError(f"dataset {store.name} does not match its analysis run {run_id}: the samples table has "
+                         f"{n_samples:,} rows, the analysis {len(df):,}, the dataset records {n:,}; the file was "
+                         f"edited or damaged. {fix}")
+    if S.ROW in df.columns and not np.array_equal(df[S.ROW].to_numpy(), np.arange(n)):
+        raise StateError(f"analysis run {run_id} of {store.name}: its rows are not 0..{n - 1} in order. {fix}")
+    if "prototype" in df.columns:
+        known = store.read_table(table_names(run_id)["prototypes"], ["prototype"])["prototype"].to_numpy()
+        bad = np.setdiff1d(df["prototype"].to_numpy(), known)
+        if len(bad):
+            raise StateError(f"analysis run {run_id} of {store.name}: prototype id(s) {bad[:5].tolist()} are not in "
+                             f"its prototypes table (edited or damaged). {fix}")
 
 
 def cluster_label_map(store, run_id: str) -> dict[int, str]:

@@ -23,19 +23,33 @@ def temp_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write(path: str | os.PathLike, write, *, what: str = "", fix: str | None = None) -> Path:
+def atomic_write(path: str | os.PathLike, write, *, what: str = "", fix: str | None = None,
+                 exclusive: bool = False) -> Path:
     """Call ``write(tmp)`` and move ``tmp`` over ``path``. Returns ``path``.
 
     An ``OSError`` becomes one :class:`CurationError` naming the file ("cannot write ... Nothing was
     replaced."); any other exception propagates unchanged, and in every case the temporary file
-    (and a DuckDB ``.wal`` beside it) is removed.
+    (and a DuckDB ``.wal`` beside it) is removed. With ``exclusive`` the file must not exist when
+    the write completes: it is linked into place (create-exclusive), so of two processes creating
+    one path only the first succeeds and the second gets :class:`FileExistsError`.
     """
     path = Path(path)
     tmp = temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)  # fails with FileExistsError when another writer got there first
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: claim the name exclusively, then move
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise
     except OSError as e:
         raise CurationError(f"cannot write {what + ' ' if what else ''}{path}: {e.strerror or e}. Nothing was "
                             f"replaced. Fix: {fix or 'free disk space or choose a writable location.'}") from None
@@ -44,3 +58,36 @@ def atomic_write(path: str | os.PathLike, write, *, what: str = "", fix: str | N
             if leftover.exists():
                 leftover.unlink()
     return path
+
+
+def replace_set(files: dict, *, stale_first=()) -> None:
+    """Move finished temporary files into place as one set, from a reader's point of view.
+
+    ``files`` is {target: temporary file}, in the order they are moved; the last is the file that
+    says the set is complete (an export's sidecar, which records the manifest's hash). Every
+    ``stale_first`` target (the old marker) is removed before anything moves, so a kill -9 in
+    between leaves either the old set, or new files without a marker (an incomplete export a
+    reader recognises), never new data beside an old marker. Ctrl-C is held back while the files
+    move (a few renames) and raised once they have: the set is then complete, and said to be.
+    """
+    import signal
+    import threading
+
+    held = []
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, lambda *a: held.append(a)) if main else None
+    try:
+        for f in stale_first:
+            if Path(f).exists() or Path(f).is_symlink():
+                os.unlink(f)
+        for target, tmp in files.items():
+            os.replace(tmp, target)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
+    if held and old is signal.default_int_handler:
+        from curation.errors import InterruptedAfterWrite
+
+        raise InterruptedAfterWrite(", ".join(Path(t).name for t in files) + " written before the interrupt took effect")
+    if held and callable(old):
+        old(signal.SIGINT, None)

@@ -7,6 +7,7 @@ leaves a half-written dataset behind.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from curation.errors import CurationError
+from curation.errors import CurationError, InterruptedAfterWrite
 
 EXIT_INPUT = 2
 
@@ -257,6 +258,9 @@ def cmd_reward_annotate(a) -> int:
     print(f"rated {counts['rated']} pairs ({counts['malformed']} malformed answers after retries, "
           f"{counts['no_image']} without a readable image); {counts['total']} pairs rated by {a.model} in all "
           f"(prompt {reward.PROMPT_VERSION})")
+    if counts["no_image"]:
+        print(f"note: {counts['no_image']} pairs were not sent (their image could not be read) and are not stored; "
+              f"fix the images (see `python -m curation show DB ID`) and rerun to rate them.", file=sys.stderr)
     return 0
 
 
@@ -410,7 +414,8 @@ def _add_select(sub):
     p.add_argument("db", nargs="?", help="dataset file (not needed with --from)")
     p.add_argument("--from", dest="from_sidecar", help="reproduce the selection a sidecar describes")
     p.add_argument("--config", help="a SelectionConfig JSON file (flags below override it)")
-    p.add_argument("--budget", help="a count (5000) or a fraction of the pool (0.25)")
+    p.add_argument("--budget", help="a count (5000) or a fraction of the pool (0.25); 1 is one sample, 1.0 the "
+                                    "whole pool")
     p.add_argument("--confounders", help="comma-separated metadata columns to stratify by")
     p.add_argument("--mode", choices=MODES, help=f"allocation across strata (default: {d.mode})")
     p.add_argument("--temper", type=float,
@@ -430,8 +435,10 @@ def _add_select(sub):
                    help='metadata filter "COLUMN OP VALUE", e.g. "modality == CT" or "age >= 18" (repeatable)')
     p.add_argument("--seed", type=int, help=f"seed of the random baseline (default: {d.seed})")
     p.add_argument("--exclude-cluster", metavar="C,C", help="prototype clusters to leave out, e.g. 3,17")
-    p.add_argument("--exclude-ids", metavar="FILE", help="text file, one id per line: never select these")
-    p.add_argument("--include-ids", metavar="FILE", help="text file, one id per line: select these first")
+    p.add_argument("--exclude-ids", metavar="FILE",
+                   help="text file, one id per line, exact (only the line ending is removed): never select these")
+    p.add_argument("--include-ids", metavar="FILE",
+                   help="text file, one id per line, exact (only the line ending is removed): select these first")
     p.add_argument("--exclude-set", action="append", default=[], metavar="NAME",
                    help="a stored id set (from `search --save`, the app's lasso...) to leave out")
     p.add_argument("--include-set", action="append", default=[], metavar="NAME", help="a stored id set to select first")
@@ -441,7 +448,8 @@ def _add_select(sub):
                    help="manifest format (default: from --out's suffix: .parquet, .csv, .jsonl, .tsv = openclip, "
                         ".npy = datacomp uids, .json = webdataset keys per source tar)")
     p.add_argument("--columns", metavar="C,C",
-                   help="metadata columns the manifest carries too, e.g. split,case_id")
+                   help="metadata columns the manifest carries too, e.g. split,case_id (one named like a manifest "
+                        "column, e.g. rank, is written as meta_rank)")
     p.add_argument("--reshard", type=int, nargs="?", const=WDS_SHARD_SIZE, metavar="N",
                    help="with --format webdataset: also write new tars of the kept samples beside --out "
                         f"(NAME-000000.tar..., N samples per tar, default {WDS_SHARD_SIZE:,})")
@@ -450,6 +458,21 @@ def _add_select(sub):
                    help="with --format openclip: write rows whose image file does not exist (refused by default)")
     p.set_defaults(func=cmd_select)
 
+
+
+def read_config(path) -> "object":
+    """A SelectionConfig from ``--config PATH``: a config JSON file, or an export's sidecar (its
+    recorded config), so a recorded selection can be the start of a changed one."""
+    from curation.selection import SelectionConfig
+
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CurationError(f"cannot read --config {path}: {e}. Fix: pass a UTF-8 JSON file (a selection config "
+                            f"or an export's .sidecar.json).") from None
+    if isinstance(d, dict) and isinstance(d.get("config"), dict) and "manifest" in d:
+        d = d["config"]
+    return SelectionConfig.from_dict(d)
 
 
 def _config_from_args(a, base):
@@ -476,10 +499,7 @@ def _config_from_args(a, base):
     if a.filter:
         changes["filters"] = tuple(selection.parse_filter(f) for f in a.filter)
     if getattr(a, "exclude_cluster", None):
-        try:
-            changes["exclude_clusters"] = tuple(sorted({int(c) for c in a.exclude_cluster.split(",") if c.strip()}))
-        except ValueError:
-            raise CurationError(f"--exclude-cluster {a.exclude_cluster!r}: give cluster numbers, e.g. 3,17.") from None
+        changes["exclude_clusters"] = selection.parse_cluster_list(a.exclude_cluster)
     return replace(base, **changes)
 
 
@@ -489,7 +509,10 @@ def _id_file_rows(s, path) -> "object":
 
     p = Path(path)
     try:
-        ids = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+        # ids are exact: only the line ending goes (' x' and 'x ' are other ids than 'x'); a final
+        # newline and blank lines are not ids
+        ids = [x.removesuffix("\r") for x in p.read_text(encoding="utf-8").split("\n")]
+        ids = [x for x in ids if x]
     except (OSError, UnicodeDecodeError) as e:
         raise CurationError(f"cannot read id file {p}: {e}. Fix: a UTF-8 text file, one id per line.") from None
     if not ids:
@@ -521,7 +544,7 @@ def _resolve_sets(a, db, cfg):
     named = [("exclude_sets", getattr(a, "exclude_set", []) or []), ("include_sets", getattr(a, "include_set", []) or [])]
     if any(v for _, v in named):
         with store.open_store(db) as s:
-            known = {r.split("@", 1)[0]: r for r in s.id_set_rows()}
+            known = {r.split("@", 1)[0]: r for r in s.id_set_refs()}  # a name means its latest version
         for key, names in named:
             for nm in names:
                 if nm not in known:
@@ -532,10 +555,23 @@ def _resolve_sets(a, db, cfg):
 
 
 def cmd_select(a) -> int:
-    from curation import manifest, metrics, runs, selection, store
+    from curation import manifest, metrics, runs, selection, store, workflows
     from curation.selection import SelectionConfig
 
     if a.from_sidecar:
+        knobs = [flag for flag, given in (
+            ("--config", a.config), ("--budget", a.budget),
+            ("--confounders", a.confounders), ("--mode", a.mode), ("--temper", a.temper),
+            ("--tail-core-ratio", a.tail_core_ratio), ("--outliers", a.outliers), ("--dedup-eps", a.dedup_eps),
+            ("--no-dedup", a.no_dedup), ("--fidelity-guard", a.fidelity_guard),
+            ("--no-fidelity-guard", a.no_fidelity_guard), ("--gate", a.gate), ("--filter", a.filter),
+            ("--seed", a.seed), ("--exclude-cluster", a.exclude_cluster), ("--exclude-ids", a.exclude_ids),
+            ("--include-ids", a.include_ids), ("--exclude-set", a.exclude_set), ("--include-set", a.include_set),
+            ("--analysis-run", a.analysis_run)) if given not in (None, False, [])]
+        if knobs:
+            raise CurationError(f"--from reproduces the selection its sidecar records; {', '.join(knobs)} would "
+                                f"change it. Fix: drop {', '.join(knobs)}, or start from that selection and change "
+                                f"it: select DB --config {a.from_sidecar} {knobs[0]} ...")
         side = manifest.read_sidecar(a.from_sidecar)
         db = a.db or side["dataset"]["path"]
         cfg = SelectionConfig.from_dict(side["config"])
@@ -548,13 +584,8 @@ def cmd_select(a) -> int:
         if not a.db:
             raise CurationError("select needs a dataset (DB) or --from SIDECAR.")
         db = a.db
-        base = SelectionConfig()
-        if a.config:
-            try:
-                base = SelectionConfig.from_json(Path(a.config).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as e:
-                raise CurationError(f"cannot read --config {a.config}: {e}. Fix: pass a UTF-8 JSON file.") from None
-        elif a.budget is None:
+        base = read_config(a.config) if a.config else SelectionConfig()
+        if not a.config and a.budget is None:
             raise CurationError("--budget is required (a count such as 5000 or a fraction such as 0.25).")
         cfg = _config_from_args(a, base)
         run_id = a.analysis_run
@@ -574,16 +605,12 @@ def cmd_select(a) -> int:
         impact = ctx.compare(res.selected, cfg.seed)
         warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders,
                              subset=impact["subset"].to_dict())
-        side_out = manifest.export(s, inp, res, cfg, run_id, a.out, fmt,
-                                   impact=impact.to_dict(orient="index"), overwrite=a.overwrite, warnings=warns,
-                                   allow_missing=a.allow_missing, columns=columns, reshard=reshard)
-    try:
-        with store.open_store(db, read_only=False) as s:
-            s.record_run("selection", cfg.to_dict(), outputs={"manifest": str(Path(a.out).resolve()),
-                                                              "sha256": side_out["manifest"]["sha256"],
-                                                              "analysis_run": run_id})
-    except CurationError as e:  # the app may hold the file open; the export itself is complete
-        print(f"note: selection not recorded in the dataset's runs ({e})", file=sys.stderr)
+    outcome = workflows.export_selection(db, inp, res, cfg, run_id, a.out, fmt, impact=impact.to_dict(orient="index"),
+                                         overwrite=a.overwrite, warnings=warns, allow_missing=a.allow_missing,
+                                         columns=columns, reshard=reshard)
+    side_out = outcome.sidecar
+    if outcome.note:  # the app may hold the file open; the export itself is complete
+        print(f"note: {outcome.note}", file=sys.stderr)
     if a.from_sidecar:
         recorded = side.get("manifest", {}) if isinstance(side.get("manifest"), dict) else {}
         if recorded.get("sha256") != side_out["manifest"]["sha256"]:
@@ -658,12 +685,7 @@ def cmd_evaluate(a) -> int:
     if a.random < 1:
         raise CurationError(f"--random {a.random}: the curated subset is compared with random subsets; "
                             f"use 1 or more (default 5).")
-    base = SelectionConfig()
-    if a.config:
-        try:
-            base = SelectionConfig.from_json(Path(a.config).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise CurationError(f"cannot read --config {a.config}: {e}. Fix: pass a UTF-8 JSON file.") from None
+    base = read_config(a.config) if a.config else SelectionConfig()
     cfg = _config_from_args(a, base)
     with store.open_store(a.db) as s:
         rec = runs.require(s, a.analysis_run)
@@ -786,7 +808,18 @@ def _close_bars() -> None:
         bar.close()
 
 
+def _safe_streams() -> None:
+    """A terminal that cannot show a character (PYTHONIOENCODING=ascii, a latin-1 locale) gets an
+    escape for it (``\\xe9``), never a UnicodeEncodeError halfway through a report."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a text stream we can reconfigure (pytest's capture...)
+            pass
+
+
 def main(argv=None) -> int:
+    _safe_streams()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -796,6 +829,10 @@ def main(argv=None) -> int:
         _close_bars()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except InterruptedAfterWrite as e:
+        _close_bars()
+        print(f"interrupted; {e} (complete), nothing after them.", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         _close_bars()
         print(f"interrupted; {ON_INTERRUPT.get(args.command, 'nothing was written.')}", file=sys.stderr)
@@ -806,18 +843,33 @@ def main(argv=None) -> int:
         except OSError:
             pass
         return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG):
+            return _internal(args, e)
+        _close_bars()
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit flush must not fail again
+        except OSError:
+            pass
+        print(f"error: cannot write{' ' + repr(e.filename) if e.filename else ' the output'}: {e.strerror}. "
+              f"Fix: free disk space, shorten the name, or send the output elsewhere.", file=sys.stderr)
+        return EXIT_INPUT
     except MemoryError:
         _close_bars()
         print("error: out of memory. Fix: close other programs, or use a machine with more memory "
               "(the analysis needs about 4x the vectors' size).", file=sys.stderr)
         return EXIT_INTERNAL
     except Exception as e:  # a bug, not bad input: say so, and how to report it
-        _close_bars()
-        logging.getLogger("curation").debug("internal error", exc_info=True)
-        print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in curation, not a problem with your "
-              f"input. Please report it with the command you ran; `-v` shows the traceback.", file=sys.stderr)
-        if args.verbose:
-            import traceback
+        return _internal(args, e)
 
-            traceback.print_exc()
-        return EXIT_INTERNAL
+
+def _internal(args, e) -> int:
+    _close_bars()
+    logging.getLogger("curation").debug("internal error", exc_info=True)
+    print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in curation, not a problem with your "
+          f"input. Please report it with the command you ran; `-v` shows the traceback.", file=sys.stderr)
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
+    return EXIT_INTERNAL

@@ -66,6 +66,18 @@ class DemoSpec:
     mismatch_fraction: float = 0.02
     image_size: int = 64
 
+    def validate(self) -> None:
+        """One clear error for a parameter the generator cannot use (the CLI's flags land here)."""
+        from curation.errors import CurationError
+        from curation.schema import check_seed
+
+        check_seed(self.seed)
+        for name, low in (("dim", 8), ("n_clusters", 2), ("n_rows", self.n_clusters * self.min_cluster)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                flag = {"dim": "--dim", "n_rows": "--rows"}.get(name, name)
+                raise CurationError(f"{flag} {v!r}: the demo needs a whole number of at least {low}.")
+
 
 def cluster_sizes(n: int, k: int, a: float, min_size: int) -> np.ndarray:
     """Zipf-like sizes (rank^-a) summing to ``n``, each at least ``min_size``, largest first."""
@@ -100,6 +112,7 @@ def generate(spec: DemoSpec = DemoSpec()):
     import pandas as pd
     import pyarrow as pa
 
+    spec.validate()
     rng = np.random.default_rng(spec.seed)
     n, d, k = spec.n_rows, spec.dim, spec.n_clusters
     n_copies = int(round(spec.dup_fraction * n))

@@ -71,6 +71,8 @@ class EmbedConfig:
             raise CurationError(f"--batch-size {self.batch_size} must be >= 1.")
         if self.shard_size < 1:
             raise CurationError(f"--shard-size {self.shard_size} must be >= 1.")
+        if self.workers is not None and self.workers < 0:
+            raise CurationError(f"--workers {self.workers} must be 0 (load in the main process) or more.")
         if self.out_dtype not in OUT_DTYPES:
             raise CurationError(f"--dtype {self.out_dtype!r}: use one of {', '.join(OUT_DTYPES)}.")
         if self.precision not in PRECISIONS:

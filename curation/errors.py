@@ -52,3 +52,8 @@ class StateError(CurationError):
 class PairError(CurationError):
     """One image-caption pair cannot be embedded (missing or undecodable image, empty caption...):
     the pair is skipped and its reason reported; the run goes on."""
+
+
+class InterruptedAfterWrite(KeyboardInterrupt):
+    """Ctrl-C that arrived while a set of files was being moved into place: it was held back until
+    the set was complete, so the files are written. ``str(e)`` says what was written."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.atomic import atomic_write, temp_name
+from curation.atomic import replace_set, temp_name
 from curation.errors import CurationError, StateError
 
 SIDECAR_VERSION = 1
@@ -112,14 +112,35 @@ def check_out(out, dataset_path=None, overwrite: bool = False) -> dict[str, Path
         raise CurationError("--out is empty. Fix: name the manifest file, e.g. data/exports/subset.parquet.")
     p = paths_for(out)
     target = Path(out)
+    longest = len(f".{target.name}{max(SIDE_SUFFIXES, key=len)}.tmp-{os.getpid()}-00000000".encode())
+    if longest > 255:  # NAME_MAX of every common file system; the side files and temporaries add to it
+        raise CurationError(f"--out name {target.name[:40]}... is too long ({len(target.name.encode())} bytes; the "
+                            f"side files need {longest - len(target.name.encode())} more, and names stop at 255). "
+                            f"Fix: choose a shorter name.")
     if str(out).endswith(("/", os.sep)) or target.is_dir():
         raise CurationError(f"--out {out} is a directory. Fix: name a file inside it, e.g. {target / 'subset.parquet'}.")
     if target.name.endswith(SIDE_SUFFIXES):
         raise CurationError(f"--out {out} is named like an export's side file ({', '.join(SIDE_SUFFIXES)}); "
                             f"writing it would clobber another export's sidecar. Fix: choose another name.")
-    if dataset_path is not None and target.exists() and target.resolve() == Path(dataset_path).resolve():
-        raise CurationError(f"--out {out} is the dataset itself; the export would replace it. Fix: write the "
-                            f"manifest elsewhere, e.g. data/exports/subset.parquet.")
+    if dataset_path is not None:
+        ds = Path(dataset_path).resolve()
+        # the dataset's own side files: DuckDB's write-ahead log and temporary folder, our temporary
+        # writes; DuckDB would take an export named like its WAL for its log and delete it
+        own = {ds, ds.with_name(ds.name + ".wal"), ds.with_name(ds.name + ".tmp")}
+        for f in p.values():
+            try:
+                hit = f.resolve() in own or f.name.startswith(f".{ds.name}.tmp-") and f.resolve().parent == ds.parent
+            except (OSError, RuntimeError):
+                hit = False
+            if hit:
+                raise CurationError(f"--out {out} is the dataset itself or one of its side files ({f.name}: {ds.name}'s "
+                                    f"file or .wal log); the export would replace it, or DuckDB would take it for "
+                                    f"its log and delete it. Fix: write the manifest elsewhere, e.g. "
+                                    f"data/exports/subset.parquet.")
+    if target.name.endswith((".duckdb.wal", ".wal")) and Path(str(target)[:-4]).is_file() \
+            and _is_duckdb(Path(str(target)[:-4])):
+        raise CurationError(f"--out {out} is named like the write-ahead log of the DuckDB file "
+                            f"{Path(str(target)[:-4]).name}; DuckDB would take it for its log. Fix: choose another name.")
     for role, f in p.items():
         if not f.exists() and not f.is_symlink():
             continue
@@ -154,6 +175,25 @@ def check_columns(names, columns) -> list[str]:
         raise CurationError(f"--columns: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a column of the "
                             f"dataset. Fix: use some of {', '.join(n for n in names if n not in (S.ID,))}.")
     return list(dict.fromkeys(columns))
+
+
+def metadata_names(columns, taken) -> dict:
+    """{metadata column: its name in the manifest}. A metadata column keeps its name unless the
+    manifest has a column of that name (``rank``, ``reason``...); then it is ``meta_<name>``,
+    with more ``meta_`` in front until the name is free, so no two columns ever share a name
+    (``--columns meta_rank,rank`` gives ``meta_rank`` and ``meta_meta_rank``)."""
+    taken = set(taken)
+    out = {c: c for c in columns if c not in taken}
+    taken |= set(out)
+    for c in columns:
+        if c in out:
+            continue
+        name = f"meta_{c}"
+        while name in taken:
+            name = f"meta_{name}"
+        out[c] = name
+        taken.add(name)
+    return {c: out[c] for c in columns}
 
 
 def build_frames(store, inp, result, cfg, run_id: str, columns=()):
@@ -195,8 +235,8 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
         frame[f"{axis}_score"] = v
     if "uid" in base:  # DataComp and other pools that carry a uid beside the id
         frame["uid"] = base["uid"].astype(str)
-    for c in extra:
-        frame[c if c not in frame else f"meta_{c}"] = base[c].to_numpy()
+    for c, name in metadata_names(extra, frame.columns).items():
+        frame[name] = base[c].to_numpy()
     kept = frame.iloc[result.selected].reset_index(drop=True)
     dropped_rows = np.setdiff1d(np.arange(n), result.selected)
     dropped = frame.iloc[dropped_rows].drop(columns=["rank"]).reset_index(drop=True)
@@ -387,24 +427,43 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
     if fmt == "webdataset":
         webdataset_keys(kept)  # refuses a pool of image files before anything is written
     shards = write_reshard(kept, p["manifest"], reshard) if reshard is not None else None
-    atomic_write(p["manifest"], lambda t: _write_table(kept, t, fmt))
-    atomic_write(p["dropped"], lambda t: _write_table(dropped, t, "parquet"))
-    sidecar = {
-        "sidecar_version": SIDECAR_VERSION, "software_version": __version__,
-        "dataset": {"name": store.name, "path": str(store.path.resolve()), "fingerprint": store.fingerprint},
-        "analysis_run": run_id, "config": cfg.to_dict(), "format": fmt, "columns": list(columns or []),
-        **({"reshard": {"size": reshard, **shards}} if shards else {}),
-        "manifest": {"file": p["manifest"].name, "sha256": file_hash(p["manifest"]), "rows": len(kept)},
-        "dropped": {"file": p["dropped"].name, "rows": len(dropped)},
-        "summary": {k: v for k, v in result.summary.items() if k != "strata"},
-        "strata": result.summary["strata"],
-        "impact": impact or {},
-        "warnings": list(warnings or []) + ([f"{len(missing)} image files do not exist (written anyway: "
-                                              f"--allow-missing), first {missing[0]}"] if missing else []),
-    }
-    atomic_write(p["sidecar"], lambda t: t.write_text(json.dumps(sidecar, indent=2, sort_keys=True,
-                                                                  default=_json_default) + "\n"))
+    # all three files are written to temporary names first, then moved into place as one set with
+    # the sidecar last (atomic.replace_set): the sidecar records the manifest's sha256, so a reader
+    # (and `select --from`) can tell a complete export from an interrupted one
+    tmps = {role: temp_name(p[role]) for role in ("dropped", "manifest", "sidecar")}
+    try:
+        _write_temp(p["manifest"], tmps["manifest"], lambda t: _write_table(kept, t, fmt))
+        _write_temp(p["dropped"], tmps["dropped"], lambda t: _write_table(dropped, t, "parquet"))
+        sidecar = {
+            "sidecar_version": SIDECAR_VERSION, "software_version": __version__,
+            "dataset": {"name": store.name, "path": str(store.path.resolve()), "fingerprint": store.fingerprint},
+            "analysis_run": run_id, "config": cfg.to_dict(), "format": fmt, "columns": list(columns or []),
+            **({"reshard": {"size": reshard, **shards}} if shards else {}),
+            "manifest": {"file": p["manifest"].name, "sha256": file_hash(tmps["manifest"]), "rows": len(kept)},
+            "dropped": {"file": p["dropped"].name, "rows": len(dropped), "sha256": file_hash(tmps["dropped"])},
+            "summary": {k: v for k, v in result.summary.items() if k != "strata"},
+            "strata": result.summary["strata"],
+            "impact": impact or {},
+            "warnings": list(warnings or []) + ([f"{len(missing)} image files do not exist (written anyway: "
+                                                  f"--allow-missing), first {missing[0]}"] if missing else []),
+        }
+        _write_temp(p["sidecar"], tmps["sidecar"], lambda t: t.write_text(
+            json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default) + "\n"))
+        replace_set({p[r]: tmps[r] for r in ("dropped", "manifest", "sidecar")}, stale_first=[p["sidecar"]])
+    finally:
+        for t in tmps.values():
+            if t.exists():
+                t.unlink()
     return sidecar
+
+
+def _write_temp(target: Path, tmp: Path, write) -> None:
+    """``write(tmp)``; a failing file system becomes one error naming ``target``."""
+    try:
+        write(tmp)
+    except OSError as e:
+        raise CurationError(f"cannot write {target}: {e.strerror or e}. Nothing was replaced. Fix: free disk space "
+                            f"or choose a writable location.") from None
 
 
 def _json_default(o):

@@ -52,7 +52,8 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     """Rate ``n`` sampled pairs not rated yet by this model and prompt; store them. Returns counts.
 
     Samples are drawn uniformly at random (seeded) so the ratings represent the pool the reward
-    model will score. Pairs whose image cannot be read are recorded with status ``no_image``.
+    model will score. Pairs whose image cannot be read are counted (``no_image``) and not stored: only
+    answers received are, so a rerun tries those pairs again.
     When the endpoint is unreachable, what was rated so far is stored and :class:`CurationError`
     is raised with the fix.
     """
@@ -62,6 +63,12 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
 
     if n < 1:
         raise CurationError(f"--sample {n}: rate at least one pair.")
+    if not isinstance(retries, int) or retries < 0:
+        raise CurationError(f"--retries {retries}: use 0 or more (0 = one request per pair, no retry).")
+    if not (isinstance(timeout, (int, float)) and np.isfinite(timeout) and timeout > 0):
+        raise CurationError(f"--timeout {timeout}: use a positive number of seconds, e.g. 60.")
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise CurationError(f"--concurrency {concurrency}: use 1 or more requests at a time.")
     url = chat_url(endpoint)
     with store_mod.open_store(db) as s:
         if S.IMAGE not in [c for c, _ in s.columns()]:
@@ -165,6 +172,10 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
                 results.append((r, res))
             down = down or err
         results.sort(key=lambda x: x[0])
+        # only answers received are stored: a pair whose image could not be read was never sent, and
+        # storing it would make every rerun skip it (it is counted, and tried again next time)
+        no_image = sum(1 for _, res in results if res["status"] == "no_image")
+        results = [(r, res) for r, res in results if res["status"] != "no_image" and res.get("attempts", 1) >= 1]
         created = time.strftime("%Y-%m-%dT%H:%M:%S")
         new = pd.DataFrame([{S.ROW: r, S.ID: samples[S.ID].iat[r], "source": f"mllm:{model}",
                              "prompt_version": PROMPT_VERSION, "created": created, **res} for r, res in results])
@@ -178,7 +189,7 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
         raise KeyboardInterrupt
     counts = {"rated": int((new["status"] == "ok").sum()) if len(new) else 0,
               "malformed": int((new["status"] == "malformed").sum()) if len(new) else 0,
-              "no_image": int((new["status"] == "no_image").sum()) if len(new) else 0,
+              "no_image": no_image,
               "transport_error": int((new["status"] == "transport_error").sum()) if len(new) else 0,
               "total": len(done) + len(new)}
     if down is not None and not isinstance(down, EndpointDown):

@@ -38,6 +38,21 @@ def emb_column(kind: str) -> str:
     return IMAGE_EMB if kind == "image" else TEXT_EMB
 
 
+SEED_MAX = 2**32 - 1  # faiss, numpy and sklearn all take a seed in [0, 2^32)
+
+
+def check_seed(seed) -> int:
+    """A seed every random step accepts: a whole number in [0, 2^32 - 1] (one rule for the CLI, the
+    config files and the app)."""
+    import numpy as np
+
+    from curation.errors import CurationError
+
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise CurationError(f"seed {seed!r} must be a whole number from 0 to {SEED_MAX}. Fix: e.g. --seed 0.")
+    return int(seed)
+
+
 # How a metadata value reads as a category (confounder statistics, strata, filters). DuckDB hands
 # nested types to pandas as Python objects that cannot be hashed or compared, so each type is
 # decided once, here:
@@ -72,8 +87,6 @@ def category_values(series):
     """
     import decimal
     import json
-
-    import pandas as pd
 
     if series.dtype != object:
         return series

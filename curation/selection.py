@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from curation import schema as S
 from curation.errors import CurationError
 
 CONFIG_VERSION = 2  # 2 added fidelity_guard; a version-1 config reads as fidelity_guard=None (as it ran)
@@ -452,9 +454,21 @@ class SelectionResult:
 def parse_budget(text) -> int | float:
     """A budget typed by a user: a whole count (``5000``) or a fraction in (0, 1] (``0.25``).
 
+    One meaning in every face (CLI, config file, app, URL), the one JSON gives: a whole number
+    written without a decimal point is a count, so ``1`` is one sample and ``1.0`` the whole pool.
     Raises :class:`CurationError` for anything else (negative, zero, inf, nan, ``2.5``, text).
     """
+    if isinstance(text, bool):
+        raise CurationError(f"budget {text!r} is not a number. Fix: a count (5000) or a fraction (0.25).")
+    if isinstance(text, (int, np.integer)):
+        text = int(text)
+        if text <= 0:
+            raise CurationError(f"budget {text} must be a positive count or a fraction in (0, 1]. Fix: e.g. 5000 "
+                                f"or 0.25.")
+        return text
     raw = str(text).strip()
+    if re.fullmatch(r"\+?[0-9]+", raw):
+        return parse_budget(int(raw))
     try:
         v = float(raw)
     except ValueError:
@@ -468,6 +482,14 @@ def parse_budget(text) -> int | float:
                                 f"Fix: e.g. 5000 or 0.25.")
         return int(v)
     return v
+
+
+def parse_cluster_list(text) -> tuple[int, ...]:
+    """``"3,17"`` -> (3, 17): prototype cluster numbers typed by a user (sorted, unique)."""
+    items = [c.strip() for c in str(text).split(",") if c.strip()]
+    if not all(re.fullmatch(r"[0-9]+", c) for c in items):
+        raise CurationError(f"clusters {str(text)[:40]!r}: give cluster numbers, e.g. 3,17.")
+    return tuple(sorted({int(c) for c in items}))
 
 
 def parse_gate(text: str) -> Gate:
@@ -548,6 +570,7 @@ def validate_config(cfg: SelectionConfig, inp: SelectionInputs) -> None:
             raise CurationError(f"unknown confounder column {c!r}. Fix: use one of: {', '.join(cols)}.")
     if cfg.mode not in MODES:
         raise CurationError(f"unknown mode {cfg.mode!r}. Fix: use one of {', '.join(MODES)}.")
+    S.check_seed(cfg.seed)
     if not 0.0 <= cfg.temper <= 1.0:
         raise CurationError(f"temper must be within [0, 1]; got {cfg.temper}.")
     if not (math.isfinite(cfg.tail_core_ratio) and cfg.tail_core_ratio >= 0):

@@ -116,14 +116,18 @@ class Store:
                 self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
                 break
             except duckdb.Error as e:  # locked by a writer, or not a DuckDB file
-                busy = any(w in str(e).lower() for w in ("lock", "different configuration"))
+                msg = str(e).lower()
+                busy = bool(re.search(r"conflicting lock|could not set lock|\block\b|different configuration", msg)) \
+                    and "corrupt" not in msg
                 if busy and time.monotonic() < deadline:
                     time.sleep(0.1)
                     continue
                 if busy:
                     raise CurationError(f"cannot open dataset {self.path}: another process or session is "
                                         f"writing it ({e}). Fix: wait for it to finish, then try again.") from e
-                raise CurationError(f"cannot open dataset {self.path}: {_first_line(e)}") from e
+                raise CurationError(f"cannot open dataset {self.path}: {_first_line(e)}. The file is damaged (cut "
+                                    f"short or altered) or is not a DuckDB dataset. Fix: restore it, or ingest the "
+                                    f"data again (ingest ... --replace).") from e
         self._meta: dict | None = None
         self._columns_cache: dict[str, list[tuple[str, str]] | None] = {}
 
@@ -192,6 +196,15 @@ class Store:
             if missing or not isinstance(meta.get("n_rows"), int):
                 raise StateError(f"{self.path}: the {S.META} table lacks {', '.join(missing) or 'a whole n_rows'}; "
                                  f"the file is damaged or was not written by curation. Fix: re-ingest the dataset.")
+            version = meta.get("schema_version", 1)
+            if not isinstance(version, int) or isinstance(version, bool) or version > S.SCHEMA_VERSION:
+                raise StateError(f"{self.path} was written by a newer curation (dataset schema version {version!r}; "
+                                 f"this one reads up to {S.SCHEMA_VERSION}); reading or writing it could damage it. "
+                                 f"Fix: upgrade curation (git pull && make install).")
+            absent = [t for t in (S.SAMPLES, S.EMBEDDINGS) if not self.has_table(t)]
+            if absent:
+                raise StateError(f"{self.path} lacks its {' and '.join(absent)} table; the file is damaged or was "
+                                 f"edited. Fix: re-ingest the dataset (ingest ... --replace).")
             self._meta = meta
         return self._meta
 
@@ -425,8 +438,13 @@ class Store:
 
     # -- named id sets: what exclude / include rules refer to ------------------------------------
     def save_id_set(self, name: str, rows, kind: str = "ids", meta: Mapping | None = None) -> str:
-        """Store the rows ``rows`` as the id set ``name`` (replacing one of that name). Returns its
-        reference ``NAME@SHA12``: rules name sets by reference, so a changed set is detected."""
+        """Store the rows ``rows`` as a new version of the id set ``name``. Returns its reference
+        ``NAME@SHA12``.
+
+        Sets are immutable and content-addressed: saving a name again adds a version and the name
+        points to the latest (:meth:`id_set_refs`), while every earlier version stays readable by
+        its reference (:meth:`id_set_rows`), so an export that pinned one still reproduces. Saving
+        the same rows under the same name again stores nothing new."""
         import pandas as pd
 
         self._check_writable()
@@ -441,25 +459,37 @@ class Store:
         row = pd.DataFrame([{"name": name, "kind": kind, "sha256": sha, "created": _now(), "n": len(rows),
                              "rows": rows.tolist(), "meta": json.dumps(dict(meta or {}), sort_keys=True)}])
         old = self.read_table(S.ID_SETS) if self.has_table(S.ID_SETS) else None
-        table = row if old is None else pd.concat([old[old["name"] != name], row], ignore_index=True)
+        ref = f"{name}@{sha[:12]}"
+        if old is not None:
+            same = (old["name"] == name) & (old["sha256"].str[:12] == sha[:12])
+            if same.any():
+                if old.loc[same, "sha256"].iloc[0] != sha:
+                    raise CurationError(f"id set {ref}: another set of that name shares the first 12 hex digits "
+                                        f"of its hash. Fix: save it under another name.")
+                # the same content again: it becomes the latest version (the name points to it)
+                row = old[same].assign(created=_now())
+                old = old[~same]
+        table = row if old is None else pd.concat([old, row], ignore_index=True)
         self.write_tables({S.ID_SETS: table})
-        return f"{name}@{sha[:12]}"
+        return ref
 
     def id_sets(self):
-        """The stored id sets (name, kind, sha256, created, n, meta), without their rows."""
+        """The latest version of each stored id set (name, kind, sha256, created, n, meta), without
+        their rows."""
         import pandas as pd
 
         if not self.has_table(S.ID_SETS):
             return pd.DataFrame(columns=["name", "kind", "sha256", "created", "n", "meta"])
-        return self.read_table(S.ID_SETS, ["name", "kind", "sha256", "created", "n", "meta"])
+        t = self.read_table(S.ID_SETS, ["name", "kind", "sha256", "created", "n", "meta"])
+        return t.groupby("name", sort=True).tail(1).sort_values("name").reset_index(drop=True)
 
     def id_set_refs(self) -> list[str]:
-        """The stored sets' references ``NAME@SHA12``, sorted (their rows are not read)."""
+        """References ``NAME@SHA12`` of each set's latest version, sorted (their rows are not read)."""
         t = self.id_sets()
         return sorted(f"{nm}@{sha[:12]}" for nm, sha in zip(t["name"], t["sha256"]))
 
     def id_set_rows(self) -> dict:
-        """{"NAME@SHA12": rows (int64 array)} for every stored set."""
+        """{"NAME@SHA12": rows (int64 array)} for every stored version of every set, oldest first."""
         if not self.has_table(S.ID_SETS):
             return {}
         t = self.read_table(S.ID_SETS, ["name", "sha256", "rows"])
@@ -516,20 +546,38 @@ def resolve_image(root: Path | None, value) -> Path:
     if "://" in value:
         raise CurationError(f"the image is a URL ({value[:80]}); remote images are not fetched (no network, "
                             f"patient data).")
+    def resolved(path: Path) -> Path:
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop, a path too long
+            raise CurationError(f"image path {value!r} cannot be resolved ({e}).") from None
+
     if os.path.isabs(value):
-        p = Path(value).resolve()
+        p = resolved(Path(value))
         if not p.is_file():
             raise CurationError(f"image file {p} is missing.")
         return p
     if root is None:
         raise CurationError("this dataset has no image root (it was ingested without images).")
-    base = Path(root).resolve()
-    p = (base / value).resolve()
+    base = resolved(Path(root))
+    p = resolved(base / value)
     if p != base and base not in p.parents:
         raise CurationError(f"image path {value!r} leaves the dataset's image root {base}; refused.")
     if not p.is_file():
-        raise CurationError(f"image file {p} is missing.")
+        raise CurationError(f"image file {p} is missing." + _archive_hint(base, value))
     return p
+
+
+def _archive_hint(base: Path, value: str) -> str:
+    """When the images were never unpacked (MedPix ships ``images.tgz`` beside its metadata): how."""
+    top = Path(value).parts[0] if Path(value).parts else ""
+    if top and (base / top).exists():
+        return ""
+    for name in (f"{top}.tgz", f"{top}.tar.gz", f"{top}.tar", f"{top}.zip"):
+        if top and (base / name).is_file():
+            how = f"unzip {base / name} -d {base}" if name.endswith(".zip") else f"tar -xzf {base / name} -C {base}"
+            return f" The folder {base / top} does not exist, but {name} does: unpack it ({how})."
+    return f" The folder {base / top} does not exist: unpack or copy the images there." if top else ""
 
 
 def _fixed_list_to_numpy(arr, dim: int) -> np.ndarray:
@@ -690,6 +738,11 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         finally:
             con.close()
 
-    atomic_write(path, write, what="dataset")
+    try:  # a new dataset is created exclusively: of two ingests to one new path only the first lands
+        atomic_write(path, write, what="dataset", exclusive=not replace)
+    except FileExistsError:
+        raise CurationError(f"dataset {path} was created by another process while this one was writing it; "
+                            f"nothing was changed. Fix: choose another path, or pass --replace to overwrite "
+                            f"it.") from None
     log.info("wrote dataset %s: %d rows, fingerprint %s", path, n, fingerprint)
     return fingerprint

@@ -102,7 +102,7 @@ KNOBS = {
     "filter_value": ("", str),
     "seed": (DEFAULT.seed, _in_range(0, 2**31 - 1, int)),
     "guard": (DEFAULT.fidelity_guard or 0.0, _in_range(0.0, 0.45)),
-    "exclude_clusters": ([], lambda v: [int(c) for c in v.split(",") if c]),
+    "exclude_clusters": ([], lambda v: list(selection.parse_cluster_list(v))),
     "exclude_sets": ([], lambda v: [c for c in v.split(",") if c]),
     "include_sets": ([], lambda v: [c for c in v.split(",") if c]),
 }
@@ -117,10 +117,30 @@ def _state() -> dict:
     return st.session_state.setdefault("knobs", {})
 
 
+# what belongs to one dataset: its knobs (cluster rules, sets, filters...), the export form and the
+# last export, the inspected row. Switching datasets puts them aside and brings back the other's.
+PER_DATASET = ("knobs", "exp_name", "exp_columns", "exp_format", "exp_overwrite", "exp_reshard", "exp_reshard_n",
+               "exp_last", "inspect_row", "sel_budget_unit")
+
+
 def init_state() -> None:
-    """Initialise the knob store once per session, from the URL where it carries valid values."""
+    """Initialise the knob store once per session and dataset, from the URL where it carries valid
+    values (only for the dataset the session opened on: another dataset starts from defaults)."""
+    ds = st.session_state.get("dataset_path")  # set by app.py on every run (a plain key, not the widget's)
     if "knobs" in st.session_state:
+        old = st.session_state.get("state_dataset", ds)
+        if old == ds:
+            return
+        saved = st.session_state.setdefault("state_by_dataset", {})
+        saved[old] = {k: st.session_state.pop(k) for k in PER_DATASET if k in st.session_state}
+        for k in [k for k in st.session_state if str(k).startswith("sel_")]:
+            del st.session_state[k]  # widget copies of the old dataset's knobs
+        st.session_state.update(saved.pop(ds, {}))
+        st.session_state["state_dataset"] = ds
+        if "knobs" not in st.session_state:
+            st.session_state["knobs"] = {name: list(d) if isinstance(d, list) else d for name, (d, _) in KNOBS.items()}
         return
+    st.session_state["state_dataset"] = ds
     knobs, notices = {}, []
     for name, (default, parse) in KNOBS.items():
         knobs[name] = list(default) if isinstance(default, list) else default
@@ -129,7 +149,7 @@ def init_state() -> None:
             continue
         try:
             knobs[name] = parse(raw)
-        except CurationError as e:
+        except (CurationError, ValueError, TypeError) as e:  # a junk URL value is a notice, never an error page
             notices.append(f"URL value {name}={raw[:40]!r} ignored ({e}); using {default!r}.")
     for name in list(st.query_params):
         if name.startswith(GATE_PREFIX):
@@ -205,6 +225,11 @@ def check_knobs(info: dict) -> None:
     if get("filter_col") not in [NO_FILTER] + cols:
         notices.append(f"filter column {get('filter_col')!r} not in this dataset; filter removed.")
         put("filter_col", NO_FILTER)
+    k = len(info.get("cluster_labels") or {})
+    if k and any(not 0 <= c < k for c in get("exclude_clusters")):
+        gone = [c for c in get("exclude_clusters") if not 0 <= c < k]
+        notices.append(f"cluster(s) {', '.join(map(str, gone))} not in this analysis (clusters 0..{k - 1}); rule removed.")
+        put("exclude_clusters", [c for c in get("exclude_clusters") if 0 <= c < k])
     sets = set(info.get("id_sets") or ())
     for name in ("exclude_sets", "include_sets"):
         gone = [r for r in get(name) if r not in sets]
@@ -527,6 +552,24 @@ def gallery(df, key: str, root: str | None, page_size: int = 12, extra=None) -> 
             if st.button("Inspect", key=f"{key}_inspect_{row}"):
                 st.session_state["inspect_row"] = int(row)
                 st.switch_page("pages/map.py")
+
+
+# the library's errors name the CLI's flags; on a page they name the widget that does the same
+APP_WORDS = (
+    ("pass --overwrite to replace this export", "tick 'Overwrite an existing export of this name'"),
+    ("--overwrite", "'Overwrite an existing export of this name'"),
+    ("--out name", "the file name"), ("--out", "the file name"), ("choose another name", "type another file name"),
+    ("--columns", "'Also carry these metadata columns'"), ("--format", "the Format box"),
+    ("--reshard", "'Also write new tars'"), ("--allow-missing", "the command line's --allow-missing"),
+    ("--budget", "the budget"), ("--confounders", "the confounder columns"), ("--filter", "the filter"),
+)
+
+
+def app_words(msg: str) -> str:
+    """An error written for the command line, in the words of the app's widgets."""
+    for cli, app in APP_WORDS:
+        msg = msg.replace(cli, app)
+    return msg
 
 
 def save_rule(path: str, name: str, rows, action: str, kind: str, meta: dict | None = None) -> str | None:

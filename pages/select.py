@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from curation import CurationError, charts, manifest, store
+from curation import CurationError, charts, manifest, workflows
 from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES
 from pages import _shared
 
@@ -138,12 +138,14 @@ def results_panel() -> None:
         st.caption(_shared.esc(f"{out.name} exists: tick Overwrite, or choose another name."))
     if st.button("Export manifest", key="exp_go"):
         try:
-            with store.open_store(path) as s:
-                side = manifest.export(s, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
-                                       overwrite=overwrite, warnings=warns, columns=columns, reshard=reshard)
-            st.session_state["exp_last"] = {"path": str(out), "sidecar": side}
+            outcome = workflows.export_selection(path, inp, res, cfg, run_id, out, fmt,
+                                                 impact=impact.to_dict(orient="index"), overwrite=overwrite,
+                                                 warnings=warns, columns=columns, reshard=reshard)
+            st.session_state["exp_last"] = {"path": str(out), "sidecar": outcome.sidecar}
+            if outcome.note:
+                _shared.warning(outcome.note)
         except (CurationError, OSError) as e:
-            _shared.error(f"Export failed: {e}")
+            _shared.error(f"Export failed: {_shared.app_words(str(e))}")
     last = st.session_state.get("exp_last")
     if last and Path(last["path"]).is_file():
         side_paths = manifest.paths_for(last["path"])

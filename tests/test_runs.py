@@ -179,7 +179,7 @@ def test_background_failure_is_a_message(tmp_path, demo_db):
     assert snap["status"] == "failed" and "k=10000000 must be between 1" in snap["error"]
 
 
-@pytest.mark.parametrize("text, expected", [("0.25", 0.25), ("5000", 5000), ("1", 1.0), ("1e3", 1000)])
+@pytest.mark.parametrize("text, expected", [("0.25", 0.25), ("5000", 5000), ("1", 1), ("1.0", 1.0), ("1e3", 1000)])
 def test_parse_budget_accepts(text, expected):
     v = selection.parse_budget(text)
     assert v == expected and type(v) is type(expected)
