@@ -194,6 +194,17 @@ def keep_codes_as_text(table, as_text):
     return table
 
 
+def _storable(table):
+    """Metadata column types DuckDB cannot take from Arrow, widened losslessly: float16 -> float32
+    (DuckDB's "Unsupported Internal Arrow Type e" named neither the column nor the type)."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_float16(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.float32()))
+    return table
+
+
 COLUMN_TYPES = {"text": "string", "number": "float64", "integer": "int64", "boolean": "bool"}
 
 
@@ -749,6 +760,7 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
 
     if column_types:
         inp = _replace(inp, samples=apply_column_types(inp.samples, column_types, inp.sources.get("metadata")))
+    inp = _replace(inp, samples=_storable(inp.samples))
     names = inp.samples.column_names
     if label_column and label_column not in names:
         raise InputError(f"--label-column '{label_column}' is not a column.", fix=f"use one of: {', '.join(names)}.")

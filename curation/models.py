@@ -77,6 +77,12 @@ def load_model(model: str, pretrained: str | None = None, device: str = "cpu"):
         raise CurationError(f"model {model!r} could not be built: {msg}") from e
     except (OSError, ValueError) as e:
         raise CurationError(f"model {model!r} could not be loaded ({e}). {no_weights_fix(model)}") from e
+    except Exception as e:  # a junk or foreign --pretrained file: torch.load raises whatever unpickling meets
+        if pre and Path(str(pre)).is_file():
+            raise CurationError(f"--pretrained {pre} is not an open_clip checkpoint of {model} ({type(e).__name__}: "
+                                f"{str(e)[:120]}). Fix: pass the model's open_clip_pytorch_model.bin (or .safetensors) "
+                                f"file, or a local-dir: folder.") from e
+        raise
     net.eval()
     info = {"model": model, "pretrained": pretrained, "weights_sha256": weights_hash(net),
             "embed_dim": int(_embed_dim(net)), "n_params": int(sum(p.numel() for p in net.parameters()))}

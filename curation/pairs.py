@@ -69,6 +69,16 @@ class TablePairs:
             table = table.append_column("image_path", pa.array(
                 [v if not isinstance(v, str) or "://" in v else os.path.normpath(os.path.join(root, v))
                  for v in table.column(S.IMAGE).to_pylist()], pa.string()))
+        ids = table.column(S.ID).to_pylist() if S.ID in table.column_names else []
+        if len(set(ids)) < len(ids):  # found now, not at ingest after the GPU time
+            seen, dup = set(), None
+            for i, v in enumerate(ids):
+                if v in seen:
+                    dup = (i, v)
+                    break
+                seen.add(v)
+            raise InputError(f"id {dup[1]!r} appears more than once (again at row {dup[0]}).", file=self.path,
+                             row=dup[0], fix="give every pair its own id.")
         self.table = table
         self.images = table.column(S.IMAGE).to_pylist()
         self.captions = table.column(S.CAPTION).to_pylist()

@@ -570,7 +570,8 @@ def resolve_image(root: Path | None, value) -> Path:
 
 def _archive_hint(base: Path, value: str) -> str:
     """When the images were never unpacked (MedPix ships ``images.tgz`` beside its metadata): how."""
-    top = Path(value).parts[0] if Path(value).parts else ""
+    parts = Path(value).parts
+    top = parts[0] if len(parts) > 1 else ""  # a folder the path goes through (not the file itself)
     if top and (base / top).exists():
         return ""
     for name in (f"{top}.tgz", f"{top}.tar.gz", f"{top}.tar", f"{top}.zip"):

@@ -96,6 +96,18 @@ def test_export_from_the_page_equals_the_cli(data_dir, run_cli, tmp_path):
     assert code == 0, err
     sha = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
     assert sha(page_file) == sha(tmp_path / "cli.parquet")
+    # both exports are recorded in the dataset's runs, with the same fields (issue 23/25)
+    from curation import runs
+
+    with store.open_store(data_dir / "demo.duckdb") as s:
+        recs = runs.list_runs(s, "selection")
+    assert [Path(r.outputs["manifest"]).name for r in recs] == ["fromapp.parquet", "cli.parquet"]
+    assert recs[0].config == recs[1].config and set(recs[0].outputs) == set(recs[1].outputs)
+    assert recs[0].outputs["sha256"] == recs[1].outputs["sha256"] == sha(page_file)
+    # exporting the same name again: the app's words, not the command line's
+    at.button(key="exp_go").click().run()
+    msg = " ".join(e.value for e in at.error)
+    assert "Overwrite an existing export of this name" in msg and "--overwrite" not in msg, msg
 
 
 def test_url_state_is_restored(read_only_app_data):

@@ -69,7 +69,7 @@ def test_strata_from_confounders_and_gate_from_quality_reach_select(read_only_ap
     ("temper", "2"), ("tail_ratio", "-1"), ("outliers", "sometimes"), ("dedup", "maybe"),
     ("dedup_eps", "0"), ("dedup_eps", "1.5"), ("gate_fidelity", "-1"), ("gate_fidelity", "nan"),
     ("gate_nosuch", "0.5"), ("filter_col", "nosuch"), ("filter_op", "~"), ("confounders", "nosuch"),
-    ("seed", "x"), ("seed", "-3"),
+    ("seed", "x"), ("seed", "-3"), ("exclude_clusters", "x,y"), ("exclude_clusters", "999"), ("budget", "nan"),
 ])
 def test_junk_url_values_are_notices_not_tracebacks(read_only_app_data, name, value):
     at = _app(None, {name: value})  # the notice shows on the page the link opens
@@ -90,6 +90,35 @@ def test_valid_url_values_are_kept_as_given(read_only_app_data, name, value, wid
     assert not at.exception
     got = getattr(at, widget)(key=f"sel_{name}").value
     assert got == pytest.approx(shown)
+
+
+def test_a_junk_deep_link_renders_every_notice(read_only_app_data):
+    at = _app(None, {"exclude_clusters": "x,y", "budget": "nan"})
+    assert not at.exception
+    notices = " ".join(w.value for w in at.warning)
+    assert "give cluster numbers" in notices and "budget" in notices  # (markdown-escaped text)
+    at.switch_page("pages/select.py").run()
+    assert not at.exception and _metric(at, "Selected") == "1,000"
+
+
+def test_switching_datasets_keeps_each_ones_rules_and_export_name(data_dir):
+    import shutil
+
+    shutil.copy(data_dir / "demo.duckdb", data_dir / "other.duckdb")
+    at = _app("pages/select.py")
+    at.text_input(key="exp_name").set_value("mine").run()
+    at.slider(key="sel_budget").set_value(0.4).run()
+    at.session_state["knobs"]["exclude_clusters"] = [1]  # as the Long tail page's exclude button does
+    # what the sidebar's dataset picker does (AppTest runs a page without the entry point's sidebar)
+    at.session_state["dataset_path"] = str(data_dir / "other.duckdb")
+    at.run()
+    assert not at.exception
+    assert at.session_state["knobs"]["exclude_clusters"] == [] and at.session_state["knobs"]["budget"] == 0.25
+    assert at.text_input(key="exp_name").value != "mine"
+    at.session_state["dataset_path"] = str(data_dir / "demo.duckdb")
+    at.run()
+    assert at.session_state["knobs"]["exclude_clusters"] == [1] and at.session_state["knobs"]["budget"] == 0.4
+    assert at.text_input(key="exp_name").value == "mine"
 
 
 def test_budget_as_a_count(read_only_app_data):
