@@ -626,8 +626,8 @@ def cmd_select(a) -> int:
           + (f"; short by {sm['shortfall']:,}: not enough eligible samples" if sm["shortfall"] else ""))
     print("reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sm["reasons"].items())))
     print(impact.round(4).to_string())
-    print(f"(duplicate_rate measured at eps {ctx.dedup_eps:g}, the selection's; quality guard: "
-          f"{sm['fidelity_guard']})")
+    print(f"(duplicate_rate measured at eps {ctx.dedup_eps:g}, the selection's; quality guards: fidelity "
+          f"{sm['fidelity_guard']}; caption {sm['caption_guard']})")
     for w in warns:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {a.out} ({fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), "

@@ -49,6 +49,8 @@ def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray, k: int) -> float:
 #: which way each impact metric is better ("" for size); tvd_* lower, *_score_mean higher
 DIRECTIONS = {"size": "", "cluster_coverage": "higher", "rare_cluster_coverage": "higher", "sparse_share": "higher",
               "duplicate_rate": "lower", "label_coverage": "higher", "label_min_count": "higher"}
+DENSITY_BINS = 10      # deciles of the kNN tail score
+DENSITY_MATCHED = ("consistency",)  # axes whose random baseline is matched to the subset's density mix
 NOISE_SUBSETS = 5      # random subsets of the same size that measure TVD's noise (no formula for it)
 NOISE_SIGMAS = 3.0     # worse than random by more than this many standard deviations (one-sided 0.13%)...
 MIN_GAP = 0.01         # ...and by at least this much (counts: 1), so exact ties never warn
@@ -92,6 +94,10 @@ class ImpactContext:
 
         self.rare = rare_clusters(np.bincount(inp.prototype, minlength=self.k))
         self.sparse = inp.tail_score >= 0.9  # the 10% lowest-density samples
+        # density deciles: axes that depend on how many close neighbours a sample has (consistency
+        # is agreement with the neighbours' captions) are compared with rows of similar density
+        self.density_bin = np.minimum((np.nan_to_num(inp.tail_score, nan=0.0) * DENSITY_BINS).astype(np.int64),
+                                      DENSITY_BINS - 1)
         self.dedup_eps = float(dedup_eps)
         self.is_dup = inp.duplicates(self.dedup_eps, cache)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
@@ -168,12 +174,36 @@ class ImpactContext:
                 out[f"tvd_{c}"] = (float(np.mean(vals)), float(np.std(vals, ddof=1)))
         return out
 
+    def density_matched(self, selected: np.ndarray) -> dict:
+        """{"<axis>_score_mean": (mean, sd)} for the axes in :data:`DENSITY_MATCHED`: what rows of
+        the same density as ``selected`` score (a random draw of the subset's count from each
+        density decile of the pool). A subset of rare samples is compared with rare samples, so a
+        warning means worse captions, not fewer close neighbours."""
+        out = {}
+        counts = np.bincount(self.density_bin[selected], minlength=DENSITY_BINS).astype(np.float64)
+        sizes = np.bincount(self.density_bin, minlength=DENSITY_BINS).astype(np.float64)
+        for axis in DENSITY_MATCHED:
+            v = self.scores.get(axis)
+            if v is None or not np.isfinite(v).any():
+                continue
+            ok = np.isfinite(v)
+            tot = np.bincount(self.density_bin[ok], weights=v[ok], minlength=DENSITY_BINS)
+            sq = np.bincount(self.density_bin[ok], weights=v[ok] ** 2, minlength=DENSITY_BINS)
+            m = np.bincount(self.density_bin[ok], minlength=DENSITY_BINS).astype(np.float64)
+            mu = tot / np.maximum(m, 1)
+            var = np.maximum(sq / np.maximum(m, 1) - mu ** 2, 0)
+            fpc = np.maximum(sizes - counts, 0) / np.maximum(sizes - 1, 1)
+            b = counts.sum()
+            out[f"{axis}_score_mean"] = (float((counts * mu).sum() / b), float(np.sqrt((counts * var * fpc).sum()) / b))
+        return out
+
     def warnings(self, selected: np.ndarray, summary: dict | None = None, mode: str = "proportional",
                  strata_columns=(), subset: dict | None = None) -> list[str]:
         """Where the subset is worse than a random subset of its size beyond noise.
 
         For every metric with a better side (:func:`direction`), the subset is compared with the
-        random expectation (:meth:`expected_random`): a warning when it is worse by more than
+        random expectation (:meth:`expected_random`; for consistency, rows of the subset's own
+        density mix, :meth:`density_matched`): a warning when it is worse by more than
         :data:`NOISE_SIGMAS` standard deviations and by at least :data:`MIN_GAP`. TVD is checked
         for the chosen ``strata_columns`` in ``proportional`` mode only (balanced and tempered change
         the mix on purpose; unchosen columns shift with the tail picks by design). Strata
@@ -188,6 +218,7 @@ class ImpactContext:
         sub = subset if subset is not None else self.impact(selected)
         checked_tvd = list(strata_columns) if mode == "proportional" else []
         expected = self.expected_random(size, checked_tvd)
+        expected.update(self.density_matched(selected))
         for m, v in sub.items():
             d = direction(m)
             if not d or m not in expected or not np.isfinite(v):

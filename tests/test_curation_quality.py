@@ -56,7 +56,7 @@ def test_the_guard_never_removes_a_whole_cluster(demo):
 
 def test_a_version_1_config_reads_without_the_guard():
     cfg = SelectionConfig.from_dict({"budget": 0.25, "version": 1})
-    assert cfg.fidelity_guard is None and cfg.version == 2
+    assert cfg.fidelity_guard is None and cfg.version == 3 and cfg.tail == "distance"
     assert SelectionConfig().fidelity_guard == 0.1
 
 
@@ -193,3 +193,20 @@ def test_chart_builders_leave_altairs_global_settings_alone():
     charts.histogram(np.arange(10.0), "x", {})
     charts.rank_size_chart(np.array([5, 3, 1]), np.array([False, False, True]))
     assert (alt.data_transformers.active, dict(alt.data_transformers.options)) == before
+
+
+def test_default_raises_no_warning_but_planted_mismatches_still_do(demo):
+    """Consistency is compared with rows of the subset's own density: the default's rare picks have
+    fewer close neighbours, which is no quality problem; the planted mismatched pairs are one."""
+    inp, truth, _ = demo
+    ctx = ImpactContext(inp)
+    res = selection.select(inp, SelectionConfig())
+    assert ctx.warnings(res.selected, res.summary) == []
+    mm = np.flatnonzero(truth["is_mismatched"].to_numpy())
+    rng = np.random.default_rng(0)
+    rest = rng.permutation(np.setdiff1d(np.arange(inp.n), mm))[: 4 * len(mm)]
+    worse = np.concatenate([mm, rest])  # 20% mismatched pairs, against 2% in the pool
+    warns = ctx.warnings(worse)
+    assert any(w.startswith("consistency_score_mean is") for w in warns), warns
+    exp = ctx.density_matched(worse)["consistency_score_mean"]
+    assert ctx.impact(worse)["consistency_score_mean"] < exp[0] - 3 * exp[1]

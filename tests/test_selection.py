@@ -26,9 +26,9 @@ def test_cache_gives_the_same_result(inp):
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
     a = select(inp, cfg, cache=cache)
     b = select(inp, replace(cfg, budget=900), cache=cache)
-    # one order, one duplicate table (eps 0.05), one column's strata codes and the quality guard's
-    # mask: the second budget reused them all
-    assert len(cache) == 4 and np.array_equal(b.selected[:300], a.selected)
+    # one order, one duplicate table (eps 0.05), one column's strata codes and the two quality guards'
+    # masks: the second budget reused them all
+    assert len(cache) == 5 and np.array_equal(b.selected[:300], a.selected)
     assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
     assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
 
@@ -46,8 +46,11 @@ def test_exact_budget_nested_and_deterministic(inp):
     assert np.array_equal(a.selected, a.order[:1000])
 
 
-def test_default_is_chexficient(inp):
-    res = select(inp, SelectionConfig(budget=1000))
+CHEXFICIENT = dict(tail="distance", tail_core_ratio=0.44, outliers="drop", caption_guard=None)  # version 2's
+
+
+def test_distance_tail_is_chexficient(inp):
+    res = select(inp, SelectionConfig(budget=1000, **CHEXFICIENT))
     band = inp.band[res.selected]
     assert set(band) <= {"core", "tail"}  # outliers dropped
     _, is_dup = inp.duplicates(0.05)
@@ -64,6 +67,28 @@ def test_default_is_chexficient(inp):
         assert np.array_equal(ranks, eligible_ranks[: len(ranks)])
     # round-robin over clusters: every prototype is covered at this budget
     assert len(np.unique(inp.prototype[res.selected])) == len(np.unique(inp.prototype))
+
+
+def test_default_density_tail_takes_the_rarest_and_covers_every_cluster(inp):
+    cfg = SelectionConfig(budget=1000)
+    assert (cfg.tail, cfg.tail_core_ratio, cfg.outliers) == ("density", 2.0, "keep")
+    res = select(inp, cfg)
+    sel = np.zeros(inp.n, bool)
+    sel[res.selected] = True
+    took_tail = res.reason[res.selected] == selection.KEPT_TAIL
+    # the tail picks are the eligible rows of highest tail_score, a prefix of that order
+    eligible = np.isin(res.reason, [selection.KEPT_TAIL, selection.KEPT_CORE, selection.DROP_BUDGET])
+    tail_rows = res.selected[took_tail]
+    threshold = inp.tail_score[tail_rows].min()
+    assert not (inp.tail_score[eligible & ~sel] > threshold).any()
+    # about two tail picks per core pick (a row comes once, at its better place)
+    assert 0.55 < took_tail.mean() < 0.75, took_tail.mean()
+    # round-robin over clusters: every prototype is covered at this budget
+    assert len(np.unique(inp.prototype[res.selected])) == len(np.unique(inp.prototype))
+    # outliers are eligible, the guards and duplicates are not
+    _, is_dup = inp.duplicates(0.05)
+    assert not is_dup[res.selected].any()
+    assert not np.isin(res.reason[res.selected], [selection.DROP_GUARD, selection.DROP_CAPTION_GUARD]).any()
 
 
 def test_every_sample_has_a_reason(inp):
