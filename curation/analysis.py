@@ -88,10 +88,15 @@ class AnalysisConfig:
     confounder_v: float = 0.3
     confounder_lift: float = 0.1
     probe_max: int = 5_000
+    label_columns: tuple = ()
     version: int = CONFIG_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        d["label_columns"] = list(self.label_columns)
+        if not d["label_columns"]:  # added later: a run without labels keeps the id it always had
+            del d["label_columns"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisConfig":
@@ -103,7 +108,7 @@ class AnalysisConfig:
         if d.get("version", CONFIG_VERSION) != CONFIG_VERSION:
             raise CurationError(f"analysis config version {d['version']} is not supported "
                                 f"(this is version {CONFIG_VERSION}).")
-        return cls(**d)
+        return cls(**{**d, "label_columns": tuple(d.get("label_columns", ()))})
 
     def validate(self, n: int) -> None:
         from curation.spaces import SPACES
@@ -287,7 +292,7 @@ class _Inputs:
     case: np.ndarray | None = None  # case codes (density)
     meta: object = None             # metadata frame (confounders)
     case_column: str | None = None
-    label_column: str | None = None
+    label_columns: tuple = ()
     centroids: np.ndarray | None = None  # from a previous prototypes step of this run
     captions: object = None         # caption texts (quality), None without a caption column
 
@@ -470,11 +475,11 @@ def _step_confounders(inp: _Inputs, prog) -> StepResult:
         done[0] += m
         prog("confounders", done[0], len(meta_cols))
 
-    case_col, label = inp.case_column, inp.label_column
+    case_col, labels = inp.case_column, list(cfg.label_columns)
     table = C.confounder_table(
         meta, inp.out["prototype"].to_numpy(), Z, rows=rows,
         case=meta[case_col].to_numpy() if case_col in meta.columns else None,
-        label_columns=[label] if label else [], skip_columns=[case_col] if case_col else [],
+        label_columns=labels, skip_columns=[case_col] if case_col else [],
         v_threshold=cfg.confounder_v, lift_threshold=cfg.confounder_lift, seed=cfg.seed, progress=conf_prog)
     return StepResult(tables={"confounders": table}, outputs={"probe_rows": int(len(rows))})
 
@@ -533,6 +538,10 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         n = store.n_rows
         kinds = [k for k in S.EMB_KINDS if store.dim(k) is not None]
         config = resolve_space(config, kinds)
+        if not config.label_columns and store.label_columns():  # the dataset's declared labels
+            from dataclasses import replace as _replace
+
+            config = _replace(config, label_columns=tuple(store.label_columns()))
         config.validate(n)
         if "map" in steps and n < MAP_MIN_ROWS:  # before any vector is read
             raise CurationError(f"the map step needs at least {MAP_MIN_ROWS} samples; this dataset has {n}. "
@@ -566,7 +575,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                                 if {"quality", "prototypes"} & set(steps)
                                 and S.CAPTION in [c for c, _ in store.columns()] else None),
                       meta=store.samples(store.metadata_columns()) if "confounders" in steps else None,
-                      case_column=store.meta.get("case_column"), label_column=store.meta.get("label_column"))
+                      case_column=store.meta.get("case_column"))
         inp.F, inp.slices = _features(store, n)
         prev_outputs = dict(prev.outputs) if prev and done_steps else {}
         prev_timings = dict(prev.timings) if prev and done_steps else {}

@@ -78,7 +78,8 @@ def _add_ingest(sub):
     p.add_argument("--shared-space", action=argparse.BooleanOptionalAction, default=None,
                    help="image and text come from one CLIP-style model (enables image-text fidelity); "
                         "default: what the input says (an embed or clip-retrieval folder is one model)")
-    p.add_argument("--label-column", help="a label column (kept out of confounder flags)")
+    p.add_argument("--label-column", help="one label column (same as --label-columns COL)")
+    p.add_argument("--label-columns", metavar="COL[,COL]", help="columns that are answers, not inputs (diagnosis, finding labels; a|b|c holds three): never flagged as confounders, never used by the default selection, reported by the impact table against random subsets")
     p.add_argument("--case-column", help="case/patient id column (duplicates and splits respect it)")
     p.add_argument("--column-types", metavar="COL=TYPE[,...]",
                    help="force metadata column types: text, number, integer, boolean (e.g. zip=text,age=number). "
@@ -109,7 +110,7 @@ def cmd_ingest(a) -> int:
         inp = ingest.read_clip_retrieval(a.clip_retrieval, id_column=a.id_column, image_root=a.image_root)
     fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
                        shared_space=a.shared_space, case_column=a.case_column, label_column=a.label_column,
-                       column_types=column_types)
+                       column_types=column_types, label_columns=_split_list(a.label_columns))
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     print(f"ingested {inp.samples.num_rows} samples into {a.db} (image dim {dims['image']}, "
           f"text dim {dims['text']}), fingerprint {fp} ({time.time() - t:.1f} s)")
@@ -329,6 +330,9 @@ def _add_analyze(sub):
     p.add_argument("--knn-k", type=int, default=d.knn_k, help="neighbours for density (default: %(default)s)")
     p.add_argument("--map-fit-max", type=int, default=d.map_fit_max,
                    help="UMAP is fitted on at most this many samples (default: %(default)s)")
+    p.add_argument("--label-columns", metavar="COL[,COL]",
+                   help="declare the dataset's label columns (stored with it; default: those declared at ingest): "
+                   + "columns that are answers, not inputs (diagnosis, finding labels; a|b|c holds three): never flagged as confounders, never used by the default selection, reported by the impact table against random subsets")
     p.add_argument("--force", action="store_true", help="recompute even when this run is already stored")
     p.set_defaults(func=cmd_analyze)
 
@@ -338,6 +342,12 @@ def cmd_analyze(a) -> int:
 
     from curation import analysis
 
+    if a.label_columns is not None:
+        from curation import ingest, store
+
+        with store.open_store(a.db, read_only=False) as s:
+            labels = ingest.check_label_columns([c for c, _ in s.columns()], _split_list(a.label_columns))
+            s.update_meta(label_columns=labels, label_column=labels[0] if labels else None)
     cfg = analysis.AnalysisConfig(space=a.space, k=a.k, seed=a.seed, core_pct=a.core_pct,
                                   tail_pct=a.tail_pct, dedup_eps=a.dedup_eps, knn_k=a.knn_k,
                                   map_fit_max=a.map_fit_max)
@@ -450,6 +460,8 @@ def _add_select(sub):
     p.add_argument("--columns", metavar="C,C",
                    help="metadata columns the manifest carries too, e.g. split,case_id (one named like a manifest "
                         "column, e.g. rank, is written as meta_rank)")
+    p.add_argument("--label-columns", metavar="COL[,COL]",
+                   help="label columns the impact table reports (default: those declared with the dataset)")
     p.add_argument("--reshard", type=int, nargs="?", const=WDS_SHARD_SIZE, metavar="N",
                    help="with --format webdataset: also write new tars of the kept samples beside --out "
                         f"(NAME-000000.tar..., N samples per tar, default {WDS_SHARD_SIZE:,})")
@@ -555,7 +567,7 @@ def _resolve_sets(a, db, cfg):
 
 
 def cmd_select(a) -> int:
-    from curation import manifest, metrics, runs, selection, store, workflows
+    from curation import ingest, manifest, metrics, runs, selection, store, workflows
     from curation.selection import SelectionConfig
 
     if a.from_sidecar:
@@ -599,8 +611,10 @@ def cmd_select(a) -> int:
         run_id = runs.require(s, run_id).run_id
         inp = selection.load_inputs(s, run_id)
         res = selection.select(inp, cfg)
+        labels = (s.label_columns() if a.label_columns is None else
+                  ingest.check_label_columns(list(inp.meta.columns), _split_list(a.label_columns)))
         ctx = metrics.ImpactContext(inp, columns=cfg.confounders or _flagged(s, run_id),
-                                    label=s.meta.get("label_column"), seed=cfg.seed,
+                                    labels=labels, seed=cfg.seed,
                                     dedup_eps=cfg.dedup_eps if cfg.dedup_eps is not None else 0.05)
         impact = ctx.compare(res.selected, cfg.seed)
         warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders,

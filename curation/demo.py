@@ -261,7 +261,7 @@ def build(db: str | Path = "data/demo.duckdb", spec: DemoSpec = DemoSpec(), *, r
         write_images(img_dir, samples, draw, size=spec.image_size, seed=spec.seed)
     meta = {"image_model": "synthetic (demo)", "text_model": "synthetic (demo)", "shared_space": True,
             "source": "demo", "image_root": img_dir.name if images else None,
-            "label_column": "finding", "case_column": "case_id", "demo_spec": asdict(spec)}
+            "label_column": "finding", "label_columns": ["finding"], "case_column": "case_id", "demo_spec": asdict(spec)}
     return store.create_dataset(db, samples, vectors, meta=meta, replace=replace,
                                 extra_tables={S.TRUTH: truth})
 

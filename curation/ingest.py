@@ -730,8 +730,19 @@ def infer_case_column(names, given: str | None = None) -> str | None:
     return next((c for c in S.CASE_CANDIDATES if c in names), None)
 
 
+def check_label_columns(names, labels) -> list[str]:
+    """Declared label columns, checked against the dataset's column ``names`` (order kept, once each)."""
+    labels = list(dict.fromkeys(c for c in labels if c))
+    bad = [c for c in labels if c not in names or c in (S.ID, S.IMAGE, S.CAPTION)]
+    if bad:
+        raise InputError(f"--label-columns: {', '.join(repr(c) for c in bad)} is not a metadata column.",
+                         fix=f"use some of: {', '.join(n for n in names if n not in (S.ID, S.IMAGE, S.CAPTION))}.")
+    return labels
+
+
 def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=None,
-           shared_space=None, extra_meta=None, case_column=None, label_column=None, column_types=None) -> str:
+           shared_space=None, extra_meta=None, case_column=None, label_column=None, column_types=None,
+           label_columns=()) -> str:
     """Validate ``inp`` and write it as the dataset ``db`` atomically. Returns the fingerprint.
 
     Parameters
@@ -744,8 +755,9 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     case_column : str, optional
         Case/patient id column (duplicates and held-out splits respect it); inferred from
         :data:`curation.schema.CASE_CANDIDATES` when not given.
-    label_column : str, optional
-        A label column (kept out of confounder flags); must exist.
+    label_column, label_columns : str, iterable of str, optional
+        Label columns (answers, not inputs): never flagged as confounders, reported by the impact
+        table; must exist.
     column_types : dict {column: "text" | "number" | "integer" | "boolean"}, optional
         Types forced on metadata columns (:func:`parse_column_types`). Without it a CSV column is a
         number only when every value comes back unchanged from it (codes with leading zeros and
@@ -762,9 +774,9 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
         inp = _replace(inp, samples=apply_column_types(inp.samples, column_types, inp.sources.get("metadata")))
     inp = _replace(inp, samples=_storable(inp.samples))
     names = inp.samples.column_names
-    if label_column and label_column not in names:
-        raise InputError(f"--label-column '{label_column}' is not a column.", fix=f"use one of: {', '.join(names)}.")
-    extra_meta = {"case_column": infer_case_column(names, case_column), "label_column": label_column,
+    labels = check_label_columns(names, [*([label_column] if label_column else []), *label_columns])
+    extra_meta = {"case_column": infer_case_column(names, case_column), "label_column": labels[0] if labels else None,
+                  "label_columns": labels,
                   **(extra_meta or {})}
     image_model = image_model or inp.meta.get("image_model")
     text_model = text_model or inp.meta.get("text_model")

@@ -29,12 +29,56 @@ def _cached_random(ctx, seed: int) -> np.ndarray:
     return ctx.random if seed == ctx.seed else random_order(ctx.n, seed)
 
 
+class LabelColumn:
+    """A label column (an answer, not an input) as classes per row: a multi-label value ``a|b|c``
+    counts each class. ``rows``/``classes``: one entry per (row, class) pair; ``sizes``: rows per
+    class in the pool; ``head``: the pool's most frequent class; ``rare``: classes with at most
+    :data:`RARE_CLASS_MAX` rows."""
+
+    def __init__(self, name: str, series):
+        import pandas as pd
+
+        from curation.schema import category_values
+
+        self.name = name
+        s = category_values(series)
+        s = s.astype(object).where(s.notna(), None).map(lambda v: None if v is None else str(v))
+        parts = s.str.split(LABEL_SEP, regex=False).explode().str.strip()
+        parts = parts[parts.notna() & (parts != "")]
+        self.rows = parts.index.to_numpy(np.int64)
+        codes, names = pd.factorize(parts.to_numpy(), sort=True)
+        self.classes = codes.astype(np.int64)
+        self.names = [str(x) for x in names]
+        self.sizes = np.bincount(self.classes, minlength=len(self.names))
+        self.head = int(np.argmax(self.sizes)) if len(self.sizes) else -1
+        self.rare = self.sizes <= RARE_CLASS_MAX
+        self.holds_head = np.zeros(len(series), bool)
+        self.holds_head[self.rows[self.classes == self.head]] = True
+
+    def impact(self, mask: np.ndarray, size: int) -> dict:
+        hit = np.zeros(len(self.names), bool)
+        hit[self.classes[mask[self.rows]]] = True
+        p = f"label_{self.name}"
+        return {f"{p}_head_share": float(self.holds_head[mask].sum() / size) if size else float("nan"),
+                f"{p}_class_coverage": float(hit.mean()) if len(hit) else float("nan"),
+                f"{p}_rare_class_coverage": float(hit[self.rare].mean()) if self.rare.any() else float("nan")}
+
+
 def _codes(series) -> tuple[np.ndarray, int]:
     import pandas as pd
 
     s = series.astype(object).where(series.notna(), MISSING).astype(str)
     codes, levels = pd.factorize(s, sort=True)
     return codes, len(levels)
+
+
+def _p_hit(n: int, sizes: np.ndarray, b: int) -> np.ndarray:
+    """P(a group of m rows gets at least one of a uniformly random b of n): 1 - C(n - m, b) / C(n, b)."""
+    from scipy.special import gammaln
+
+    rest = np.maximum(n - sizes - b, 0)
+    log_miss = gammaln(n - sizes + 1) - gammaln(rest + 1) - gammaln(n + 1) + gammaln(n - b + 1)
+    return np.where(n - sizes < b, 1.0, 1.0 - np.exp(log_miss))
 
 
 def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray, k: int) -> float:
@@ -48,7 +92,9 @@ def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray, k: int) -> float:
 
 #: which way each impact metric is better ("" for size); tvd_* lower, *_score_mean higher
 DIRECTIONS = {"size": "", "cluster_coverage": "higher", "rare_cluster_coverage": "higher", "sparse_share": "higher",
-              "duplicate_rate": "lower", "label_coverage": "higher", "label_min_count": "higher"}
+              "duplicate_rate": "lower"}
+RARE_CLASS_MAX = 20    # a label class held by at most this many rows of the pool is rare
+LABEL_SEP = "|"        # a multi-label value "a|b|c" holds three classes
 DENSITY_BINS = 10      # deciles of the kNN tail score
 DENSITY_MATCHED = ("consistency",)  # axes whose random baseline is matched to the subset's density mix
 NOISE_SUBSETS = 5      # random subsets of the same size that measure TVD's noise (no formula for it)
@@ -62,6 +108,8 @@ def direction(metric: str) -> str:
     if metric.startswith("tvd_"):
         return "lower"
     if metric.endswith("_score_mean"):
+        return "higher"
+    if metric.startswith("label_") and metric.endswith("coverage"):
         return "higher"
     return DIRECTIONS.get(metric, "")
 
@@ -77,8 +125,10 @@ class ImpactContext:
     inp : SelectionInputs
     columns : iterable of str
         Metadata columns whose TVD to the pool is reported (the confounders).
-    label : str, optional
-        A label column for class coverage.
+    labels : iterable of str
+        Label columns (answers, not inputs: :class:`LabelColumn`): the share of the head class and
+        the share of classes and of rare classes the subset covers. ``label`` (one) is the older
+        spelling.
     dedup_eps : float
         The duplicate rate is measured at this eps (use the selection's).
     seed : int
@@ -86,7 +136,7 @@ class ImpactContext:
     """
 
     def __init__(self, inp: SelectionInputs, columns=(), label: str | None = None, dedup_eps: float = 0.05,
-                 seed: int = 0, cache=None):
+                 seed: int = 0, cache=None, labels=()):
         self.n = inp.n
         self.prototype = inp.prototype
         self.k = int(inp.prototype.max()) + 1
@@ -102,10 +152,8 @@ class ImpactContext:
         self.is_dup = inp.duplicates(self.dedup_eps, cache)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
         self.cols = {c: _codes(inp.meta[c]) for c in columns}
-        self.label = None
-        if label:
-            codes, k = _codes(inp.meta[label])
-            self.label = (label, codes, k)
+        names = list(dict.fromkeys([*(labels or ()), *([label] if label else [])]))
+        self.labels = [LabelColumn(c, inp.meta[c]) for c in names if c in inp.meta.columns]
         self.seed = int(seed)
         self.random = random_order(self.n, self.seed)
         self.noise_orders = [random_order(self.n, self.seed + 1 + i) for i in range(NOISE_SUBSETS)]
@@ -123,11 +171,11 @@ class ImpactContext:
             out[f"{a}_score_mean"] = float(np.nanmean(v[rows])) if len(rows) else float("nan")
         for c, (codes, k) in self.cols.items():
             out[f"tvd_{c}"] = tvd(codes[rows], codes, k)
-        if self.label:
-            name, codes, k = self.label
-            counts = np.bincount(codes[rows], minlength=k)
-            out["label_coverage"] = float((counts > 0).mean())
-            out["label_min_count"] = int(counts.min())
+        if self.labels:
+            mask = np.zeros(self.n, bool)
+            mask[rows] = True
+            for lab in self.labels:
+                out.update(lab.impact(mask, len(rows)))
         return out
 
     def compare(self, selected: np.ndarray, seed: int) -> "object":
@@ -145,16 +193,11 @@ class ImpactContext:
         formula exists: hypergeometric hit probabilities for coverage, the finite-population
         standard error for shares and score means. TVD (only for ``tvd_columns``) uses
         :data:`NOISE_SUBSETS` simulations."""
-        from scipy.special import gammaln
-
         n, b = self.n, int(size)
         fpc = np.sqrt(max(n - b, 0) / max(n - 1, 1))
         out = {}
         sizes = np.bincount(self.prototype, minlength=self.k)
-        # P(a cluster of m samples gets none of a random b of n) = C(n - m, b) / C(n, b)
-        rest = np.maximum(n - sizes - b, 0)
-        log_miss = gammaln(n - sizes + 1) - gammaln(rest + 1) - gammaln(n + 1) + gammaln(n - b + 1)
-        p_hit = np.where(n - sizes < b, 1.0, 1.0 - np.exp(log_miss))
+        p_hit = _p_hit(n, sizes, b)
         for name, mask in (("cluster_coverage", sizes > 0), ("rare_cluster_coverage", self.rare & (sizes > 0))):
             if mask.any():
                 p = p_hit[mask]
@@ -166,6 +209,15 @@ class ImpactContext:
             x = v[np.isfinite(v)]
             if len(x):
                 out[f"{a}_score_mean"] = (float(x.mean()), float(x.std() / np.sqrt(max(b, 1)) * fpc))
+        for lab in self.labels:
+            p = f"label_{lab.name}"
+            h = float(lab.holds_head.mean())
+            out[f"{p}_head_share"] = (h, float(np.sqrt(h * (1 - h) / max(b, 1)) * fpc))
+            ph = _p_hit(n, lab.sizes, b)
+            for name, mask in ((f"{p}_class_coverage", lab.sizes > 0), (f"{p}_rare_class_coverage", lab.rare)):
+                if mask.any():
+                    q = ph[mask]
+                    out[name] = (float(q.mean()), float(np.sqrt((q * (1 - q)).sum()) / mask.sum()))
         cols = [c for c in tvd_columns if c in self.cols]
         if cols:
             sims = [[tvd(self.cols[c][0][o[:b]], self.cols[c][0], self.cols[c][1]) for o in self.noise_orders]

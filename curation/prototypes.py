@@ -91,23 +91,6 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
                       second_dist.astype(np.float32), sizes)
 
 
-def parent_clusters(centroids: np.ndarray, k: int | None = None, *, seed: int = 0) -> np.ndarray:
-    """The second level of a hierarchical k-means (ssl-data-curation): spherical k-means on the
-    prototypes' own centroids, ``k`` about sqrt(number of prototypes). Returns the parent of each
-    prototype, (k_protos,) int64.
-
-    k-means places centroids by density, so a pool's dense head (thousands of "normal" reports)
-    holds many prototypes; one level of balanced sampling over prototypes still favours it. Its
-    prototypes share a parent, and balancing over parents first gives the head one turn in
-    ``k`` (measured on PadChest, README)."""
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    m = len(c)
-    k = k or max(1, int(round(math.sqrt(m))))
-    if m <= 2 or k <= 1:
-        return np.zeros(m, np.int64)
-    return fit_prototypes(c, min(k, m), seed=seed).assign.astype(np.int64)
-
-
 def nearest_prototypes(X: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
     """The ``p`` nearest prototypes of each row (n, p) int64, nearest first (exact, faiss)."""
     import faiss

@@ -340,9 +340,6 @@ class SelectionInputs:
     id_sets : dict {"NAME@SHA12": rows} the dataset's stored id sets (exclude / include rules)
     key : str
         Identifies the data these arrays came from (fingerprint, run, reward scores) in cache keys.
-    parent : ndarray (k,) of int or None
-        The second level of a hierarchical k-means: each prototype's parent cluster
-        (:func:`curation.prototypes.parent_clusters`); None = one level.
     band_code : ndarray of int8, derived: 0 core, 1 tail, 2 outlier
     far_rank : ndarray of int64, derived: rank by distance to the prototype, farthest first
     """
@@ -361,7 +358,6 @@ class SelectionInputs:
     unavailable: dict = field(default_factory=dict)
     id_sets: dict = field(default_factory=dict)
     key: str = ""
-    parent: np.ndarray | None = None
     band_code: np.ndarray = field(init=False, repr=False)
     far_rank: np.ndarray = field(init=False, repr=False)
 
@@ -1062,16 +1058,7 @@ def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier):
     two (each row once). Returns (merge key, taken by the tail queue)."""
     kind2 = np.where(kind == 2, 1, 0)  # outliers (kept by a policy) get their own tier; queue them apart
     prio = np.where(kind == 0, inp.fps_rank[rows], inp.n + inp.far_rank[rows]).astype(np.int64)
-    if inp.parent is None:
-        core_pos = _round_robin(inp, rows, st, cl, kind2, prio, n_st, n_cl)
-    else:  # two levels: parent clusters in turn, inside each its prototypes in turn
-        par = inp.parent[cl].astype(np.int64)
-        n_par = int(inp.parent.max()) + 1
-        rk = _rank_within((kind2 * n_st + st) * n_cl + cl, prio, inp.n)                    # in the prototype
-        p1 = _rank_within((kind2 * n_st + st) * n_par + par, rk * n_cl + cl,
-                          (int(rk.max()) + 1 if len(rk) else 1) * n_cl)                     # in the parent
-        core_pos = _rank_within(kind2 * n_st + st, p1 * n_par + par,
-                                (int(p1.max()) + 1 if len(p1) else 1) * n_par).astype(np.float64)
+    core_pos = _round_robin(inp, rows, st, cl, kind2, prio, n_st, n_cl)
     rarity = np.argsort(np.argsort(-inp.tail_score[rows].astype(np.float64), kind="stable"), kind="stable")
     tail_pos = _rank_within(kind2 * n_st + st, rarity.astype(np.int64), len(rows)).astype(np.float64)
     core_key = (core_pos + 0.5) * (1.0 + r)

@@ -208,6 +208,24 @@ class Store:
             self._meta = meta
         return self._meta
 
+    def label_columns(self) -> list[str]:
+        """The columns declared as labels (answers, not inputs: never confounders, never used by
+        the default selection, reported by the impact table), in declaration order."""
+        cols = self.meta.get("label_columns") or ([self.meta["label_column"]] if self.meta.get("label_column") else [])
+        return [c for c in cols if isinstance(c, str)]
+
+    def update_meta(self, **values) -> None:
+        """Set dataset metadata keys (JSON values) in one transaction. Not for the fingerprint."""
+        import pandas as pd
+
+        self._check_writable()
+        if "fingerprint" in values or "n_rows" in values:
+            raise ValueError("the fingerprint and n_rows are written by ingest only")
+        meta = {**self.meta, **values}
+        self.write_tables({S.META: pd.DataFrame({"key": list(meta),
+                                                 "value": [json.dumps(meta[k], sort_keys=True) for k in meta]})})
+        self._meta = None
+
     @property
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]

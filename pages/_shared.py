@@ -286,7 +286,7 @@ def dataset_info(path: str, mtime: float) -> dict:
         info["run"] = None if rec is None else {"config": rec.config, "timings": rec.timings,
                                                 "outputs": rec.outputs, "steps": list(rec.steps)}
         info["meta_columns"] = s.metadata_columns()
-        info["label_column"] = s.meta.get("label_column")
+        info["label_columns"] = tuple(s.label_columns())
         info["image_root"] = str(s.image_root()) if s.image_root() else None
         info["confounders"] = None
         info["flagged"] = []
@@ -422,12 +422,12 @@ def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str |
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, columns: tuple, label, eps: float,
+def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, columns: tuple, labels: tuple, eps: float,
                     seed: int, sets: str = ""):
     from curation.metrics import ImpactContext
 
     inp = selection_inputs(path, fingerprint, run_id, reward_key, sets)
-    return ImpactContext(inp, columns=columns, label=label, dedup_eps=eps, seed=seed)
+    return ImpactContext(inp, columns=columns, labels=labels, dedup_eps=eps, seed=seed)
 
 
 def impact_context(path: str, info: dict, cfg: SelectionConfig):
@@ -436,7 +436,7 @@ def impact_context(path: str, info: dict, cfg: SelectionConfig):
     columns = tuple(cfg.confounders) or tuple(info["flagged"])
     eps = cfg.dedup_eps if cfg.dedup_eps is not None else (DEFAULT.dedup_eps or 0.05)
     return _impact_context(path, info["fingerprint"], info["run_id"], info["reward_key"], columns,
-                           info["label_column"], float(eps), int(cfg.seed), sets_key(info))
+                           info["label_columns"], float(eps), int(cfg.seed), sets_key(info))
 
 
 def session_cache() -> selection.SelectionCache:
