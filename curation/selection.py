@@ -1023,7 +1023,7 @@ def _round_robin(inp, rows, st, cl, queue_key, prio, n_st, n_cl) -> np.ndarray:
     """Position of each row in its (queue, stratum) when the queue takes the clusters in turn:
     rank 0 of every cluster (by ``prio``), then rank 1... Integer composite keys and one stable
     argsort each (lexsort is 5-10x slower here)."""
-    rk = _rank_within((queue_key * n_st + st) * n_cl + cl, prio, inp.n)
+    rk = _rank_within((queue_key * n_st + st) * n_cl + cl, prio, int(prio.max()) + 1 if len(prio) else 1)
     return _rank_within(queue_key * n_st + st, rk * n_cl + cl,
                         (int(rk.max()) + 1 if len(rk) else 1) * n_cl).astype(np.float64)
 
