@@ -343,11 +343,9 @@ def cmd_analyze(a) -> int:
     from curation import analysis
 
     if a.label_columns is not None:
-        from curation import ingest, store
+        from curation import workflows
 
-        with store.open_store(a.db, read_only=False) as s:
-            labels = ingest.check_label_columns([c for c, _ in s.columns()], _split_list(a.label_columns))
-            s.update_meta(label_columns=labels, label_column=labels[0] if labels else None)
+        workflows.declare_label_columns(a.db, _split_list(a.label_columns))
     cfg = analysis.AnalysisConfig(space=a.space, k=a.k, seed=a.seed, core_pct=a.core_pct,
                                   tail_pct=a.tail_pct, dedup_eps=a.dedup_eps, knn_k=a.knn_k,
                                   map_fit_max=a.map_fit_max)

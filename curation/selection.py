@@ -857,6 +857,7 @@ def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarr
     n = len(groups)
     if n == 0:
         return np.zeros(0, np.int64)
+    assert key.min() >= 0 and key.max() < key_span, "a rank key outside its span would mix groups"
     composite = groups.astype(np.int64) * int(key_span) + key.astype(np.int64)
     order = np.argsort(composite, kind="stable")
     g = groups[order]

@@ -42,3 +42,15 @@ def export_selection(db, inp, result, cfg, run_id: str, out, fmt: str, *, impact
     except CurationError as e:
         return ExportOutcome(Path(out), side, False, f"selection not recorded in the dataset's runs ({e})")
     return ExportOutcome(Path(out), side, True)
+
+
+def declare_label_columns(db, labels) -> list[str]:
+    """Store ``labels`` as the dataset's label columns (answers, not inputs: never confounders,
+    never in the default selection, reported by the impact table). Returns them, checked."""
+    from curation.ingest import check_label_columns
+
+    with store.open_store(db, read_only=False) as s:
+        labels = check_label_columns([c for c, _ in s.columns()], labels)
+        if labels != s.label_columns():
+            s.update_meta(label_columns=labels, label_column=labels[0] if labels else None)
+    return labels

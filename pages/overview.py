@@ -4,7 +4,7 @@ running the analysis in the background (other pages and sessions keep the last c
 import pandas as pd
 import streamlit as st
 
-from curation import CurationError, analysis, jobs
+from curation import CurationError, analysis, jobs, workflows
 from pages import _shared
 
 st.title("Overview")
@@ -42,7 +42,13 @@ else:
 space_options = (["joint", "image", "text"] if info["image_dim"] and info["text_dim"] else
                  ["image"] if info["image_dim"] else ["text"])
 space = st.selectbox("Space", space_options, key="ov_space")
-cfg = analysis.AnalysisConfig(space=space)
+meta_columns = [c for c in info["meta_columns"]]
+labels = st.multiselect("Label columns: answers, not inputs", meta_columns,
+                        default=[c for c in info["label_columns"] if c in meta_columns], key="ov_labels",
+                        help="Diagnosis or finding columns (a|b|c holds three labels): never flagged as confounders, "
+                             "never used by the default selection; Select & export reports their head-class share "
+                             "and class coverage against random subsets.")
+cfg = analysis.AnalysisConfig(space=space, label_columns=tuple(labels))
 job = jobs.job_for(path)
 running = job is not None and job.snapshot()["status"] == "running"
 
@@ -72,6 +78,8 @@ go = c1.button(label, key="ov_run", disabled=running)
 force = c2.checkbox("Recompute even when this run is stored", key="ov_force")
 if go:
     try:
+        if list(labels) != list(info["label_columns"]):
+            workflows.declare_label_columns(path, labels)
         jobs.start_analysis(path, cfg, force=force)
     except CurationError as e:
         _shared.error(str(e))

@@ -263,6 +263,26 @@ def test_run_analysis_button_runs_in_the_background(data_dir):
         assert len(s.runs("analysis")) == 1  # the stored run was reused: no second row
 
 
+def test_label_columns_declared_on_overview_are_stored_and_reported(data_dir):
+    db = data_dir / "demo.duckdb"
+    at = _app()
+    assert at.multiselect(key="ov_labels").value == ["finding"]  # the demo declares its label
+    at.multiselect(key="ov_labels").set_value(["finding", "view"]).run()
+    at.button(key="ov_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    snap = jobs.job_for(db).wait(240)
+    assert snap["status"] == "done", snap["error"]
+    with store.open_store(db) as s:
+        assert s.label_columns() == ["finding", "view"]
+        conf = analysis.load_table(s, snap["run_id"], "confounders").set_index("column")
+    assert conf.loc["view", "role"] == "label"
+    at.switch_page("pages/select.py").run()
+    assert not at.exception
+    shown = " ".join(str(x) for df in at.dataframe for x in df.value.index)
+    assert "label_view_class_coverage" in shown or "label_view_class_coverage" in " ".join(
+        str(v) for df in at.dataframe for v in df.value.to_numpy().ravel()), shown[:500]
+
+
 def test_inspector_shows_the_stored_neighbours(read_only_app_data):
     from curation import analysis
 
