@@ -65,7 +65,7 @@ def make_dataset(db: Path, n: int, k: int, d: int = 512, seed: int = 0) -> None:
 
 
 def phase(name: str, db: Path, args) -> dict:
-    from curation import analysis, store
+    from curation import analysis, runs, store
 
     if name == "make":
         k = max(40, int(np.sqrt(args.rows) / 2))
@@ -77,16 +77,16 @@ def phase(name: str, db: Path, args) -> dict:
         run = analysis.analyze(db, analysis.AnalysisConfig())
         total = time.perf_counter() - t
         with store.open_store(db) as s:
-            runs = s.runs("analysis").set_index("run_id")
-            timings = json.loads(runs.loc[run, "timings"])
-            peaks = json.loads(runs.loc[run, "outputs"]).get("peak_rss_gb", {})
+            table = s.runs("analysis").set_index("run_id")
+            timings = json.loads(table.loc[run, "timings"])
+            peaks = json.loads(table.loc[run, "outputs"]).get("peak_rss_gb", {})
         timings = {k: v for k, v in timings.items() if isinstance(v, float)}
         return {"seconds": total, "steps": timings, "peak_gb": peak_gb(), "run": run, "peaks": peaks}
     with store.open_store(db) as s:
         X, _ = analysis._features(s, s.n_rows)
         if name != "umap":
             df, _ = analysis.load(s)
-            pt = analysis.load_table(s, analysis.latest_run(s), "prototypes")
+            pt = analysis.load_table(s, runs.latest_run(s), "prototypes")
     if name == "exact_knn":
         from curation import density, prototypes
         q = np.random.default_rng(0).choice(len(X), args.queries, replace=False)

@@ -26,13 +26,24 @@ from typing import Callable
 
 import numpy as np
 
+from curation import runs
+from curation import confounders as C
+from curation import density as D
+from curation import projection as M
+from curation import prototypes as P
+from curation import quality as Q
+from curation import runs as R
 from curation import schema as S
 from curation.errors import CurationError, StateError
+from curation.labels import cluster_labels
+from curation.prototypes import default_k
+from curation.runs import REQUIRES, STEPS
+from curation.spaces import SPACES, normalize
+from curation.store import open_store
 
 log = logging.getLogger(__name__)
 
 CONFIG_VERSION = 1
-STEPS = ("prototypes", "density", "map", "quality", "confounders")
 # which step writes which per-sample columns
 STEP_COLUMNS = {
     "prototypes": ["prototype", "second_prototype", "proto_dist", "second_dist", "proto_pct", "band", "fps_rank"],
@@ -43,7 +54,6 @@ STEP_COLUMNS = {
                 "is_placeholder"],
     "confounders": [],
 }
-REQUIRES = {"density": "prototypes", "confounders": "prototypes"}
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -111,7 +121,6 @@ class AnalysisConfig:
         return cls(**{**d, "label_columns": tuple(d.get("label_columns", ()))})
 
     def validate(self, n: int) -> None:
-        from curation.spaces import SPACES
 
         if self.space not in SPACES:
             raise CurationError(f"unknown space {self.space!r}. Fix: use one of {', '.join(SPACES)}.")
@@ -143,21 +152,12 @@ def table_names(run_id: str) -> dict[str, str]:
             "dedup_knn": f"dedupknn_{h}", "confounders": f"confounders_{h}"}
 
 
-def latest_run(store, needs=()) -> str | None:
-    """The most recent analysis run of the dataset's current content that completed ``needs``
-    (see :mod:`curation.runs`), or None."""
-    from curation import runs
-
-    return runs.latest_run(store, needs)
-
-
 def load(store, run_id: str | None = None):
     """Per-sample analysis results as a DataFrame (row_idx order) and the run's config.
 
     Without ``run_id``: the run :func:`curation.runs.best_analysis` picks. Raises
     :class:`StateError` with the command to run when there is no analysis yet, or when the id is unknown.
     """
-    from curation import runs
 
     rec = runs.get(store, run_id, "analysis") if run_id else runs.best_analysis(store)
     if rec is None:
@@ -215,7 +215,6 @@ def _features(store, n: int):
     F itself (4 GB at 1M x (512 + 512)), not F plus copies.
     Returns (F, slices) with slices = {kind: slice of F's columns}.
     """
-    from curation.spaces import normalize
 
     kinds = [k for k in S.EMB_KINDS if store.dim(k) is not None]
     if not kinds:
@@ -300,7 +299,6 @@ class _Inputs:
 def _step_prototypes(inp: _Inputs, prog) -> StepResult:
     import pandas as pd
 
-    from curation import prototypes as P
 
     cfg, n, X = inp.config, inp.n, inp.X
     prog("prototypes", 0, n)
@@ -315,7 +313,6 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
 
     fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog)
     inp.centroids = protos.centroids
-    from curation.labels import cluster_labels
 
     labels = (cluster_labels(inp.captions, protos.assign, inp.k) if inp.captions is not None
               else [""] * inp.k)
@@ -339,8 +336,6 @@ def dedup_kind(slices) -> str:
 def _step_density(inp: _Inputs, prog) -> StepResult:
     """kNN density and the long-tail score in the analysis space; near-duplicate groups on the
     :func:`dedup_kind` embedding (its own kNN graph, unless the analysis space is that modality)."""
-    from curation import density as D
-    from curation import prototypes as P
 
     cfg, n, X = inp.config, inp.n, inp.X
     kind = dedup_kind(inp.slices)
@@ -381,8 +376,6 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
 
 
 def _step_map(inp: _Inputs, prog) -> StepResult:
-    from curation import density as D
-    from curation import projection as M
 
     cfg = inp.config
     if inp.n < MAP_MIN_ROWS:
@@ -403,8 +396,6 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
     captions of images like it, so it needs image clusters: the run's own prototypes when the
     analysis space is ``image``, else an image-space k-means with the run's k and seed, stored as
     the ``image_prototype`` column (an output, not a hidden side computation)."""
-    from curation import prototypes as P
-    from curation import quality as Q
 
     cfg, slices = inp.config, inp.slices
     prog("quality", 0, 2)
@@ -456,8 +447,6 @@ def probe_rows(n: int, probe_max: int, seed: int) -> np.ndarray:
 
 
 def _step_confounders(inp: _Inputs, prog) -> StepResult:
-    from curation import confounders as C
-    from curation import projection as M
 
     cfg, n = inp.config, inp.n
     meta = inp.meta
@@ -523,8 +512,6 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     """
     import pandas as pd
 
-    from curation import runs as R
-    from curation.store import open_store
 
     steps_in = [s.strip() for s in steps] if not isinstance(steps, str) else [steps]
     unknown = set(steps_in) - set(STEPS)
@@ -637,7 +624,6 @@ def peak_step(peaks: dict) -> tuple[str, float] | None:
 
 
 def _default_k(n: int) -> int:
-    from curation.prototypes import default_k
 
     return default_k(n)
 

@@ -14,7 +14,7 @@ import os
 import uuid
 from pathlib import Path
 
-from curation.errors import CurationError
+from curation.errors import CurationError, InterruptedAfterWrite
 
 
 def temp_name(path: str | os.PathLike) -> Path:
@@ -86,7 +86,6 @@ def replace_set(files: dict, *, stale_first=()) -> None:
         if main:
             signal.signal(signal.SIGINT, old)
     if held and old is signal.default_int_handler:
-        from curation.errors import InterruptedAfterWrite
 
         raise InterruptedAfterWrite(", ".join(Path(t).name for t in files) + " written before the interrupt took effect")
     if held and callable(old):

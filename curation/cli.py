@@ -15,9 +15,19 @@ import sys
 import time
 from pathlib import Path
 
+from curation import (analysis, demo, embed, embed_ray, ingest, inspect, manifest, metrics, reward, runs, selection,
+                      store, workflows)
+from curation.analysis import AnalysisConfig, STEPS
+from curation.confounders import flagged
 from curation.errors import CurationError, InterruptedAfterWrite
+from curation.manifest import FORMATS, WDS_SHARD_SIZE
+from curation.projection import pca_reduce
+from curation.selection import MODES, OUTLIER_POLICIES, SelectionConfig
 
 EXIT_INPUT = 2
+LABEL_HELP = ("columns that are answers, not inputs (diagnosis, finding labels; a|b|c holds three): never flagged "
+              "as confounders, never used by the default selection, reported by the impact table against random "
+              "subsets")
 
 
 def _add_demo(sub):
@@ -37,7 +47,6 @@ def _add_demo(sub):
 
 
 def cmd_demo(a) -> int:
-    from curation import demo
 
     if Path(a.db).exists() and not a.replace:
         raise CurationError(f"dataset {a.db} already exists. Fix: pass --replace to rebuild it.")
@@ -79,7 +88,7 @@ def _add_ingest(sub):
                    help="image and text come from one CLIP-style model (enables image-text fidelity); "
                         "default: what the input says (an embed or clip-retrieval folder is one model)")
     p.add_argument("--label-column", help="one label column (same as --label-columns COL)")
-    p.add_argument("--label-columns", metavar="COL[,COL]", help="columns that are answers, not inputs (diagnosis, finding labels; a|b|c holds three): never flagged as confounders, never used by the default selection, reported by the impact table against random subsets")
+    p.add_argument("--label-columns", metavar="COL[,COL]", help=LABEL_HELP)
     p.add_argument("--case-column", help="case/patient id column (duplicates and splits respect it)")
     p.add_argument("--column-types", metavar="COL=TYPE[,...]",
                    help="force metadata column types: text, number, integer, boolean (e.g. zip=text,age=number). "
@@ -90,7 +99,6 @@ def _add_ingest(sub):
 
 
 def cmd_ingest(a) -> int:
-    from curation import ingest
 
     t = time.time()
     column_types = ingest.parse_column_types(a.column_types)
@@ -160,7 +168,6 @@ def _add_embed(sub):
 
 
 def cmd_embed(a) -> int:
-    from curation import embed
 
     if a.offline:
         embed.set_offline()
@@ -178,7 +185,6 @@ def cmd_embed(a) -> int:
     else:
         pairs = embed.TarPairs(a.webdataset)
     if a.backend == "ray":
-        from curation import embed_ray
 
         rec = embed_ray.embed_ray(pairs, a.out, cfg, address=a.address, concurrency=a.concurrency,
                                   gpus_per_actor=a.gpus_per_actor, overwrite=a.overwrite, progress=not a.quiet)
@@ -198,7 +204,6 @@ def cmd_embed(a) -> int:
         print("not complete: run the same command again to finish (finished shards are kept).")
         return 1
     if a.ingest:
-        from curation import ingest
 
         inp = ingest.read_clip_retrieval(a.out)
         fp = ingest.ingest(a.ingest, inp, replace=a.replace)
@@ -251,7 +256,6 @@ def _add_reward(sub):
 def cmd_reward_annotate(a) -> int:
     import os
 
-    from curation import reward
 
     counts = reward.annotate(a.db, a.endpoint, a.model, a.sample, seed=a.seed, concurrency=a.concurrency,
                              retries=a.retries, timeout=a.timeout, api_key=os.environ.get(a.api_key_env),
@@ -266,7 +270,6 @@ def cmd_reward_annotate(a) -> int:
 
 
 def cmd_reward_train(a) -> int:
-    from curation import reward
 
     if not 0.05 <= a.test_fraction <= 0.5:
         raise CurationError(f"--test-fraction {a.test_fraction}: use a value in [0.05, 0.5].")
@@ -282,7 +285,6 @@ def cmd_reward_train(a) -> int:
 
 
 def cmd_reward_score(a) -> int:
-    from curation import reward
 
     res = reward.score(a.db, a.model_id, progress=not a.quiet)
     print(f"scored {res['n']:,} samples with {res['model_id']}; columns "
@@ -300,7 +302,6 @@ def _add_info(sub):
 
 
 def cmd_info(a) -> int:
-    from curation import store
 
     with store.open_store(a.db) as s:
         print(json.dumps(s.summary(), indent=2))
@@ -308,7 +309,6 @@ def cmd_info(a) -> int:
 
 
 def _add_analyze(sub):
-    from curation.analysis import STEPS, AnalysisConfig
 
     d = AnalysisConfig()  # every default below comes from the config: one source
     p = sub.add_parser(
@@ -332,7 +332,7 @@ def _add_analyze(sub):
                    help="UMAP is fitted on at most this many samples (default: %(default)s)")
     p.add_argument("--label-columns", metavar="COL[,COL]",
                    help="declare the dataset's label columns (stored with it; default: those declared at ingest): "
-                   + "columns that are answers, not inputs (diagnosis, finding labels; a|b|c holds three): never flagged as confounders, never used by the default selection, reported by the impact table against random subsets")
+                   + LABEL_HELP)
     p.add_argument("--force", action="store_true", help="recompute even when this run is already stored")
     p.set_defaults(func=cmd_analyze)
 
@@ -340,10 +340,8 @@ def _add_analyze(sub):
 def cmd_analyze(a) -> int:
     from tqdm import tqdm
 
-    from curation import analysis
 
     if a.label_columns is not None:
-        from curation import workflows
 
         workflows.declare_label_columns(a.db, _split_list(a.label_columns))
     cfg = analysis.AnalysisConfig(space=a.space, k=a.k, seed=a.seed, core_pct=a.core_pct,
@@ -375,8 +373,6 @@ def cmd_analyze(a) -> int:
 
 def analysis_report(db, run_id) -> str:
     """The CLI's summary of an analysis run (also what the app's Overview shows)."""
-    from curation import analysis, runs, store
-    from curation.confounders import flagged
 
     with store.open_store(db) as s:
         rec = runs.get(s, run_id, "analysis")
@@ -409,8 +405,6 @@ def analysis_report(db, run_id) -> str:
 
 
 def _add_select(sub):
-    from curation.manifest import FORMATS, WDS_SHARD_SIZE
-    from curation.selection import MODES, OUTLIER_POLICIES, SelectionConfig
 
     d = SelectionConfig()  # the defaults the help shows are the config's: one source
 
@@ -473,7 +467,6 @@ def _add_select(sub):
 def read_config(path) -> "object":
     """A SelectionConfig from ``--config PATH``: a config JSON file, or an export's sidecar (its
     recorded config), so a recorded selection can be the start of a changed one."""
-    from curation.selection import SelectionConfig
 
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -488,7 +481,6 @@ def read_config(path) -> "object":
 def _config_from_args(a, base):
     from dataclasses import replace
 
-    from curation import selection
 
     changes = {}
     if a.budget is not None:
@@ -540,7 +532,6 @@ def _resolve_sets(a, db, cfg):
     """Store --exclude-ids / --include-ids files as id sets and add every set reference to ``cfg``."""
     from dataclasses import replace
 
-    from curation import store
 
     refs = {"exclude_sets": list(cfg.exclude_sets), "include_sets": list(cfg.include_sets)}
     files = [("exclude_sets", getattr(a, "exclude_ids", None)), ("include_sets", getattr(a, "include_ids", None))]
@@ -565,8 +556,6 @@ def _resolve_sets(a, db, cfg):
 
 
 def cmd_select(a) -> int:
-    from curation import ingest, manifest, metrics, runs, selection, store, workflows
-    from curation.selection import SelectionConfig
 
     if a.from_sidecar:
         knobs = [flag for flag, given in (
@@ -658,8 +647,6 @@ def _split_list(text) -> list[str]:
 
 
 def _flagged(s, run_id) -> list[str]:
-    from curation import analysis
-    from curation.confounders import flagged
 
     try:
         return flagged(analysis.load_table(s, run_id, "confounders"))
@@ -668,7 +655,6 @@ def _flagged(s, run_id) -> list[str]:
 
 
 def _add_evaluate(sub):
-    from curation.selection import MODES
 
     p = sub.add_parser(
         "evaluate", help="linear probe on the curated subset vs random subsets of the same size",
@@ -690,9 +676,6 @@ def _add_evaluate(sub):
 
 
 def cmd_evaluate(a) -> int:
-    from curation import analysis, metrics, runs, selection, store
-    from curation.projection import pca_reduce
-    from curation.selection import SelectionConfig
 
     if a.random < 1:
         raise CurationError(f"--random {a.random}: the curated subset is compared with random subsets; "
@@ -738,7 +721,6 @@ def _add_show(sub):
 
 
 def cmd_show(a) -> int:
-    from curation import inspect, store
 
     if a.neighbours < 0:
         raise CurationError(f"--neighbours {a.neighbours}: use 0 or more.")
@@ -774,7 +756,6 @@ def _add_search(sub):
 
 
 def cmd_search(a) -> int:
-    from curation import inspect, store
 
     with store.open_store(a.db) as s:
         hits = inspect.search(s, a.text, a.limit)

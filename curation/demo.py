@@ -25,6 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from curation import store
+from curation import schema as S
+from curation.errors import CurationError
+from curation.schema import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ class DemoSpec:
 
     def validate(self) -> None:
         """One clear error for a parameter the generator cannot use (the CLI's flags land here)."""
-        from curation.errors import CurationError
-        from curation.schema import check_seed
 
         check_seed(self.seed)
         for name, low in (("dim", 8), ("n_clusters", 2), ("n_rows", self.n_clusters * self.min_cluster)):
@@ -251,8 +253,6 @@ def build(db: str | Path = "data/demo.duckdb", spec: DemoSpec = DemoSpec(), *, r
 
     Returns the dataset fingerprint.
     """
-    from curation import schema as S
-    from curation import store
 
     db = Path(db)
     samples, vectors, truth, draw = generate(spec)
@@ -278,8 +278,6 @@ def planted_ratings(db, n: int | None = None, *, noise: float = 0.3, seed: int =
     """
     import pandas as pd
 
-    from curation import schema as S
-    from curation import store
 
     with store.open_store(db) as s:
         if not s.has_table(S.TRUTH):

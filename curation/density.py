@@ -21,6 +21,7 @@ import logging
 import numpy as np
 
 from curation.prototypes import _members
+from curation.quality import rank_score
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,6 @@ def knn_density(sim: np.ndarray) -> np.ndarray:
 
 def tail_score(density: np.ndarray) -> np.ndarray:
     """Long-tail score in [0, 1]: 1 - the density's percentile rank (1 = the sparsest sample)."""
-    from curation.quality import rank_score
 
     return (1.0 - rank_score(density)).astype(np.float32)
 

@@ -42,9 +42,8 @@ import numpy as np
 from curation import schema as S
 from curation.atomic import atomic_write
 from curation.errors import CurationError, PairError
-from curation.models import (TINY_MODEL_CFG, load_model, resolve_device, save_model_dir,  # noqa: F401
-                             set_offline, weights_hash)
-from curation.pairs import Shard, TablePairs, TarPairs  # noqa: F401
+from curation.models import (TINY_MODEL_CFG, load_model, resolve_device, save_model_dir, set_offline, weights_hash)
+from curation.pairs import Shard, TablePairs, TarPairs
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curation import store
 from curation import schema as S
 from curation.errors import InputError
 
@@ -694,7 +695,6 @@ def check_target(db: Path, inp: "IngestInput | None" = None, replace: bool = Fal
     """Refuse a dataset target that would lose data: an existing file without ``replace``; with
     ``replace``, anything that is not a curation dataset (a folder, an input file, a foreign
     database); a target that is one of the input files."""
-    from curation import store
 
     db = Path(db)
     if str(db).endswith(("/", "\\")) or db.is_dir():
@@ -768,7 +768,6 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     """
     from dataclasses import replace as _replace
 
-    from curation import store
 
     if column_types:
         inp = _replace(inp, samples=apply_column_types(inp.samples, column_types, inp.sources.get("metadata")))

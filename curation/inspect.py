@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from curation import analysis, runs, selection
 from curation import schema as S
 from curation.errors import CurationError
 
@@ -34,7 +35,6 @@ def show(store, sample_id: str, *, run_id: str | None = None, neighbours: int = 
     :class:`~curation.selection.SelectionConfig`), and ``neighbours``: a list of {row, id, cosine,
     caption} from the run's stored kNN graph (the analysis space), nearest first.
     """
-    from curation import analysis, runs, selection
 
     rec = runs.require(store, run_id)
     row = row_of(store, sample_id)

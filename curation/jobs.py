@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curation import analysis
 from curation.errors import CurationError
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ def start_analysis(db, config=None, steps=None, force: bool = False) -> Analysis
 
     Raises :class:`CurationError` when an analysis of ``db`` is already running in this process.
     """
-    from curation import analysis
 
     config = config or analysis.AnalysisConfig()
     steps = tuple(steps or analysis.STEPS)

@@ -10,6 +10,7 @@ a label says what a cluster holds ("edema knee"), not how it was imaged.
 from __future__ import annotations
 
 import numpy as np
+from curation.quality import GENERIC_WORDS
 
 DEFAULT_WORDS = 3
 
@@ -26,7 +27,6 @@ def cluster_labels(captions, assign: np.ndarray, k: int, words: int = DEFAULT_WO
     """
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
-    from curation.quality import GENERIC_WORDS
 
     docs = [""] * k
     parts: list[list[str]] = [[] for _ in range(k)]

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from curation import __version__
+from curation import schema as S
 from curation.atomic import replace_set, temp_name
 from curation.errors import CurationError, StateError
+from curation.pairs import iter_samples, split_key
 
 SIDECAR_VERSION = 1
 FORMATS = ("parquet", "csv", "jsonl", "openclip", "datacomp", "webdataset")
@@ -166,7 +169,6 @@ def check_out(out, dataset_path=None, overwrite: bool = False) -> dict[str, Path
 
 def check_columns(names, columns) -> list[str]:
     """The metadata columns asked for with ``--columns``, checked against the dataset's ``names``."""
-    from curation import schema as S
 
     if not columns:
         return []
@@ -201,7 +203,6 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
     tar columns of tar-sourced samples and the metadata ``columns`` asked for."""
     import pandas as pd
 
-    from curation import schema as S
 
     names = [n for n, _ in store.columns()]
     extra = [c for c in (*TAR_COLUMNS, *check_columns(names, columns)) if c in names]
@@ -289,7 +290,6 @@ def _write_table(df, path: Path, fmt: str) -> None:
 def webdataset_keys(df) -> dict:
     """The WebDataset subset manifest: per source tar, the keys of the kept samples (as a loader
     sees them: ``__key__``), in the manifest's order."""
-    from curation.pairs import split_key
 
     if "source_tar" not in df or df["source_tar"].isna().any():
         raise CurationError("the webdataset format is for samples embedded from WebDataset tars (they carry "
@@ -323,7 +323,6 @@ def write_reshard(df, out: str | Path, shard_size: int = WDS_SHARD_SIZE, progres
     import io
     import tarfile
 
-    from curation.pairs import iter_samples, split_key
 
     if shard_size < 1:
         raise CurationError(f"--reshard {shard_size}: samples per tar must be >= 1.")
@@ -408,7 +407,6 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
     the manifest carries; ``reshard`` (webdataset format) writes new tars of the kept samples,
     that many per tar.
     """
-    from curation import __version__
 
     if fmt not in FORMATS:
         raise CurationError(f"unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")

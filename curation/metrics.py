@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from curation.errors import CurationError
-from curation.selection import MISSING, SelectionInputs
+from curation.prototypes import rare_clusters
+from curation.schema import category_values
+from curation.selection import Filter, MISSING, SelectionInputs, factorize_column, select
 
 
 # Offsets that give the random baselines their own random streams: the selection seed also seeds
@@ -38,7 +40,6 @@ class LabelColumn:
     def __init__(self, name: str, series):
         import pandas as pd
 
-        from curation.schema import category_values
 
         self.name = name
         s = category_values(series)
@@ -140,7 +141,6 @@ class ImpactContext:
         self.n = inp.n
         self.prototype = inp.prototype
         self.k = int(inp.prototype.max()) + 1
-        from curation.prototypes import rare_clusters
 
         self.rare = rare_clusters(np.bincount(inp.prototype, minlength=self.k))
         self.sparse = inp.tail_score >= 0.9  # the 10% lowest-density samples
@@ -391,11 +391,9 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     import pandas as pd
     from dataclasses import replace
 
-    from curation.selection import Filter, select
 
     if label not in inp.meta.columns:
         raise CurationError(f"unknown label column {label!r}. Fix: use one of: {', '.join(inp.meta.columns)}.")
-    from curation.selection import factorize_column
 
     values = inp.meta[label]
     labelled = values.notna().to_numpy()
@@ -427,7 +425,6 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     inp_t = inp.with_meta(meta)
     cfg_t = replace(cfg, budget=count, filters=tuple(cfg.filters) + (Filter(marker, "==", "train"),))
     res = select(inp_t, cfg_t)
-    from curation.prototypes import rare_clusters
 
     train_l = train_rows[labelled[train_rows]]
     rare = np.flatnonzero(rare_clusters(np.bincount(codes[train_l], minlength=len(labels)))).tolist()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from curation import schema as S
 from curation.errors import CurationError, InputError, PairError
+from curation.ingest import read_table_file, standardize_columns
+from curation.store import resolve_image
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 CAPTION_EXTS = ("txt", "caption", "cap")
@@ -47,7 +49,6 @@ class TablePairs:
 
     def __init__(self, table_path, image_root=None, *, id_column=None, image_column=None,
                  caption_column=None):
-        from curation.ingest import read_table_file, standardize_columns
 
         self.path = Path(table_path)
         table = read_table_file(self.path, string_columns=[c for c in (id_column, *S.ID_CANDIDATES) if c])
@@ -112,7 +113,6 @@ class TablePairs:
         return self.table.column(S.ID).slice(shard.items[0], len(shard.items)).to_pylist()
 
     def load(self, item, _handles):
-        from curation.store import resolve_image
 
         value = self.images[item]
         caption = self.captions[item]

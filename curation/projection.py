@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from curation import density as D
+from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,6 @@ def sample_knn(Z: np.ndarray, k: int, assign: np.ndarray | None = None, probes: 
     """Exact cosine kNN among the rows of ``Z`` (self first, as umap's ``precomputed_knn`` wants):
     (indices (m, k) int64, distances (m, k) float32). With ``assign`` (a cluster per row) each row
     searches its own and its nearest clusters only (:func:`curation.density.knn_within_clusters`)."""
-    from curation import density as D
-    from curation.spaces import normalize
 
     U = normalize(Z)
     m = len(U)

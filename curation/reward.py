@@ -32,13 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from curation import schema as S
+from curation import store as store_mod
 from curation.errors import CurationError, InputError, StateError
+from curation.ingest import read_table_file
+from curation.mllm import (AXES, EndpointDown, PROMPT_VERSION, RATING_MAX, RATING_MIN, SYSTEM_PROMPT, Stopped, USER_TEMPLATE, chat_url, image_data_url, parse_rating, rate_one)
+from curation.quality import rank_score
 from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
 
-from curation.mllm import (AXES, PROMPT_VERSION, RATING_MAX, RATING_MIN, SYSTEM_PROMPT, USER_TEMPLATE,  # noqa: F401
-                           EndpointDown, Stopped, chat_url, image_data_url, parse_rating, rate_one)
 MIN_RATINGS = 40     # below this there is nothing to hold out
 MIN_HELD_OUT = 10
 
@@ -59,7 +61,6 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     """
     import pandas as pd
 
-    from curation import store as store_mod
 
     if n < 1:
         raise CurationError(f"--sample {n}: rate at least one pair.")
@@ -208,7 +209,6 @@ RATING_COLUMNS = [S.ROW, S.ID, "source", "prompt_version", "created", "status", 
 def _append_ratings(db, new) -> None:
     import pandas as pd
 
-    from curation import store as store_mod
 
     new = new.reindex(columns=RATING_COLUMNS)
     new["fidelity"] = new["fidelity"].astype("float64")
@@ -264,7 +264,6 @@ def read_ratings_csv(path, ids, axes=None) -> tuple[np.ndarray, np.ndarray, list
     """
     import pandas as pd
 
-    from curation.ingest import read_table_file
 
     path = Path(path)
     t = read_table_file(path, string_columns=[S.ID]).to_pandas()
@@ -364,7 +363,6 @@ def train(db, ratings_csv=None, axes=None, config: RewardConfig = RewardConfig()
     import pandas as pd
     import torch
 
-    from curation import store as store_mod
 
     config.check()
     t0 = time.time()
@@ -513,8 +511,6 @@ def score(db, model_id: str | None = None, *, batch: int = 65536, progress=True)
     import pandas as pd
     import torch
 
-    from curation import store as store_mod
-    from curation.quality import rank_score
 
     with store_mod.open_store(db) as s:
         ms = models(s)

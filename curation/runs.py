@@ -21,8 +21,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from curation import reward
+from curation import schema as S
 from curation.errors import StateError
 
+#: the analysis steps, in the order they run (each writes per-sample columns and side tables)
+STEPS = ("prototypes", "density", "map", "quality", "confounders")
+#: a step that reads another step's output
+REQUIRES = {"density": "prototypes", "confounders": "prototypes"}
 #: steps a selection reads (prototype bands and FPS ranks; density for tail scores and duplicates)
 SELECTION_NEEDS = ("prototypes", "density")
 
@@ -121,8 +127,6 @@ def latest_run(store, needs: Iterable[str] = ()) -> str | None:
 
 def best_analysis(store) -> RunRecord | None:
     """The run the app shows: newest complete, else newest selection can use, else newest."""
-    from curation.analysis import STEPS
-
     for needs in (STEPS, SELECTION_NEEDS, ()):
         r = latest(store, "analysis", needs)
         if r is not None:
@@ -166,8 +170,6 @@ def reward_status(store) -> dict:
     Returns a dict: ``n_ratings``, ``n_ok``, ``models`` (list of {model_id, created, source,
     metrics}), ``scored_by`` (model id or None) and ``scored_run`` (run id or None).
     """
-    from curation import reward
-    from curation import schema as S
 
     out = {"n_ratings": 0, "n_ok": 0, "models": [], "scored_by": None, "scored_run": None}
     if store.has_table(S.REWARD_RATINGS):

@@ -1,6 +1,7 @@
 """Table and column names, dtypes and the schema version: the one place they are spelled out."""
 
 from __future__ import annotations
+from curation.errors import CurationError
 
 SCHEMA_VERSION = 1
 
@@ -46,7 +47,6 @@ def check_seed(seed) -> int:
     config files and the app)."""
     import numpy as np
 
-    from curation.errors import CurationError
 
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
         raise CurationError(f"seed {seed!r} must be a whole number from 0 to {SEED_MAX}. Fix: e.g. --seed 0.")

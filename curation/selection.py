@@ -29,8 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from curation import analysis, runs
 from curation import schema as S
+from curation.density import duplicate_groups
 from curation.errors import CurationError
+from curation.quality import NOT_SHARED
+from curation.schema import UnusableColumn, category_values
 
 # 2 added fidelity_guard (a version-1 config reads as fidelity_guard=None, as it ran); 3 added tail
 # and caption_guard and changed the defaults of tail_core_ratio (0.44 -> 2) and outliers (drop ->
@@ -382,7 +386,6 @@ class SelectionInputs:
 
     def duplicates(self, eps: float, cache: SelectionCache | None = None):
         """(group, is_dup) at ``eps`` from the stored kNN graph (memoised in ``cache`` when given)."""
-        from curation.density import duplicate_groups
 
         def build():
             group, is_dup = duplicate_groups(self.knn_nbr, self.knn_sim, eps, case=self.case,
@@ -708,7 +711,6 @@ def check_filter(f: Filter, series) -> str:
 def _filter_mask(f: Filter, series) -> np.ndarray:
     """Rows that pass ``f``. One rule for missing values: they match only ``is null``; every other
     operator (``!=`` and ``not in`` included) leaves them out."""
-    from curation.schema import category_values
 
     s = series
     present = s.notna().to_numpy()
@@ -743,7 +745,6 @@ def factorize_column(series) -> tuple[np.ndarray, list[str]]:
     (:func:`curation.schema.category_values`); binary data is refused."""
     import pandas as pd
 
-    from curation.schema import UnusableColumn, category_values
 
     try:
         series = category_values(series)
@@ -984,7 +985,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     kind = inp.band_code[rows].astype(np.int64)  # which queue: 0 core, 1 tail, 2 outlier
     if cfg.outliers == "keep":  # outliers queue with the tail band, no tier of their own
         kind = np.minimum(kind, 1)
-    is_core, is_tail, is_out = kind == 0, kind == 1, kind == 2
+    is_out = kind == 2
     n_cl = int(inp.prototype.max()) + 1
     n_st = len(labels)
     r = cfg.tail_core_ratio
@@ -1075,11 +1076,7 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     """Read the arrays a selection needs from a dataset's analysis run."""
     import pandas as pd
 
-    from curation import analysis
-    from curation import schema as S
-    from curation.quality import NOT_SHARED
 
-    from curation import runs
 
     rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
     run_id = rec.run_id

@@ -33,6 +33,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from curation import __version__
 from curation import schema as S
 from curation.atomic import atomic_write
 from curation.errors import CurationError, StateError
@@ -438,7 +439,6 @@ class Store:
         ``run_id`` is the table's primary key: recording an id that exists replaces that row (an
         analysis run that completed more steps), never adds a second one.
         """
-        from curation import __version__
 
         self._check_writable()
         run_id = run_id or f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from curation import manifest, store
 from curation.errors import CurationError
+from curation.ingest import check_label_columns
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ def export_selection(db, inp, result, cfg, run_id: str, out, fmt: str, *, impact
 def declare_label_columns(db, labels) -> list[str]:
     """Store ``labels`` as the dataset's label columns (answers, not inputs: never confounders,
     never in the default selection, reported by the impact table). Returns them, checked."""
-    from curation.ingest import check_label_columns
 
     with store.open_store(db, read_only=False) as s:
         labels = check_label_columns([c for c, _ in s.columns()], labels)

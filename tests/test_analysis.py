@@ -25,7 +25,7 @@ def result(analyzed_db):
     with store.open_store(analyzed_db) as s:
         df, cfg = analysis.load(s)
         truth = s.read_table("demo_truth")
-        run = analysis.latest_run(s)
+        run = runs_mod.latest_run(s)
         conf = analysis.load_table(s, run, "confounders").set_index("column")
     return df, cfg, truth, conf
 
@@ -85,7 +85,7 @@ def test_same_config_same_run_new_config_new_run(analyzed_copy, result):
     cfg = analysis.AnalysisConfig()
     again = analysis.analyze(analyzed_db, cfg, steps=["prototypes", "density"])
     with store.open_store(analyzed_db) as s:
-        assert again == analysis.latest_run(s)
+        assert again == runs_mod.latest_run(s)
         df2, _ = analysis.load(s, again)
     pd.testing.assert_frame_equal(df, df2)  # identical, map and quality columns kept too
     other = analysis.analyze(analyzed_db, analysis.AnalysisConfig(k=12), steps=["prototypes"])
@@ -112,7 +112,7 @@ def test_knn_recall_against_exact(analyzed_db, result):
 
     with store.open_store(analyzed_db) as s:
         X, _ = _features(s, s.n_rows)
-        run = analysis.latest_run(s)
+        run = runs_mod.latest_run(s)
         pt = analysis.load_table(s, run, "prototypes")
     cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
     q = np.random.default_rng(0).choice(len(X), 300, replace=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from curation import analysis, selection, store
+from curation import runs, selection, store
 from curation.selection import Gate, SelectionConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -66,7 +66,7 @@ def test_every_page_renders(read_only_app_data, page):
 
 def _inputs(db):
     with store.open_store(db) as s:
-        return selection.load_inputs(s, analysis.latest_run(s))
+        return selection.load_inputs(s, runs.latest_run(s))
 
 
 def test_select_page_counts_match_select(read_only_app_data):

@@ -6,7 +6,7 @@ background."""
 import numpy as np
 import pytest
 
-from curation import analysis, jobs, selection, store
+from curation import analysis, jobs, runs, selection, store
 from test_app import _app, _data_dir, _metric
 from curation.selection import Gate, SelectionConfig
 
@@ -287,7 +287,7 @@ def test_inspector_shows_the_stored_neighbours(read_only_app_data):
     from curation import analysis
 
     with store.open_store(read_only_app_data / "demo.duckdb") as s:
-        nbr, _ = analysis.load_knn(s, analysis.latest_run(s))
+        nbr, _ = analysis.load_knn(s, runs.latest_run(s))
         ids = s.samples(["id"])["id"].tolist()
     at = _app("pages/map.py")
     at.session_state["inspect_row"] = 11

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation import analysis, selection, store
+from curation import analysis, runs, selection, store
 from curation.metrics import ImpactContext
 from curation.selection import Gate, SelectionConfig
 from curation.spaces import normalize
@@ -177,7 +177,7 @@ def test_impact_eps_in_the_cli(analyzed_copy, run_cli, tmp_path):
 
 def test_confounder_table_names_chance_not_majority(demo, analyzed_db):
     with store.open_store(analyzed_db) as s:
-        conf = analysis.load_table(s, analysis.latest_run(s), "confounders")
+        conf = analysis.load_table(s, runs.latest_run(s), "confounders")
     assert "chance_accuracy" in conf.columns and "majority_accuracy" not in conf.columns
     levels = conf.set_index("column")["levels"]
     chance = conf.set_index("column")["chance_accuracy"].dropna()

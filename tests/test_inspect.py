@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation import CurationError, analysis, inspect, selection, store
+from curation import CurationError, analysis, inspect, runs, selection, store
 from curation.selection import SelectionConfig
 
 
@@ -17,7 +17,7 @@ def _sha(p):
 
 def test_cluster_labels_name_the_planted_findings(analyzed_db):
     with store.open_store(analyzed_db) as s:
-        run = analysis.latest_run(s)
+        run = runs.latest_run(s)
         labels = analysis.cluster_label_map(s, run)
         df, _ = analysis.load(s, run)
         finding = s.samples(["finding"])["finding"]
@@ -29,7 +29,7 @@ def test_cluster_labels_name_the_planted_findings(analyzed_db):
 
 def test_show_lists_exactly_the_stored_neighbours(analyzed_db, run_cli):
     with store.open_store(analyzed_db) as s:
-        run = analysis.latest_run(s)
+        run = runs.latest_run(s)
         nbr, sim = analysis.load_knn(s, run)
         ids = s.samples(["id"])["id"].tolist()
         info = inspect.show(s, ids[7], neighbours=5)

@@ -5,17 +5,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from curation import CurationError, selection, store
+from curation import CurationError, runs, selection, store
 from curation.metrics import ImpactContext, tvd
 from curation.selection import Filter, Gate, SelectionCache, SelectionConfig, select
 
 
 @pytest.fixture(scope="module")
 def inp(analyzed_db):
-    from curation import analysis
 
     with store.open_store(analyzed_db) as s:
-        run = analysis.latest_run(s)
+        run = runs.latest_run(s)
         i = selection.load_inputs(s, run)
         object.__setattr__(i, "truth", s.read_table("demo_truth"))  # test-only attachment
     return i
