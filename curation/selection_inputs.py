@@ -1,0 +1,174 @@
+"""The arrays a selection reads, loaded once from a dataset's analysis run: immutable
+:class:`SelectionInputs` shared by threads, and each caller's memo, :class:`SelectionCache`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from curation import analysis, runs
+from curation import schema as S
+from curation.density import duplicate_groups
+from curation.quality import NOT_SHARED
+from curation.selection_config import QUALITY_AXES
+
+class SelectionCache:
+    """Memoised work of one caller (a CLI run, an app session): priority orders per config-without-
+    budget, duplicate groups per eps, per-column strata codes.
+
+    Thread-safe (one lock) and bounded (least recently used entries go first). Keys include
+    :attr:`SelectionInputs.key`, so one cache can serve several datasets. The inputs themselves
+    are never mutated, so they can be shared between sessions; a cache is never shared.
+    """
+
+    def __init__(self, max_entries: int = 8):
+        import threading
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._d: "OrderedDict" = OrderedDict()
+
+    def get(self, key, build):
+        """The value for ``key``, built by ``build()`` (outside the lock) when absent."""
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = build()
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class SelectionInputs:
+    """The cached arrays a selection reads (all of length n, in row order). Immutable: arrays are
+    read-only views and derived arrays are computed at construction, so one instance can be shared
+    by threads; memoised work lives in a :class:`SelectionCache`.
+
+    Attributes
+    ----------
+    ids : ndarray of str
+    prototype, fps_rank : ndarray of int
+    band : ndarray of str ("core" / "tail" / "outlier")
+    proto_dist, tail_score : ndarray of float
+    meta : pandas.DataFrame
+        Metadata columns (for strata and filters).
+    scores : dict {axis: ndarray of float in [0, 1] or all-NaN when not available}
+    knn_nbr, knn_sim : ndarray (n, k), the stored duplicate-space kNN graph (duplicates at any eps)
+    case : ndarray of int or None
+    unavailable : dict {axis: reason} for score axes that cannot be used
+    id_sets : dict {"NAME@SHA12": rows} the dataset's stored id sets (exclude / include rules)
+    key : str
+        Identifies the data these arrays came from (fingerprint, run, reward scores) in cache keys.
+    band_code : ndarray of int8, derived: 0 core, 1 tail, 2 outlier
+    far_rank : ndarray of int64, derived: rank by distance to the prototype, farthest first
+    """
+
+    ids: np.ndarray
+    prototype: np.ndarray
+    band: np.ndarray
+    proto_dist: np.ndarray
+    fps_rank: np.ndarray
+    tail_score: np.ndarray
+    meta: Any
+    scores: dict
+    knn_nbr: np.ndarray
+    knn_sim: np.ndarray
+    case: np.ndarray | None = None
+    unavailable: dict = field(default_factory=dict)
+    id_sets: dict = field(default_factory=dict)
+    key: str = ""
+    band_code: np.ndarray = field(init=False, repr=False)
+    far_rank: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        for name in ("ids", "prototype", "band", "proto_dist", "fps_rank", "tail_score", "knn_nbr", "knn_sim"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        if self.case is not None:
+            object.__setattr__(self, "case", _frozen(self.case))
+        object.__setattr__(self, "scores", {k: _frozen(v) for k, v in self.scores.items()})
+        object.__setattr__(self, "id_sets", {k: _frozen(v) for k, v in self.id_sets.items()})
+        band_code = np.select([self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
+        far = np.empty(len(self.ids), np.int64)
+        far[np.argsort(-self.proto_dist, kind="stable")] = np.arange(len(self.ids))
+        object.__setattr__(self, "band_code", _frozen(band_code))
+        object.__setattr__(self, "far_rank", _frozen(far))
+        if not self.key:
+            object.__setattr__(self, "key", f"inputs-{id(self)}")
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def duplicates(self, eps: float, cache: SelectionCache | None = None):
+        """(group, is_dup) at ``eps`` from the stored kNN graph (memoised in ``cache`` when given)."""
+
+        def build():
+            group, is_dup = duplicate_groups(self.knn_nbr, self.knn_sim, eps, case=self.case,
+                                             keep_key=self.proto_dist)
+            return _frozen(group), _frozen(is_dup)
+
+        return build() if cache is None else cache.get((self.key, "dup", float(eps)), build)
+
+    def with_meta(self, meta) -> "SelectionInputs":
+        """A copy with other metadata columns (the evaluation adds a train/held-out marker)."""
+        from dataclasses import replace
+
+        return replace(self, meta=meta, key=f"{self.key}+meta{id(meta)}")
+
+
+
+def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
+    """Read the arrays a selection needs from a dataset's analysis run."""
+    import pandas as pd
+
+
+
+    rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
+    run_id = rec.run_id
+    df, _ = analysis.load(store, run_id)
+    nbr, sim = analysis.load_knn(store, run_id, "dedup_knn")  # duplicates: image space (text if no images)
+    meta = store.samples(store.metadata_columns())
+    ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
+    scores, unavailable = {}, {}
+    for axis in QUALITY_AXES:
+        col = f"{axis}_score"
+        if col in df.columns and df[col].notna().any():
+            scores[axis] = df[col].to_numpy(np.float64)
+        else:
+            unavailable[axis] = (NOT_SHARED if axis == "fidelity" else
+                                 "not available: no captions, or the quality step has not run" if axis == "caption"
+                                 else "not computed (run the quality step)")
+    for col in df.columns:  # reward model scores, when present
+        if col.startswith("reward_") and col.endswith("_score"):
+            scores[col[: -len("_score")]] = df[col].to_numpy(np.float64)
+    case_col = store.meta.get("case_column")
+    case = pd.factorize(meta[case_col].astype(str))[0] if case_col in meta.columns else None
+    scored = runs.list_runs(store, "reward-score")
+    reward_key = scored[-1].run_id if scored else None
+    id_sets = store.id_set_rows()
+    return SelectionInputs(ids=ids, prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
+                           proto_dist=df["proto_dist"].to_numpy(np.float64),
+                           fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),
+                           meta=meta, scores=scores, knn_nbr=nbr, knn_sim=sim, case=case,
+                           unavailable=unavailable, id_sets=id_sets,
+                           key=f"{store.fingerprint}:{run_id}:{reward_key}:{','.join(sorted(id_sets))}")
+
