@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from curation import (analysis, demo, embed, embed_ray, ingest, inspect, manifest, metrics, reward, runs, selection,
-                      store, workflows)
+from curation import (analysis, demo, embed, embed_ray, ingest, inspect, manifest, reward, selection, store,
+                      workflows)
 from curation.analysis import AnalysisConfig, STEPS
-from curation.confounders import flagged
 from curation.errors import CurationError, InterruptedAfterWrite
 from curation.manifest import FORMATS, WDS_SHARD_SIZE
-from curation.projection import pca_reduce
 from curation.selection import MODES, OUTLIER_POLICIES, SelectionConfig
 
 EXIT_INPUT = 2
@@ -367,41 +365,8 @@ def cmd_analyze(a) -> int:
             bar.close()
     if not bars:
         print(f"analysis {run_id} is already stored ({time.perf_counter() - t:.2f} s); pass --force to recompute.")
-    print(analysis_report(a.db, run_id))
+    print(workflows.analysis_report(a.db, run_id))
     return 0
-
-
-def analysis_report(db, run_id) -> str:
-    """The CLI's summary of an analysis run (also what the app's Overview shows)."""
-
-    with store.open_store(db) as s:
-        rec = runs.get(s, run_id, "analysis")
-        df, _ = analysis.load(s, run_id)
-        cfg, out = rec.config, rec.outputs
-        lines = [f"analysis run {run_id} on {s.name} ({len(df):,} samples, space {cfg.get('space')}, "
-                 f"k={out.get('k')}; steps: {', '.join(rec.steps)})"]
-        if "band" in df:
-            b = df["band"].value_counts()
-            lines.append(f"  bands: core {b.get('core', 0):,}, tail {b.get('tail', 0):,}, "
-                         f"outlier {b.get('outlier', 0):,}")
-        if "dup_group" in df:
-            groups = df.loc[df["dup_group"] >= 0, "dup_group"].nunique()
-            lines.append(f"  near-duplicate groups: {groups:,} ({int(df['is_dup'].sum()):,} samples "
-                         f"would be dropped at eps={cfg.get('dedup_eps')})")
-        if "hdbscan_label" in df:
-            lines.append(f"  HDBSCAN clusters: {df['hdbscan_label'].max() + 1:,}, noise "
-                         f"{(df['hdbscan_label'] < 0).mean():.1%}")
-        if "fidelity_reason" in out:
-            lines.append(f"  fidelity: {out['fidelity_reason']}")
-        conf_table = rec.table("confounders")
-        if "confounders_reason" in out:
-            lines.append(f"  confounders: {out['confounders_reason']}")
-        elif conf_table and s.has_table(conf_table):
-            f = flagged(s.read_table(conf_table))
-            lines.append(f"  likely confounders: {', '.join(f) if f else 'none'}")
-        lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec.timings.items()
-                                               if isinstance(v, (int, float))))
-    return "\n".join(lines)
 
 
 def _add_select(sub):
@@ -464,20 +429,6 @@ def _add_select(sub):
 
 
 
-def read_config(path) -> "object":
-    """A SelectionConfig from ``--config PATH``: a config JSON file, or an export's sidecar (its
-    recorded config), so a recorded selection can be the start of a changed one."""
-
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CurationError(f"cannot read --config {path}: {e}. Fix: pass a UTF-8 JSON file (a selection config "
-                            f"or an export's .sidecar.json).") from None
-    if isinstance(d, dict) and isinstance(d.get("config"), dict) and "manifest" in d:
-        d = d["config"]
-    return SelectionConfig.from_dict(d)
-
-
 def _config_from_args(a, base):
     from dataclasses import replace
 
@@ -505,58 +456,8 @@ def _config_from_args(a, base):
     return replace(base, **changes)
 
 
-def _id_file_rows(s, path) -> "object":
-    """Rows of the ids listed in a text file (one per line, no header); unknown ids are refused."""
-    import numpy as np
-
-    p = Path(path)
-    try:
-        # ids are exact: only the line ending goes (' x' and 'x ' are other ids than 'x'); a final
-        # newline and blank lines are not ids
-        ids = [x.removesuffix("\r") for x in p.read_text(encoding="utf-8").split("\n")]
-        ids = [x for x in ids if x]
-    except (OSError, UnicodeDecodeError) as e:
-        raise CurationError(f"cannot read id file {p}: {e}. Fix: a UTF-8 text file, one id per line.") from None
-    if not ids:
-        raise CurationError(f"id file {p} lists no ids. Fix: one id per line.")
-    all_ids = s.samples(["id"])["id"].astype(str)
-    pos = dict(zip(all_ids, range(len(all_ids))))
-    unknown = [i for i in ids if i not in pos]
-    if unknown:
-        raise CurationError(f"id file {p}: {len(unknown)} id(s) are not samples of {s.name} (first: "
-                            f"{unknown[0]!r}, line {ids.index(unknown[0]) + 1}). Fix: list ids of this dataset.")
-    return np.array([pos[i] for i in ids], np.int64)
-
-
-def _resolve_sets(a, db, cfg):
-    """Store --exclude-ids / --include-ids files as id sets and add every set reference to ``cfg``."""
-    from dataclasses import replace
-
-
-    refs = {"exclude_sets": list(cfg.exclude_sets), "include_sets": list(cfg.include_sets)}
-    files = [("exclude_sets", getattr(a, "exclude_ids", None)), ("include_sets", getattr(a, "include_ids", None))]
-    if any(f for _, f in files):
-        with store.open_store(db, read_only=False) as s:
-            for key, f in files:
-                if f:
-                    name = f"{key.split('_')[0]}-{Path(f).stem}"[:64]
-                    safe = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in name)
-                    refs[key].append(s.save_id_set(safe, _id_file_rows(s, f), kind="ids", meta={"file": str(f)}))
-    named = [("exclude_sets", getattr(a, "exclude_set", []) or []), ("include_sets", getattr(a, "include_set", []) or [])]
-    if any(v for _, v in named):
-        with store.open_store(db) as s:
-            known = {r.split("@", 1)[0]: r for r in s.id_set_refs()}  # a name means its latest version
-        for key, names in named:
-            for nm in names:
-                if nm not in known:
-                    raise CurationError(f"no id set {nm!r} in {db}. Fix: one of {', '.join(known) or '(none saved)'}.")
-                refs[key].append(known[nm])
-    return replace(cfg, exclude_sets=tuple(dict.fromkeys(refs["exclude_sets"])),
-                   include_sets=tuple(dict.fromkeys(refs["include_sets"])))
-
-
 def cmd_select(a) -> int:
-
+    side = None
     if a.from_sidecar:
         knobs = [flag for flag, given in (
             ("--config", a.config), ("--budget", a.budget),
@@ -572,9 +473,8 @@ def cmd_select(a) -> int:
                                 f"change it. Fix: drop {', '.join(knobs)}, or start from that selection and change "
                                 f"it: select DB --config {a.from_sidecar} {knobs[0]} ...")
         side = manifest.read_sidecar(a.from_sidecar)
-        db = a.db or side["dataset"]["path"]
+        db, run_id = a.db or side["dataset"]["path"], side["analysis_run"]
         cfg = SelectionConfig.from_dict(side["config"])
-        run_id = side["analysis_run"]
         fmt = manifest.format_for(a.out, a.format)  # what --out says, not what the sidecar's export was
         columns = _split_list(a.columns) if a.columns is not None else side.get("columns", [])
         reshard = a.reshard if a.reshard is not None else (side.get("reshard") or {}).get("size") \
@@ -582,57 +482,35 @@ def cmd_select(a) -> int:
     else:
         if not a.db:
             raise CurationError("select needs a dataset (DB) or --from SIDECAR.")
-        db = a.db
-        base = read_config(a.config) if a.config else SelectionConfig()
+        db, run_id = a.db, a.analysis_run
         if not a.config and a.budget is None:
             raise CurationError("--budget is required (a count such as 5000 or a fraction such as 0.25).")
-        cfg = _config_from_args(a, base)
-        run_id = a.analysis_run
-        fmt = manifest.format_for(a.out, a.format)
-        columns, reshard = _split_list(a.columns), a.reshard
+        cfg = _config_from_args(a, workflows.read_config(a.config) if a.config else SelectionConfig())
+        fmt, columns, reshard = manifest.format_for(a.out, a.format), _split_list(a.columns), a.reshard
         manifest.check_out(a.out, db, a.overwrite)  # before any id set is stored
-        cfg = _resolve_sets(a, db, cfg)
-    with store.open_store(db) as s:
-        if a.from_sidecar:
-            manifest.check_fingerprint(s, side)
-        run_id = runs.require(s, run_id).run_id
-        inp = selection.load_inputs(s, run_id)
-        res = selection.select(inp, cfg)
-        labels = (s.label_columns() if a.label_columns is None else
-                  ingest.check_label_columns(list(inp.meta.columns), _split_list(a.label_columns)))
-        ctx = metrics.ImpactContext(inp, columns=cfg.confounders or _flagged(s, run_id),
-                                    labels=labels, seed=cfg.seed,
-                                    dedup_eps=cfg.dedup_eps if cfg.dedup_eps is not None else 0.05)
-        impact = ctx.compare(res.selected, cfg.seed)
-        warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders,
-                             subset=impact["subset"].to_dict())
-    outcome = workflows.export_selection(db, inp, res, cfg, run_id, a.out, fmt, impact=impact.to_dict(orient="index"),
-                                         overwrite=a.overwrite, warnings=warns, allow_missing=a.allow_missing,
-                                         columns=columns, reshard=reshard)
-    side_out = outcome.sidecar
-    if outcome.note:  # the app may hold the file open; the export itself is complete
-        print(f"note: {outcome.note}", file=sys.stderr)
-    if a.from_sidecar:
-        recorded = side.get("manifest", {}) if isinstance(side.get("manifest"), dict) else {}
-        if recorded.get("sha256") != side_out["manifest"]["sha256"]:
-            why = (f"it was written as {side.get('format')}, this one as {fmt}" if side.get("format") != fmt else
-                   "the sidecar's config or the recorded hash was edited, or the software changed")
-            print(f"warning: the manifest written does not match the one the sidecar recorded (sha256 "
-                  f"{side_out['manifest']['sha256'][:16]}... vs {str(recorded.get('sha256'))[:16]}...): {why}.",
-                  file=sys.stderr)
-        else:
-            print("reproduced: the manifest matches the sidecar's recorded sha256 byte for byte.")
-    sm = res.summary
+        cfg = workflows.with_id_sets(db, cfg, exclude_file=a.exclude_ids, include_file=a.include_ids,
+                                     exclude_names=a.exclude_set, include_names=a.include_set)
+    o = workflows.select_and_export(db, cfg, a.out, fmt, run_id=run_id, columns=columns, reshard=reshard,
+                                    labels=None if a.label_columns is None else _split_list(a.label_columns),
+                                    overwrite=a.overwrite, allow_missing=a.allow_missing, sidecar=side)
+    for note in o.notes:  # the app may hold the file open; the export itself is complete
+        print(f"note: {note}", file=sys.stderr)
+    if o.reproduced:
+        print("reproduced: the manifest matches the sidecar's recorded sha256 byte for byte.")
+    elif o.mismatch:
+        print(f"warning: {o.mismatch}", file=sys.stderr)
+    sm, side_out = o.result.summary, o.export.sidecar
     print(f"selected {sm['selected']:,} of {sm['pool']:,} (budget {sm['budget']:,}, eligible {sm['eligible']:,})"
           + (f"; short by {sm['shortfall']:,}: not enough eligible samples" if sm["shortfall"] else ""))
     print("reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(sm["reasons"].items())))
-    print(impact.round(4).to_string())
-    print(f"(duplicate_rate measured at eps {ctx.dedup_eps:g}, the selection's; quality guards: fidelity "
+    print(o.impact.round(4).to_string())
+    print(f"(duplicate_rate measured at eps {o.dedup_eps:g}, the selection's; quality guards: fidelity "
           f"{sm['fidelity_guard']}; caption {sm['caption_guard']})")
-    for w in warns:
+    for w in o.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {a.out} ({fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), "
-          f"{manifest.paths_for(a.out)['sidecar'].name}, {manifest.paths_for(a.out)['dropped'].name}")
+    paths = manifest.paths_for(a.out)
+    print(f"wrote {a.out} ({o.fmt}, sha256 {side_out['manifest']['sha256'][:16]}...), {paths['sidecar'].name}, "
+          f"{paths['dropped'].name}")
     if side_out.get("reshard"):
         r = side_out["reshard"]
         print(f"wrote {len(r['files'])} tar(s), {r['samples']:,} samples: {r['pattern']}\n"
@@ -644,14 +522,6 @@ def cmd_select(a) -> int:
 def _split_list(text) -> list[str]:
     """``"split, case_id"`` -> ``["split", "case_id"]`` (empty items dropped)."""
     return [c.strip() for c in (text or "").split(",") if c.strip()]
-
-
-def _flagged(s, run_id) -> list[str]:
-
-    try:
-        return flagged(analysis.load_table(s, run_id, "confounders"))
-    except CurationError:
-        return []
 
 
 def _add_evaluate(sub):
@@ -676,26 +546,10 @@ def _add_evaluate(sub):
 
 
 def cmd_evaluate(a) -> int:
-
-    if a.random < 1:
-        raise CurationError(f"--random {a.random}: the curated subset is compared with random subsets; "
-                            f"use 1 or more (default 5).")
-    base = read_config(a.config) if a.config else SelectionConfig()
-    cfg = _config_from_args(a, base)
-    with store.open_store(a.db) as s:
-        rec = runs.require(s, a.analysis_run)
-        run_id = rec.run_id
-        inp = selection.load_inputs(s, run_id)
-        space = rec.config["space"]
-        F, slices = analysis._features(s, s.n_rows)
-        X = analysis._space(F, slices, space)
-        split = a.split_column or ("split" if "split" in inp.meta.columns else None)
-        if split is not None and split not in inp.meta.columns:
-            raise CurationError(f"--split-column {split!r} is not a column. Fix: use one of: "
-                                f"{', '.join(inp.meta.columns)}, or omit it for a case-grouped 20% split.")
-    Z = pca_reduce(X, 64, seed=cfg.seed)
-    del F, X
-    res = metrics.evaluate(inp, Z, a.label, cfg, split_column=split, n_random=a.random)
+    cfg = _config_from_args(a, workflows.read_config(a.config) if a.config else SelectionConfig())
+    res = workflows.evaluate(a.db, cfg, a.label, split_column=a.split_column, n_random=a.random,
+                             run_id=a.analysis_run)
+    split = res["split_column"]
     print(f"label {a.label}: {res['n_train']:,} training rows, {res['n_test']:,} held out "
           f"({'split column ' + split if split else 'case-grouped random 20%'}); subset of {res['budget']:,}; "
           f"{len(res['random'])} random subsets of the same size")

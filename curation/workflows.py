@@ -3,11 +3,17 @@ a typed outcome; the faces only turn flags or widgets into the call and draw wha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation import manifest, store
+import numpy as np
+
+from curation import analysis, ingest, manifest, metrics, runs, selection, store
+from curation.confounders import flagged
 from curation.errors import CurationError
+from curation.projection import pca_reduce
+from curation.selection import SelectionConfig
 from curation.ingest import check_label_columns
 
 
@@ -54,3 +60,185 @@ def declare_label_columns(db, labels) -> list[str]:
         if labels != s.label_columns():
             s.update_meta(label_columns=labels, label_column=labels[0] if labels else None)
     return labels
+
+
+# --- analyze ---------------------------------------------------------------------------------------
+def analysis_report(db, run_id) -> str:
+    """A stored analysis run in a few lines: size, space, bands, duplicates, HDBSCAN, facts such as
+    why fidelity is unavailable, likely confounders, timings (the CLI prints it, Overview shows it)."""
+    with store.open_store(db) as s:
+        rec = runs.get(s, run_id, "analysis")
+        df, _ = analysis.load(s, run_id)
+        cfg, out = rec.config, rec.outputs
+        lines = [f"analysis run {run_id} on {s.name} ({len(df):,} samples, space {cfg.get('space')}, "
+                 f"k={out.get('k')}; steps: {', '.join(rec.steps)})"]
+        if "band" in df:
+            b = df["band"].value_counts()
+            lines.append(f"  bands: core {b.get('core', 0):,}, tail {b.get('tail', 0):,}, "
+                         f"outlier {b.get('outlier', 0):,}")
+        if "dup_group" in df:
+            groups = df.loc[df["dup_group"] >= 0, "dup_group"].nunique()
+            lines.append(f"  near-duplicate groups: {groups:,} ({int(df['is_dup'].sum()):,} samples "
+                         f"would be dropped at eps={cfg.get('dedup_eps')})")
+        if "hdbscan_label" in df:
+            lines.append(f"  HDBSCAN clusters: {df['hdbscan_label'].max() + 1:,}, noise "
+                         f"{(df['hdbscan_label'] < 0).mean():.1%}")
+        if "fidelity_reason" in out:
+            lines.append(f"  fidelity: {out['fidelity_reason']}")
+        conf_table = rec.table("confounders")
+        if "confounders_reason" in out:
+            lines.append(f"  confounders: {out['confounders_reason']}")
+        elif conf_table and s.has_table(conf_table):
+            f = flagged(s.read_table(conf_table))
+            lines.append(f"  likely confounders: {', '.join(f) if f else 'none'}")
+        lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec.timings.items()
+                                               if isinstance(v, (int, float))))
+    return "\n".join(lines)
+
+
+def flagged_columns(s, run_id) -> list[str]:
+    """The columns an analysis run flags as likely confounders ([] when it has no confounder table)."""
+    try:
+        return flagged(analysis.load_table(s, run_id, "confounders"))
+    except CurationError:
+        return []
+
+
+# --- select and export -------------------------------------------------------------------------------
+def read_config(path) -> SelectionConfig:
+    """A SelectionConfig from a file: a config JSON, or an export's sidecar (its recorded config), so
+    a recorded selection can be the start of a changed one."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CurationError(f"cannot read --config {path}: {e}. Fix: pass a UTF-8 JSON file (a selection config "
+                            f"or an export's .sidecar.json).") from None
+    if isinstance(d, dict) and isinstance(d.get("config"), dict) and "manifest" in d:
+        d = d["config"]
+    return SelectionConfig.from_dict(d)
+
+
+def id_file_rows(s, path) -> np.ndarray:
+    """Rows of the ids listed in a text file (one per line, no header; ids are exact: only the line
+    ending goes, so ' x' and 'x ' are other ids than 'x'); unknown ids are refused."""
+    p = Path(path)
+    try:
+        ids = [x.removesuffix("\r") for x in p.read_text(encoding="utf-8").split("\n")]
+    except (OSError, UnicodeDecodeError) as e:
+        raise CurationError(f"cannot read id file {p}: {e}. Fix: a UTF-8 text file, one id per line.") from None
+    ids = [x for x in ids if x]  # a final newline and blank lines are not ids
+    if not ids:
+        raise CurationError(f"id file {p} lists no ids. Fix: one id per line.")
+    all_ids = s.samples(["id"])["id"].astype(str)
+    pos = dict(zip(all_ids, range(len(all_ids))))
+    unknown = [i for i in ids if i not in pos]
+    if unknown:
+        raise CurationError(f"id file {p}: {len(unknown)} id(s) are not samples of {s.name} (first: "
+                            f"{unknown[0]!r}, line {ids.index(unknown[0]) + 1}). Fix: list ids of this dataset.")
+    return np.array([pos[i] for i in ids], np.int64)
+
+
+def with_id_sets(db, cfg: SelectionConfig, *, exclude_file=None, include_file=None, exclude_names=(),
+                 include_names=()) -> SelectionConfig:
+    """``cfg`` with id-set rules added: id files are stored as sets (``exclude-<stem>``...), names
+    mean their set's latest version; every rule is recorded as ``NAME@SHA12``."""
+    from dataclasses import replace
+
+    refs = {"exclude_sets": list(cfg.exclude_sets), "include_sets": list(cfg.include_sets)}
+    files = [("exclude_sets", exclude_file), ("include_sets", include_file)]
+    if any(f for _, f in files):
+        with store.open_store(db, read_only=False) as s:
+            for key, f in files:
+                if f:
+                    name = f"{key.split('_')[0]}-{Path(f).stem}"[:64]
+                    safe = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in name)
+                    refs[key].append(s.save_id_set(safe, id_file_rows(s, f), kind="ids", meta={"file": str(f)}))
+    named = [("exclude_sets", exclude_names or ()), ("include_sets", include_names or ())]
+    if any(v for _, v in named):
+        with store.open_store(db) as s:
+            known = {r.split("@", 1)[0]: r for r in s.id_set_refs()}  # a name means its latest version
+        for key, names in named:
+            for nm in names:
+                if nm not in known:
+                    raise CurationError(f"no id set {nm!r} in {db}. Fix: one of {', '.join(known) or '(none saved)'}.")
+                refs[key].append(known[nm])
+    return replace(cfg, exclude_sets=tuple(dict.fromkeys(refs["exclude_sets"])),
+                   include_sets=tuple(dict.fromkeys(refs["include_sets"])))
+
+
+@dataclass(frozen=True)
+class SelectionOutcome:
+    """What :func:`select_and_export` did: the result, its impact beside a random subset, the
+    warnings, the export; with a sidecar to reproduce, whether the manifest matched it."""
+
+    result: object
+    impact: object            # DataFrame: metric x subset / random / pool / better
+    warnings: list
+    export: ExportOutcome
+    fmt: str
+    dedup_eps: float
+    reproduced: bool | None = None
+    mismatch: str | None = None
+    notes: list = field(default_factory=list)
+
+
+def select_and_export(db, cfg: SelectionConfig, out, fmt: str | None = None, *, run_id: str | None = None,
+                      columns=(), reshard: int | None = None, labels=None, overwrite: bool = False,
+                      allow_missing: bool = False, sidecar: dict | None = None) -> SelectionOutcome:
+    """Select, measure the impact against a random subset, export and record the run.
+
+    ``sidecar``: reproduce the selection it records (its dataset fingerprint must match; the outcome
+    says whether the manifest came out byte for byte). ``labels``: the label columns the impact
+    reports (default: the dataset's declared ones)."""
+    fmt = manifest.format_for(out, fmt)
+    with store.open_store(db) as s:
+        if sidecar is not None:
+            manifest.check_fingerprint(s, sidecar)
+        run_id = runs.require(s, run_id).run_id
+        inp = selection.load_inputs(s, run_id)
+        res = selection.select(inp, cfg)
+        labels = s.label_columns() if labels is None else ingest.check_label_columns(list(inp.meta.columns), labels)
+        eps = cfg.dedup_eps if cfg.dedup_eps is not None else 0.05
+        ctx = metrics.ImpactContext(inp, columns=cfg.confounders or flagged_columns(s, run_id), labels=labels,
+                                    seed=cfg.seed, dedup_eps=eps)
+        impact = ctx.compare(res.selected, cfg.seed)
+        warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
+    exported = export_selection(db, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
+                                overwrite=overwrite, warnings=warns, allow_missing=allow_missing, columns=columns,
+                                reshard=reshard)
+    reproduced = mismatch = None
+    if sidecar is not None:
+        recorded = sidecar.get("manifest", {}) if isinstance(sidecar.get("manifest"), dict) else {}
+        reproduced = recorded.get("sha256") == exported.sidecar["manifest"]["sha256"]
+        if not reproduced:
+            why = (f"it was written as {sidecar.get('format')}, this one as {fmt}" if sidecar.get("format") != fmt else
+                   "the sidecar's config or the recorded hash was edited, or the software changed")
+            mismatch = (f"the manifest written does not match the one the sidecar recorded (sha256 "
+                        f"{exported.sidecar['manifest']['sha256'][:16]}... vs {str(recorded.get('sha256'))[:16]}...): "
+                        f"{why}.")
+    return SelectionOutcome(res, impact, warns, exported, fmt, float(eps), reproduced, mismatch,
+                            [exported.note] if exported.note else [])
+
+
+# --- evaluate -----------------------------------------------------------------------------------------
+def evaluate(db, cfg: SelectionConfig, label: str, *, split_column: str | None = None, n_random: int = 5,
+             run_id: str | None = None) -> dict:
+    """The curated subset against ``n_random`` random subsets of the same size, by a linear probe for
+    ``label`` trained on each and scored on the same held-out rows (:func:`curation.metrics.evaluate`).
+    The split column defaults to ``split`` when the dataset has one."""
+    if n_random < 1:
+        raise CurationError(f"--random {n_random}: the curated subset is compared with random subsets; "
+                            f"use 1 or more (default 5).")
+    with store.open_store(db) as s:
+        rec = runs.require(s, run_id)
+        inp = selection.load_inputs(s, rec.run_id)
+        F, slices = analysis._features(s, s.n_rows)
+        X = analysis._space(F, slices, rec.config["space"])
+        split = split_column or ("split" if "split" in inp.meta.columns else None)
+        if split is not None and split not in inp.meta.columns:
+            raise CurationError(f"--split-column {split!r} is not a column. Fix: use one of: "
+                                f"{', '.join(inp.meta.columns)}, or omit it for a case-grouped 20% split.")
+    Z = pca_reduce(X, 64, seed=cfg.seed)
+    del F, X
+    res = metrics.evaluate(inp, Z, label, cfg, split_column=split, n_random=n_random)
+    return {**res, "split_column": split}

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from curation import CurationError, runs, selection, store
+from curation import CurationError, runs, selection, store, workflows
 from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES, Gate, SelectionConfig
 
 log = logging.getLogger("curation.app")
@@ -318,11 +318,9 @@ def _reward_axes(s) -> list[str]:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def analysis_report(path: str, fingerprint: str, run_id: str) -> str | None:
-    """The CLI's report of a run (Overview only: it reads the whole per-sample table)."""
-    from curation.cli import analysis_report as report
-
+    """The report of a run the CLI prints too (Overview only: it reads the whole per-sample table)."""
     try:
-        return report(path, run_id)
+        return workflows.analysis_report(path, run_id)
     except CurationError:
         return None
 
