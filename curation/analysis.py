@@ -121,7 +121,6 @@ class AnalysisConfig:
         return cls(**{**d, "label_columns": tuple(d.get("label_columns", ()))})
 
     def validate(self, n: int) -> None:
-
         if self.space not in SPACES:
             raise CurationError(f"unknown space {self.space!r}. Fix: use one of {', '.join(SPACES)}.")
         if self.k is not None and not 1 <= self.k <= n:
@@ -376,7 +375,6 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
 
 
 def _step_map(inp: _Inputs, prog) -> StepResult:
-
     cfg = inp.config
     if inp.n < MAP_MIN_ROWS:
         raise CurationError(f"the map step needs at least {MAP_MIN_ROWS} samples; this dataset has {inp.n}. "
@@ -447,7 +445,6 @@ def probe_rows(n: int, probe_max: int, seed: int) -> np.ndarray:
 
 
 def _step_confounders(inp: _Inputs, prog) -> StepResult:
-
     cfg, n = inp.config, inp.n
     meta = inp.meta
     meta_cols = list(meta.columns)
@@ -624,7 +621,6 @@ def peak_step(peaks: dict) -> tuple[str, float] | None:
 
 
 def _default_k(n: int) -> int:
-
     return default_k(n)
 
 

@@ -113,7 +113,6 @@ class TablePairs:
         return self.table.column(S.ID).slice(shard.items[0], len(shard.items)).to_pylist()
 
     def load(self, item, _handles):
-
         value = self.images[item]
         caption = self.captions[item]
         try:
