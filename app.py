@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from curation import charts, store
-from pages import _shared
+from pages import _knobs
 
 DATA_DIR = Path(os.environ.get("CURATION_DATA_DIR", "data"))
 
@@ -33,7 +33,7 @@ st.session_state["dataset_path"] = (
     str(DATA_DIR / f"{st.session_state['dataset']}{store.SUFFIX}") if st.session_state.get("dataset") else None
 )
 
-_shared.init_state()
+_knobs.init_state()
 pages = [
     st.Page("pages/overview.py", title="Overview", default=True),
     st.Page("pages/map.py", title="Map", url_path="map"),

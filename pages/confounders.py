@@ -4,7 +4,7 @@ per-cluster distributions, and choosing the columns the selection stratifies by.
 import streamlit as st
 
 from curation import charts
-from pages import _shared
+from pages import _knobs, _shared, _text, _views
 
 st.title("Confounders")
 path, info = _shared.current()
@@ -23,11 +23,11 @@ show = conf[["column", "role", "kind", "levels", "cramers_v", "nmi", "probe_accu
 st.dataframe(show.round(3), hide_index=True)
 
 usable = conf.loc[conf["kind"] != "skipped", "column"].tolist()
-flagged = _shared.flagged_columns(info)
-if not _shared.get("confounders") and flagged:
-    st.caption(_shared.esc(f"Suggested: {', '.join(flagged)}"))
-_shared.put("confounders", [c for c in _shared.get("confounders") if c in usable])
-_shared.knob(st.multiselect, "confounders", "Stratify the selection by (applies on Select & export)", usable)
+flagged = _views.flagged_columns(info)
+if not _knobs.get("confounders") and flagged:
+    st.caption(_text.esc(f"Suggested: {', '.join(flagged)}"))
+_knobs.put("confounders", [c for c in _knobs.get("confounders") if c in usable])
+_knobs.knob(st.multiselect, "confounders", "Stratify the selection by (applies on Select & export)", usable)
 
 df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
 col = st.selectbox("Distribution by cluster of", usable, key="conf_col") if usable else None

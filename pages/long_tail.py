@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from curation import charts, prototypes
-from pages import _shared
+from pages import _knobs, _shared, _text, _views
 
 st.title("Long tail")
 path, info = _shared.current()
@@ -28,18 +28,18 @@ if "knn_density" in df:
 st.subheader("Rarest clusters")
 st.caption("Each cluster is named by its most distinctive caption words (class-based TF-IDF).")
 n_show = st.slider("Clusters shown", 1, min(40, len(sizes)), min(5, len(sizes)), key="lt_n")
-excluded = set(_shared.get("exclude_clusters"))
+excluded = set(_knobs.get("exclude_clusters"))
 for c in order[:n_show]:
     members = df[df.prototype == c]
-    title = (f"cluster {_shared.cluster_name(info, c)}: {len(members)} samples"
+    title = (f"cluster {_views.cluster_name(info, c)}: {len(members)} samples"
              + (f", mean tail score {members.tail_score.mean():.2f}" if "tail_score" in members else "")
              + (" (excluded)" if int(c) in excluded else ""))
-    with st.expander(_shared.esc(title)):
+    with st.expander(_text.esc(title)):
         if int(c) in excluded:
             if st.button("Stop excluding this cluster", key=f"lt_incl_{c}"):
-                _shared.put("exclude_clusters", [x for x in _shared.get("exclude_clusters") if x != int(c)])
+                _knobs.put("exclude_clusters", [x for x in _knobs.get("exclude_clusters") if x != int(c)])
                 st.rerun()
         elif st.button("Exclude this cluster from the subset", key=f"lt_excl_{c}"):
-            _shared.put("exclude_clusters", sorted(excluded | {int(c)}))
+            _knobs.put("exclude_clusters", sorted(excluded | {int(c)}))
             st.rerun()
-        _shared.gallery(members, f"lt_{c}", info["image_root"], page_size=6)
+        _views.gallery(members, f"lt_{c}", info["image_root"], page_size=6)

@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from curation import charts
-from pages import _shared
+from pages import _shared, _text, _views
 
 st.title("Map")
 path, info = _shared.current()
@@ -41,7 +41,7 @@ res = inp = cfg = None
 if can_select and (color == "selection" or st.session_state.get("inspect_row") is not None):
     inp, cfg, res = _shared.run_selection(path, info)  # only when the colouring or the inspector needs it
 if color == "selection":
-    always = _shared.selected_mask(n_rows, res.selected)
+    always = _views.selected_mask(n_rows, res.selected)
     st.caption(f"{len(res.selected):,} selected with the knobs of the **Select & export** page.")
 
 hits = None
@@ -51,7 +51,7 @@ if query.strip():
     try:
         found = _shared.search_rows(path, info["fingerprint"], query)
     except CurationError as e:
-        _shared.error(str(e))
+        _text.error(str(e))
         found = None
     if found is not None:
         hits = np.zeros(n_rows, bool)
@@ -63,7 +63,7 @@ if query.strip():
 sampled = charts.sample_points(df[["map_x"]], max_points, always=always).index.to_numpy()
 x, y = df.map_x.to_numpy()[sampled], df.map_y.to_numpy()[sampled]
 if color == "selection":
-    values, is_cat = np.where(_shared.selected_mask(n_rows, res.selected)[sampled], "selected", "not selected"), True
+    values, is_cat = np.where(_views.selected_mask(n_rows, res.selected)[sampled], "selected", "not selected"), True
 else:
     is_cat = color in categorical
     values = df[color].to_numpy()[sampled]
@@ -99,7 +99,7 @@ if row is not None and res is None and can_select:  # a click just opened the in
     inp, cfg, res = _shared.run_selection(path, info)
 if row is not None and 0 <= int(row) < n_rows:
     with st.container(border=True):
-        _shared.inspector(path, info, df, int(row), res, inp, cfg)
+        _views.inspector(path, info, df, int(row), res, inp, cfg)
         if st.button("Close the inspector", key="insp_close"):
             st.session_state.pop("inspect_row", None)
             st.rerun()
@@ -110,22 +110,22 @@ if len(picked) > 1:
     name = st.text_input("Rule name", f"region-{len(picked)}", key="region_name")
     b1, b2 = st.columns(2)
     if b1.button("Exclude this region from the subset", key="region_exclude"):
-        ref = _shared.save_rule(path, name, picked, "exclude", "region", {"n": len(picked)})
+        ref = _views.save_rule(path, name, picked, "exclude", "region", {"n": len(picked)})
         if ref:
-            st.success(_shared.esc(f"Rule added: exclude {ref}. It applies on Select & export and in exports."))
+            st.success(_text.esc(f"Rule added: exclude {ref}. It applies on Select & export and in exports."))
     if b2.button("Force-include this region", key="region_include"):
-        ref = _shared.save_rule(path, name, picked, "include", "region", {"n": len(picked)})
+        ref = _views.save_rule(path, name, picked, "include", "region", {"n": len(picked)})
         if ref:
-            st.success(_shared.esc(f"Rule added: include {ref}."))
-    _shared.gallery(rows, "region", info["image_root"])
+            st.success(_text.esc(f"Rule added: include {ref}."))
+    _views.gallery(rows, "region", info["image_root"])
 
 if hits is not None and hits.any():
     st.subheader("Search hits")
     hit_rows = np.flatnonzero(hits)
     name = st.text_input("Rule name", f"search-{'-'.join(query.split())[:40]}", key="search_rule_name")
     if st.button("Exclude every hit from the subset", key="search_exclude"):
-        ref = _shared.save_rule(path, "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name),
+        ref = _views.save_rule(path, "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name),
                                 hit_rows, "exclude", "search", {"text": query})
         if ref:
-            st.success(_shared.esc(f"Rule added: exclude {ref}."))
-    _shared.gallery(df.iloc[hit_rows], "hits", info["image_root"])
+            st.success(_text.esc(f"Rule added: exclude {ref}."))
+    _views.gallery(df.iloc[hit_rows], "hits", info["image_root"])

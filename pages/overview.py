@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from curation import CurationError, analysis, jobs, workflows
-from pages import _shared
+from pages import _shared, _text
 
 st.title("Overview")
 path, info = _shared.current()
@@ -29,7 +29,7 @@ elif info["image_dim"] and info["text_dim"]:
 st.subheader("Analysis")
 if info["run_id"]:
     run = info["run"]
-    st.markdown(_shared.esc(f"Run {info['run_id']}: k = {run['outputs'].get('k')} prototypes in the "
+    st.markdown(_text.esc(f"Run {info['run_id']}: k = {run['outputs'].get('k')} prototypes in the "
                             f"{run['config'].get('space')} space; steps {', '.join(run['steps'])}."))
     report = (_shared.analysis_report(path, info["fingerprint"], info["run_id"])
               if set(run["steps"]) >= {"prototypes", "density"} else None)
@@ -61,15 +61,15 @@ def job_panel():
         return
     snap = j.snapshot()
     if snap["status"] == "running":
-        st.progress(snap["fraction"], text=_shared.esc(f"{snap['step']}: {snap['done']:,} / {snap['total']:,} "
+        st.progress(snap["fraction"], text=_text.esc(f"{snap['step']}: {snap['done']:,} / {snap['total']:,} "
                                                        f"({snap['seconds']:.0f} s)"))
     elif snap["status"] == "failed":
-        _shared.error(f"The analysis failed: {snap['error']}")
+        _text.error(f"The analysis failed: {snap['error']}")
     elif snap["status"] == "done" and st.session_state.get("ov_seen_run") != snap["run_id"]:
         st.session_state["ov_seen_run"] = snap["run_id"]
         st.rerun(scope="app")  # dataset_info is keyed by the file's mtime: the new run shows
     elif snap["status"] == "done":
-        st.success(_shared.esc(f"Analysis {snap['run_id']} finished in {snap['seconds']:.0f} s."))
+        st.success(_text.esc(f"Analysis {snap['run_id']} finished in {snap['seconds']:.0f} s."))
 
 
 label = "Run analysis" if not info["run_id"] else "Run analysis (cached when nothing changed)"
@@ -82,7 +82,7 @@ if go:
             workflows.declare_label_columns(path, labels)
         jobs.start_analysis(path, cfg, force=force)
     except CurationError as e:
-        _shared.error(str(e))
+        _text.error(str(e))
     else:
         st.rerun()
 job_panel()

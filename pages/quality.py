@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from curation import CurationError, charts
-from pages import _shared
+from pages import _knobs, _shared, _text, _views
 
 st.title("Quality")
 path, info = _shared.current()
@@ -21,9 +21,9 @@ reason = info["run"]["outputs"].get("fidelity_reason", "")
 def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> None:
     """Histogram of one axis with its gate as a red rule, a gate slider, and the six worst pairs."""
     st.subheader(title)
-    _shared.gate_knob(axis, f"Keep the best fraction by {axis.replace('_', ' ')} (1.0 = no gate; applies on "
+    _knobs.gate_knob(axis, f"Keep the best fraction by {axis.replace('_', ' ')} (1.0 = no gate; applies on "
                             "Select & export)")
-    keep = float(_shared.get(_shared.GATE_PREFIX + axis))
+    keep = float(_knobs.get(_knobs.GATE_PREFIX + axis))
     values = df[value_col].to_numpy(dtype=float)
     rules = {}
     if keep < 1.0:
@@ -31,7 +31,7 @@ def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> 
     st.altair_chart(charts.histogram(values, value_col, rules), width="stretch")
     worst = df.nsmallest(120, value_col)
     st.markdown(f"Lowest {axis.replace('_', ' ')} (worst first)")
-    _shared.gallery(worst, f"worst_{axis}", info["image_root"], extra=lambda r: f"{value_col} {fmt.format(r[value_col])}")
+    _views.gallery(worst, f"worst_{axis}", info["image_root"], extra=lambda r: f"{value_col} {fmt.format(r[value_col])}")
 
 
 for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fidelity"),
@@ -40,12 +40,12 @@ for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fid
                                 "caption_quality")):
     if value_col not in df or df[value_col].isna().all():
         st.subheader(title)
-        st.info(_shared.esc(reason) if axis == "fidelity" else
+        st.info(_text.esc(reason) if axis == "fidelity" else
                 "Not computed: run the `quality` step (caption quality needs a caption column).")
         continue
     axis_section(axis, title, value_col)
     if axis == "caption":
-        st.caption(_shared.esc(
+        st.caption(_text.esc(
             f"{int(df['is_placeholder'].sum()):,} placeholder or content-free captions; "
             f"{int((df['caption_dup_cases'] > 1).sum()):,} captions shared by more than one case; "
             f"{int((df['caption_dup_images'] > 0).sum()):,} images share their exact caption with another image "
@@ -61,7 +61,7 @@ c1.metric("Stored ratings", f"{rw['n_ok']:,}", help=f"{rw['n_ratings'] - rw['n_o
 c2.metric("Trained models", len(rw["models"]))
 newest = rw["models"][-1]["model_id"] if rw["models"] else None
 c3.metric("Pool scored", "no" if not rw["scored_by"] else "by the newest model" if rw["scored_by"] == newest
-          else "by an older model", help=_shared.esc(rw["scored_by"]) if rw["scored_by"] else "Train a model, then score the pool.")
+          else "by an older model", help=_text.esc(rw["scored_by"]) if rw["scored_by"] else "Train a model, then score the pool.")
 if not rw["n_ratings"] and not rw["models"]:
     st.info("No ratings yet. Rate pairs with a local MLLM server (command below), or upload a ratings CSV "
             "(`id` plus one numeric column per axis, any scale, from an MLLM or from experts).")
@@ -83,9 +83,9 @@ with st.expander("Train a reward model", expanded=not rw["models"]):
                 with st.spinner("Training the reward model..."):
                     res = reward.train(path, csv, progress=False)
             except CurationError as e:
-                _shared.error(str(e))
+                _text.error(str(e))
             else:
-                st.success(_shared.esc(f"Trained {res['model_id']} on {res['n_ratings']:,} ratings "
+                st.success(_text.esc(f"Trained {res['model_id']} on {res['n_ratings']:,} ratings "
                                        f"({res['seconds']:.1f} s)."))
                 _shared.dataset_info.clear()
                 st.rerun()
@@ -101,14 +101,14 @@ if rw["models"]:
     st.write("Held-out Pearson r per axis (held out by case when the dataset has case ids; RefineNet reports "
              "r = 0.67 against experts):")
     st.dataframe(pd.DataFrame(rows[::-1]), hide_index=True, width="stretch")
-    if rw["scored_by"] != newest and st.button(_shared.esc(f"Score the pool with {newest}"), key="reward_score"):
+    if rw["scored_by"] != newest and st.button(_text.esc(f"Score the pool with {newest}"), key="reward_score"):
         from curation import reward
 
         try:
             with st.spinner("Scoring every sample..."):
                 reward.score(path, newest, progress=False)
         except CurationError as e:
-            _shared.error(str(e))
+            _text.error(str(e))
         else:
             _shared.dataset_info.clear()
             st.rerun()
@@ -139,5 +139,5 @@ if "dup_group" in df and (df["dup_group"] >= 0).any():
                 return float(sim[a][hit[0]])
         return float("nan")
 
-    _shared.gallery(members, f"dup_{rep}", info["image_root"],
+    _views.gallery(members, f"dup_{rep}", info["image_root"],
                     extra=lambda r: "kept" if r.name == rep else f"dropped: cosine {cosine_to_kept(r.name):.3f} to the kept")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from curation import CurationError, charts, manifest, workflows
 from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES
-from pages import _shared
+from pages import _knobs, _shared, _text, _views
 
 st.title("Select & export")
 path, info = _shared.current()
@@ -18,46 +18,46 @@ inp0 = _shared.selection_inputs(path, info["fingerprint"], run_id, info["reward_
 
 
 def _remove_rule(key: str, value) -> None:
-    _shared.put(key, [v for v in _shared.get(key) if v != value])
+    _knobs.put(key, [v for v in _knobs.get(key) if v != value])
 
 
 def knobs_panel() -> None:
-    """Every selection knob; values live in the knob store (``_shared.knob``)."""
-    _shared.budget_knob(inp0.n)
+    """Every selection knob; values live in the knob store (``_knobs.knob``)."""
+    _knobs.budget_knob(inp0.n)
     usable = [c for c in info["meta_columns"]
               if info["confounders"] is None or c in set(info["confounders"].query("kind != 'skipped'").column)]
-    _shared.put("confounders", [c for c in _shared.get("confounders") if c in usable])
-    _shared.knob(st.multiselect, "confounders", "Confounders (strata)", usable,
-                 help="Flagged by the analysis: " + _shared.esc(", ".join(_shared.flagged_columns(info)) or "none"))
-    _shared.knob(st.selectbox, "mode", "Allocation across strata", MODES)
-    if _shared.get("mode") == "tempered":
-        _shared.knob(st.slider, "temper", "Temper (0 = proportional, 1 = balanced)", 0.0, 1.0, step=0.05)
-    _shared.knob(st.number_input, "tail_ratio", "Tail picks per core pick", 0.0, 10.0, step=0.04)
-    _shared.knob(st.selectbox, "outliers", "Outliers", OUTLIER_POLICIES)
-    _shared.knob(st.checkbox, "dedup", "Drop near-duplicates")
-    if _shared.get("dedup"):
-        _shared.knob(st.number_input, "dedup_eps", "Duplicate if cosine > 1 - eps; eps =", 0.0001, 0.999,
+    _knobs.put("confounders", [c for c in _knobs.get("confounders") if c in usable])
+    _knobs.knob(st.multiselect, "confounders", "Confounders (strata)", usable,
+                 help="Flagged by the analysis: " + _text.esc(", ".join(_views.flagged_columns(info)) or "none"))
+    _knobs.knob(st.selectbox, "mode", "Allocation across strata", MODES)
+    if _knobs.get("mode") == "tempered":
+        _knobs.knob(st.slider, "temper", "Temper (0 = proportional, 1 = balanced)", 0.0, 1.0, step=0.05)
+    _knobs.knob(st.number_input, "tail_ratio", "Tail picks per core pick", 0.0, 10.0, step=0.04)
+    _knobs.knob(st.selectbox, "outliers", "Outliers", OUTLIER_POLICIES)
+    _knobs.knob(st.checkbox, "dedup", "Drop near-duplicates")
+    if _knobs.get("dedup"):
+        _knobs.knob(st.number_input, "dedup_eps", "Duplicate if cosine > 1 - eps; eps =", 0.0001, 0.999,
                      step=0.005, format="%.4f")
-    _shared.knob(st.number_input, "guard", "Quality guard: drop the lowest-fidelity fraction (0 = off)", 0.0,
+    _knobs.knob(st.number_input, "guard", "Quality guard: drop the lowest-fidelity fraction (0 = off)", 0.0,
                  0.45, step=0.05, disabled="fidelity" in inp0.unavailable,
                  help="Pairs in the pool's bottom fraction of image-text fidelity are not eligible (a cluster "
                       "made only of them keeps its best pair). On by default: the tail and farthest-point picks "
                       "favour atypical pairs, and a wrong caption makes a pair atypical. Needs a shared space.")
     for axis in info["gate_axes"]:
         reason = inp0.unavailable.get(axis)
-        _shared.gate_knob(axis, f"{axis.replace('_', ' ').capitalize()} gate: keep best fraction",
-                          disabled=reason is not None, help=_shared.esc(reason) if reason else None)
-    _shared.knob(st.selectbox, "filter_col", "Filter column", [_shared.NO_FILTER] + info["meta_columns"])
-    if _shared.get("filter_col") != _shared.NO_FILTER:
-        _shared.knob(st.selectbox, "filter_op", "Operator", OPERATORS)
-        if _shared.get("filter_op") not in ("is null", "not null"):
-            _shared.knob(st.text_input, "filter_value", "Value (comma-separated for in / not in)",
+        _knobs.gate_knob(axis, f"{axis.replace('_', ' ').capitalize()} gate: keep best fraction",
+                          disabled=reason is not None, help=_text.esc(reason) if reason else None)
+    _knobs.knob(st.selectbox, "filter_col", "Filter column", [_knobs.NO_FILTER] + info["meta_columns"])
+    if _knobs.get("filter_col") != _knobs.NO_FILTER:
+        _knobs.knob(st.selectbox, "filter_op", "Operator", OPERATORS)
+        if _knobs.get("filter_op") not in ("is null", "not null"):
+            _knobs.knob(st.text_input, "filter_value", "Value (comma-separated for in / not in)",
                          help="Missing values match only `is null`; every other operator leaves them out.")
-    _shared.knob(st.number_input, "seed", "Seed (random baseline)", 0, 2**31 - 1, step=1)
-    rules = ([("exclude_clusters", c, f"exclude cluster {_shared.cluster_name(info, c)}")
-              for c in _shared.get("exclude_clusters")] +
-             [("exclude_sets", r, f"exclude set {r}") for r in _shared.get("exclude_sets")] +
-             [("include_sets", r, f"include set {r}") for r in _shared.get("include_sets")])
+    _knobs.knob(st.number_input, "seed", "Seed (random baseline)", 0, 2**31 - 1, step=1)
+    rules = ([("exclude_clusters", c, f"exclude cluster {_views.cluster_name(info, c)}")
+              for c in _knobs.get("exclude_clusters")] +
+             [("exclude_sets", r, f"exclude set {r}") for r in _knobs.get("exclude_sets")] +
+             [("include_sets", r, f"include set {r}") for r in _knobs.get("include_sets")])
     st.subheader("Rules")
     if not rules:
         st.caption("None. Exclude or include clusters on Long tail, regions and search hits on Map.")
@@ -92,7 +92,7 @@ def results_panel() -> None:
         st.dataframe(impact.round(4), key="impact_table")
         warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
         for w in warns:
-            st.warning(_shared.esc(w))
+            st.warning(_text.esc(w))
         st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
                    f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
     with right:
@@ -107,7 +107,7 @@ def results_panel() -> None:
     df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
     if "map_x" in df:
         st.subheader("The subset on the map")
-        sel = _shared.selected_mask(len(df), res.selected)
+        sel = _views.selected_mask(len(df), res.selected)
         sampled = charts.sample_points(df[["map_x"]], 10_000, always=sel).index
         pts = df.loc[sampled, ["id", "map_x", "map_y"]].assign(
             selection=np.where(sel[sampled], "selected", "not selected"))
@@ -135,7 +135,7 @@ def results_panel() -> None:
     out = Path(path).parent / "exports" / f"{safe}{manifest.EXTENSIONS[fmt]}"
     overwrite = st.checkbox("Overwrite an existing export of this name", key="exp_overwrite")
     if out.exists() and not overwrite:
-        st.caption(_shared.esc(f"{out.name} exists: tick Overwrite, or choose another name."))
+        st.caption(_text.esc(f"{out.name} exists: tick Overwrite, or choose another name."))
     if st.button("Export manifest", key="exp_go"):
         try:
             outcome = workflows.export_selection(path, inp, res, cfg, run_id, out, fmt,
@@ -143,13 +143,13 @@ def results_panel() -> None:
                                                  warnings=warns, columns=columns, reshard=reshard)
             st.session_state["exp_last"] = {"path": str(out), "sidecar": outcome.sidecar}
             if outcome.note:
-                _shared.warning(outcome.note)
+                _text.warning(outcome.note)
         except (CurationError, OSError) as e:
-            _shared.error(f"Export failed: {_shared.app_words(str(e))}")
+            _text.error(f"Export failed: {_text.app_words(str(e))}")
     last = st.session_state.get("exp_last")
     if last and Path(last["path"]).is_file():
         side_paths = manifest.paths_for(last["path"])
-        st.success(_shared.esc(f"Wrote {last['path']} ({last['sidecar']['manifest']['rows']:,} rows) with "
+        st.success(_text.esc(f"Wrote {last['path']} ({last['sidecar']['manifest']['rows']:,} rows) with "
                                f"{side_paths['sidecar'].name} and {side_paths['dropped'].name}."))
         c1, c2 = st.columns(2)
         c1.download_button("Download the manifest", Path(last["path"]).read_bytes(),
@@ -178,7 +178,7 @@ def selection_view() -> None:
         knobs_panel()
     with results:
         results_panel()
-    _shared.sync_query()  # the URL follows the knobs on a fragment rerun too
+    _knobs.sync_query()  # the URL follows the knobs on a fragment rerun too
 
 
 selection_view()

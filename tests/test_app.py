@@ -158,11 +158,11 @@ def test_no_dataset_is_a_message_not_a_traceback(tmp_path, monkeypatch):
 def test_brushed_region_selects_the_rows_inside():
     import pandas as pd
 
-    from pages import _shared
+    from pages import _views
 
     df = pd.DataFrame({"map_x": [0.0, 1.0, 2.0, 3.0], "map_y": [0.0, 1.0, 2.0, 3.0]})
-    assert _shared.rows_in_region(df, {"map_x": [2.5, 0.5], "map_y": [0.5, 2.5]}).index.tolist() == [1, 2]
-    assert _shared.rows_in_region(df, None).empty and _shared.rows_in_region(df, {"map_x": [0, 1]}).empty
+    assert _views.rows_in_region(df, {"map_x": [2.5, 0.5], "map_y": [0.5, 2.5]}).index.tolist() == [1, 2]
+    assert _views.rows_in_region(df, None).empty and _views.rows_in_region(df, {"map_x": [0, 1]}).empty
 
 
 def test_quality_page_reward_model_train_score_and_gate(data_dir, tmp_path):
