@@ -3,18 +3,22 @@
 The content goes to a temporary name beside the target (``.NAME.tmp-PID-RANDOM``, same folder,
 so same file system) and is renamed over it with ``os.replace``. A failure (disk full, no
 permission, Ctrl-C, a bug in ``write``) leaves the previous file as it was and removes the
-temporary one; a kill -9 leaves a temporary file that :func:`curation.store.remove_stale_temps`
+temporary one; a kill -9 leaves a temporary file that :func:`remove_stale_temps`
 recognises by its pid. Used by the dataset writer, the exports, the embed shards and every
 record written beside them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
 from curation.errors import CurationError, InterruptedAfterWrite
+
+log = logging.getLogger(__name__)
 
 
 def temp_name(path: str | os.PathLike) -> Path:
@@ -90,3 +94,36 @@ def replace_set(files: dict, *, stale_first=()) -> None:
         raise InterruptedAfterWrite(", ".join(Path(t).name for t in files) + " written before the interrupt took effect")
     if held and callable(old):
         old(signal.SIGINT, None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted write of ``path`` left (``.NAME.tmp-PID-*`` and
+    their ``.wal``) whose writing process is gone. Returns what was removed.
+
+    Called by every write of that dataset, so a kill -9 costs disk space only until the next write.
+    Files of a process still running (a concurrent writer) are left alone.
+    """
+    path = Path(path)
+    removed = []
+    for f in path.parent.glob(f".{path.name}.tmp-*"):
+        m = re.match(rf"\.{re.escape(path.name)}\.tmp-(\d+)-", f.name)
+        if m and _pid_alive(int(m.group(1))):
+            continue  # (an old-style name without a pid is from an older version: stale)
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d stale temporary file(s) of %s", len(removed), path)
+    return removed

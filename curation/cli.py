@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from curation import (analysis, cli_args, demo, embed, embed_ray, ingest, inspect, manifest, reward, selection, store,
-                      workflows)
+from curation import (analysis, cli_args, demo, embed, embed_ray, id_sets, ingest, inspect, manifest, reward,
+                      selection, store, tables, workflows)
 from curation.errors import CurationError, InterruptedAfterWrite
 from curation.selection import SelectionConfig
 
@@ -41,7 +41,7 @@ def cmd_demo(a) -> int:
 
 def cmd_ingest(a) -> int:
     t = time.time()
-    column_types = ingest.parse_column_types(a.column_types)
+    column_types = tables.parse_column_types(a.column_types)
     if a.metadata:
         if a.image_column or a.text_column:
             raise CurationError("--image-column/--text-column go with --parquet. Fix: with --metadata "
@@ -149,8 +149,7 @@ def cmd_reward_score(a) -> int:
 
 
 def cmd_info(a) -> int:
-    with store.open_store(a.db) as s:
-        print(json.dumps(s.summary(), indent=2))
+    print(json.dumps(workflows.describe(a.db).facts(), indent=2))
     return 0
 
 
@@ -331,7 +330,7 @@ def cmd_search(a) -> int:
     print(f"{len(hits)} match(es){' (limit reached)' if len(hits) == a.limit else ''}", file=sys.stderr)
     if a.save:
         with store.open_store(a.db, read_only=False) as s:
-            ref = s.save_id_set(a.save, hits["row_idx"].to_numpy(), kind="search", meta={"text": a.text})
+            ref = id_sets.save(s, a.save, hits["row_idx"].to_numpy(), kind="search", meta={"text": a.text})
         print(f"saved as id set {ref}", file=sys.stderr)
     return 0
 

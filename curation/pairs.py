@@ -21,8 +21,9 @@ from pathlib import Path
 
 from curation import schema as S
 from curation.errors import CurationError, InputError, PairError
-from curation.ingest import read_table_file, standardize_columns
-from curation.store import resolve_image
+from curation.ingest import standardize_columns
+from curation.tables import read_table_file
+from curation.images import resolve_image
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 CAPTION_EXTS = ("txt", "caption", "cap")

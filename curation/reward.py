@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from curation import images
 from curation import schema as S
 from curation import store as store_mod
 from curation.errors import CurationError, InputError, StateError
-from curation.ingest import read_table_file
+from curation.tables import read_table_file
 from curation.mllm import (AXES, EndpointDown, PROMPT_VERSION, RATING_MAX, RATING_MIN, SYSTEM_PROMPT, Stopped, USER_TEMPLATE, chat_url, image_data_url, parse_rating, rate_one)
 from curation.quality import rank_score
 from curation.spaces import normalize
@@ -99,7 +100,7 @@ def annotate(db, endpoint: str, model: str, n: int, *, seed: int = 0, concurrenc
     def work(r):
         caption = samples[S.CAPTION].iat[r]
         try:
-            img = image_data_url(store_mod.resolve_image(root, samples[S.IMAGE].iat[r]))
+            img = image_data_url(images.resolve_image(root, samples[S.IMAGE].iat[r]))
         except (CurationError, OSError, ValueError) as e:  # missing, unreadable or undecodable image
             return {"status": "no_image", "fidelity": None, "consistency": None, "attempts": 0,
                     "answer": str(e)[:500]}

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from curation import analysis, runs
+from curation import id_sets as sets
 from curation import schema as S
 from curation.density import duplicate_groups
 from curation.quality import NOT_SHARED
@@ -164,7 +165,7 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     case = pd.factorize(meta[case_col].astype(str))[0] if case_col in meta.columns else None
     scored = runs.list_runs(store, "reward-score")
     reward_key = scored[-1].run_id if scored else None
-    id_sets = store.id_set_rows()
+    id_sets = sets.rows(store)
     return SelectionInputs(ids=ids, prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
                            proto_dist=df["proto_dist"].to_numpy(np.float64),
                            fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),

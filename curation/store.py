@@ -21,7 +21,6 @@ that have the old file open keep reading it. Derived tables are written inside o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,8 +34,10 @@ import numpy as np
 
 from curation import __version__
 from curation import schema as S
-from curation.atomic import atomic_write
+from curation.arrow_io import compute_fingerprint, fixed_list_to_numpy, vectors_to_arrow
+from curation.atomic import atomic_write, remove_stale_temps
 from curation.errors import CurationError, StateError
+from curation.images import resolve_image
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +320,7 @@ class Store:
                 raise StateError(f"{self.path}: embeddings table has more rows than samples ({n}).")
             rows[pos : pos + m] = batch.column(0).to_numpy()
             for j, k in enumerate(present, start=1):
-                out[k][pos : pos + m] = _fixed_list_to_numpy(batch.column(j), self.dim(k))
+                out[k][pos : pos + m] = fixed_list_to_numpy(batch.column(j), self.dim(k))
             pos += m
         if pos != n:
             raise StateError(f"{self.path}: embeddings table has {pos} rows, samples has {n}.")
@@ -346,25 +347,6 @@ class Store:
             raise StateError(f"dataset {self.name} has no table {name!r}.")
         sel = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
         return self.con.sql(f"SELECT {sel} FROM {quote_ident(name)} ORDER BY {S.ROW}").to_arrow_table()
-
-    def summary(self) -> dict:
-        """Sizes, columns, embedding models and dims, and which analysis tables exist."""
-        m = self.meta
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "rows": self.n_rows,
-            "fingerprint": m["fingerprint"],
-            "columns": [n for n, _ in self.columns()],
-            "image_dim": m.get("image_dim"),
-            "text_dim": m.get("text_dim"),
-            "image_model": m.get("image_model"),
-            "text_model": m.get("text_model"),
-            "shared_space": bool(m.get("shared_space", False)),
-            "source": m.get("source"),
-            "tables": self.tables(),
-            "size_mb": round(self.path.stat().st_size / 2**20, 1),
-        }
 
     # -- writes ----------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -442,7 +424,7 @@ class Store:
 
         self._check_writable()
         run_id = run_id or f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        row = [run_id, kind, _now(), json.dumps(dict(config), sort_keys=True), self.fingerprint,
+        row = [run_id, kind, now(), json.dumps(dict(config), sort_keys=True), self.fingerprint,
                __version__, json.dumps(dict(timings or {}), sort_keys=True),
                json.dumps(dict(outputs or {}), sort_keys=True)]
 
@@ -455,65 +437,6 @@ class Store:
         return run_id
 
     # -- named id sets: what exclude / include rules refer to ------------------------------------
-    def save_id_set(self, name: str, rows, kind: str = "ids", meta: Mapping | None = None) -> str:
-        """Store the rows ``rows`` as a new version of the id set ``name``. Returns its reference
-        ``NAME@SHA12``.
-
-        Sets are immutable and content-addressed: saving a name again adds a version and the name
-        points to the latest (:meth:`id_set_refs`), while every earlier version stays readable by
-        its reference (:meth:`id_set_rows`), so an export that pinned one still reproduces. Saving
-        the same rows under the same name again stores nothing new."""
-        import pandas as pd
-
-        self._check_writable()
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", name):
-            raise CurationError(f"id set name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting "
-                                f"with a letter or digit.")
-        rows = np.unique(np.asarray(rows, np.int64))
-        if len(rows) and (rows[0] < 0 or rows[-1] >= self.n_rows):
-            raise CurationError(f"id set {name}: rows outside the dataset (0..{self.n_rows - 1}).")
-        ids = self.samples([S.ID])[S.ID].astype(str).to_numpy()[rows]
-        sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-        row = pd.DataFrame([{"name": name, "kind": kind, "sha256": sha, "created": _now(), "n": len(rows),
-                             "rows": rows.tolist(), "meta": json.dumps(dict(meta or {}), sort_keys=True)}])
-        old = self.read_table(S.ID_SETS) if self.has_table(S.ID_SETS) else None
-        ref = f"{name}@{sha[:12]}"
-        if old is not None:
-            same = (old["name"] == name) & (old["sha256"].str[:12] == sha[:12])
-            if same.any():
-                if old.loc[same, "sha256"].iloc[0] != sha:
-                    raise CurationError(f"id set {ref}: another set of that name shares the first 12 hex digits "
-                                        f"of its hash. Fix: save it under another name.")
-                # the same content again: it becomes the latest version (the name points to it)
-                row = old[same].assign(created=_now())
-                old = old[~same]
-        table = row if old is None else pd.concat([old, row], ignore_index=True)
-        self.write_tables({S.ID_SETS: table})
-        return ref
-
-    def id_sets(self):
-        """The latest version of each stored id set (name, kind, sha256, created, n, meta), without
-        their rows."""
-        import pandas as pd
-
-        if not self.has_table(S.ID_SETS):
-            return pd.DataFrame(columns=["name", "kind", "sha256", "created", "n", "meta"])
-        t = self.read_table(S.ID_SETS, ["name", "kind", "sha256", "created", "n", "meta"])
-        return t.groupby("name", sort=True).tail(1).sort_values("name").reset_index(drop=True)
-
-    def id_set_refs(self) -> list[str]:
-        """References ``NAME@SHA12`` of each set's latest version, sorted (their rows are not read)."""
-        t = self.id_sets()
-        return sorted(f"{nm}@{sha[:12]}" for nm, sha in zip(t["name"], t["sha256"]))
-
-    def id_set_rows(self) -> dict:
-        """{"NAME@SHA12": rows (int64 array)} for every stored version of every set, oldest first."""
-        if not self.has_table(S.ID_SETS):
-            return {}
-        t = self.read_table(S.ID_SETS, ["name", "sha256", "rows"])
-        return {f"{nm}@{sha[:12]}": np.asarray(list(r), np.int64) for nm, sha, r in
-                zip(t["name"], t["sha256"], t["rows"])}
-
     def search_captions(self, text: str, limit: int = 100):
         """Rows whose caption contains every word of ``text`` (case-insensitive substring match,
         words bound as parameters, never pasted into SQL). Returns a DataFrame row_idx, id, caption
@@ -548,133 +471,11 @@ def _first_line(e) -> str:
 RUN_COLUMNS = ("run_id", "kind", "created", "config", "fingerprint", "version", "timings", "outputs")
 
 
-def _now() -> str:
+def now() -> str:
     """Creation time with microseconds, so runs recorded within one second keep their order."""
     from datetime import datetime
 
     return datetime.now().isoformat(timespec="microseconds")
-
-
-def resolve_image(root: Path | None, value) -> Path:
-    """The image file of ``value``: an absolute path as it is (clip-retrieval and ``embed`` write
-    absolute ``image_path`` values), a relative one under ``root``, refused when it leaves ``root``
-    (``..``, a symlink out) or the file does not exist. URLs are never fetched."""
-    if not isinstance(value, str) or not value:
-        raise CurationError("this sample has no image path.")
-    if "://" in value:
-        raise CurationError(f"the image is a URL ({value[:80]}); remote images are not fetched (no network, "
-                            f"patient data).")
-    def resolved(path: Path) -> Path:
-        try:
-            return path.resolve()
-        except (OSError, RuntimeError) as e:  # a symlink loop, a path too long
-            raise CurationError(f"image path {value!r} cannot be resolved ({e}).") from None
-
-    if os.path.isabs(value):
-        p = resolved(Path(value))
-        if not p.is_file():
-            raise CurationError(f"image file {p} is missing.")
-        return p
-    if root is None:
-        raise CurationError("this dataset has no image root (it was ingested without images).")
-    base = resolved(Path(root))
-    p = resolved(base / value)
-    if p != base and base not in p.parents:
-        raise CurationError(f"image path {value!r} leaves the dataset's image root {base}; refused.")
-    if not p.is_file():
-        raise CurationError(f"image file {p} is missing." + _archive_hint(base, value))
-    return p
-
-
-def _archive_hint(base: Path, value: str) -> str:
-    """When the images were never unpacked (MedPix ships ``images.tgz`` beside its metadata): how."""
-    parts = Path(value).parts
-    top = parts[0] if len(parts) > 1 else ""  # a folder the path goes through (not the file itself)
-    if top and (base / top).exists():
-        return ""
-    for name in (f"{top}.tgz", f"{top}.tar.gz", f"{top}.tar", f"{top}.zip"):
-        if top and (base / name).is_file():
-            how = f"unzip {base / name} -d {base}" if name.endswith(".zip") else f"tar -xzf {base / name} -C {base}"
-            return f" The folder {base / top} does not exist, but {name} does: unpack it ({how})."
-    return f" The folder {base / top} does not exist: unpack or copy the images there." if top else ""
-
-
-def _fixed_list_to_numpy(arr, dim: int) -> np.ndarray:
-    """Zero-copy (n, dim) float32 view of an Arrow fixed_size_list<float> array without nulls."""
-    if arr.null_count:
-        raise StateError("embeddings table holds a missing vector; re-ingest the dataset.")
-    if arr.type.list_size != dim:
-        raise StateError(f"embeddings have {arr.type.list_size} values, {dim} were recorded.")
-    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), dim)
-
-
-def _vectors_to_arrow(vecs: np.ndarray):
-    """Zero-copy Arrow fixed_size_list<float32> array over a C-contiguous (n, d) float32 array."""
-    import pyarrow as pa
-
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    n, d = vecs.shape
-    values = pa.Array.from_buffers(pa.float32(), n * d, [None, pa.py_buffer(vecs)])
-    return pa.FixedSizeListArray.from_arrays(values, d)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted write of ``path`` left (``.NAME.tmp-PID-*`` and
-    their ``.wal``) whose writing process is gone. Returns what was removed.
-
-    Called by every write of that dataset, so a kill -9 costs disk space only until the next write.
-    Files of a process still running (a concurrent writer) are left alone.
-    """
-    path = Path(path)
-    removed = []
-    for f in path.parent.glob(f".{path.name}.tmp-*"):
-        m = re.match(rf"\.{re.escape(path.name)}\.tmp-(\d+)-", f.name)
-        if m and _pid_alive(int(m.group(1))):
-            continue  # (an old-style name without a pid is from an older version: stale)
-        try:
-            f.unlink()
-            removed.append(f)
-        except OSError:
-            pass
-    if removed:
-        log.info("removed %d stale temporary file(s) of %s", len(removed), path)
-    return removed
-
-
-def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
-    """Content hash of a dataset: the samples table (Arrow IPC bytes) and every vector byte.
-
-    Two datasets with equal ids, metadata and embeddings have equal fingerprints; any change to a
-    value changes it. blake2b runs at about 1 GB/s, so 1M x 512 x 2 costs about 4 s at ingest.
-    """
-    import pyarrow as pa
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"schema{S.SCHEMA_VERSION}".encode())
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, samples.schema) as w:
-        w.write_table(samples)
-    h.update(sink.getvalue())
-    for kind in S.EMB_KINDS:
-        v = vectors.get(kind)
-        h.update(kind.encode())
-        if v is not None:
-            h.update(str(v.shape).encode() + str(v.dtype).encode())
-            flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
-            step = 1 << 26
-            for i in range(0, len(flat), step):
-                h.update(flat[i : i + step])
-    return h.hexdigest()
 
 
 def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.ndarray | None],
@@ -736,7 +537,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
             m[f"{kind}_dim"] = None
             continue
         m[f"{kind}_dim"] = int(v.shape[1])
-        emb_cols[S.emb_column(kind)] = _vectors_to_arrow(v)
+        emb_cols[S.emb_column(kind)] = vectors_to_arrow(v)
     emb_table = pa.table(emb_cols)
     meta_table = pa.table({"key": list(m), "value": [json.dumps(m[k], sort_keys=True) for k in m]})
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from curation import analysis, ingest, manifest, metrics, runs, selection, store
+from curation import analysis, id_sets, ingest, manifest, metrics, runs, selection, store
+from curation import schema as S
 from curation.confounders import flagged
 from curation.errors import CurationError
 from curation.projection import pca_reduce
@@ -60,6 +61,81 @@ def declare_label_columns(db, labels) -> list[str]:
         if labels != s.label_columns():
             s.update_meta(label_columns=labels, label_column=labels[0] if labels else None)
     return labels
+
+
+# --- describe a dataset -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What a dataset is and what its analysis found, for the CLI's ``info`` and every page.
+
+    The first fields are the file's own facts (``info`` prints them); the rest describe the analysis
+    run a reader should show (:func:`curation.runs.best_analysis`) and what selection can use."""
+
+    name: str
+    path: str
+    rows: int
+    fingerprint: str
+    columns: list
+    image_dim: int | None
+    text_dim: int | None
+    image_model: str | None
+    text_model: str | None
+    shared_space: bool
+    source: str | None
+    tables: list
+    size_mb: float
+    meta_columns: list = field(default_factory=list)
+    label_columns: tuple = ()
+    image_root: str | None = None
+    run_id: str | None = None
+    run: dict | None = None             # config, timings, outputs, steps of that run
+    confounders: object = None          # its confounder table (DataFrame) or None
+    flagged: list = field(default_factory=list)
+    reward: dict = field(default_factory=dict)
+    reward_key: str | None = None       # the reward-score run the pool's reward scores come from
+    gate_axes: list = field(default_factory=list)
+    id_sets: list = field(default_factory=list)
+    cluster_labels: dict = field(default_factory=dict)
+
+    FACTS = ("name", "path", "rows", "fingerprint", "columns", "image_dim", "text_dim", "image_model", "text_model",
+             "shared_space", "source", "tables", "size_mb")
+
+    def facts(self) -> dict:
+        """The file's own facts as a JSON-ready dict (what ``python -m curation info`` prints)."""
+        return {k: getattr(self, k) for k in self.FACTS}
+
+
+def describe(db) -> DatasetSummary:
+    """A dataset's :class:`DatasetSummary` (cheap: metadata, run records, the confounder table)."""
+    with store.open_store(db) as s:
+        m = s.meta
+        rec = runs.best_analysis(s)
+        reward = runs.reward_status(s)
+        confounders, flags, axes, labels = None, [], [], {}
+        if rec is not None:
+            labels = analysis.cluster_label_map(s, rec.run_id)
+            tname = rec.table("confounders")
+            if tname and s.has_table(tname):
+                confounders = s.read_table(tname)
+                flags = flagged(confounders)
+            if "quality" in rec.steps:  # the quality axes this run stored (older runs lack caption)
+                cols = set(s.table_columns(rec.table("samples")))
+                axes += [a for a in selection.QUALITY_AXES if f"{a}_score" in cols]
+        if reward["scored_run"]:
+            axes += [c[: -len("_score")] for c in s.table_columns(S.REWARD_SCORES)
+                     if c.startswith("reward_") and c.endswith("_score")]
+        return DatasetSummary(
+            name=s.name, path=str(s.path), rows=s.n_rows, fingerprint=m["fingerprint"],
+            columns=[n for n, _ in s.columns()], image_dim=m.get("image_dim"), text_dim=m.get("text_dim"),
+            image_model=m.get("image_model"), text_model=m.get("text_model"),
+            shared_space=bool(m.get("shared_space", False)), source=m.get("source"), tables=s.tables(),
+            size_mb=round(s.path.stat().st_size / 2**20, 1), meta_columns=s.metadata_columns(),
+            label_columns=tuple(s.label_columns()), image_root=str(s.image_root()) if s.image_root() else None,
+            run_id=rec.run_id if rec else None,
+            run=None if rec is None else {"config": rec.config, "timings": rec.timings, "outputs": rec.outputs,
+                                          "steps": list(rec.steps)},
+            confounders=confounders, flagged=flags, reward=reward, reward_key=reward["scored_run"], gate_axes=axes,
+            id_sets=id_sets.refs(s), cluster_labels=labels)
 
 
 # --- analyze ---------------------------------------------------------------------------------------
@@ -152,11 +228,11 @@ def with_id_sets(db, cfg: SelectionConfig, *, exclude_file=None, include_file=No
                 if f:
                     name = f"{key.split('_')[0]}-{Path(f).stem}"[:64]
                     safe = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in name)
-                    refs[key].append(s.save_id_set(safe, id_file_rows(s, f), kind="ids", meta={"file": str(f)}))
+                    refs[key].append(id_sets.save(s, safe, id_file_rows(s, f), kind="ids", meta={"file": str(f)}))
     named = [("exclude_sets", exclude_names or ()), ("include_sets", include_names or ())]
     if any(v for _, v in named):
         with store.open_store(db) as s:
-            known = {r.split("@", 1)[0]: r for r in s.id_set_refs()}  # a name means its latest version
+            known = {r.split("@", 1)[0]: r for r in id_sets.refs(s)}  # a name means its latest version
         for key, names in named:
             for nm in names:
                 if nm not in known:

@@ -189,12 +189,12 @@ def check_knobs(info: dict) -> None:
     """Drop (with a notice) knob values that do not fit this dataset: unknown columns, a count
     budget larger than the pool, gates on axes it has not got."""
     notices = st.session_state.setdefault("url_notices", [])
-    n = info["rows"]
+    n = info.rows
     b = get("budget")
     if isinstance(b, int) and b > n:
         notices.append(f"budget {b:,} is larger than the pool ({n:,} samples); using all {n:,}.")
         put("budget", n)
-    cols = info["meta_columns"]
+    cols = info.meta_columns
     conf = [c for c in get("confounders") if c in cols]
     if conf != list(get("confounders")):
         gone = [c for c in get("confounders") if c not in cols]
@@ -203,20 +203,20 @@ def check_knobs(info: dict) -> None:
     if get("filter_col") not in [NO_FILTER] + cols:
         notices.append(f"filter column {get('filter_col')!r} not in this dataset; filter removed.")
         put("filter_col", NO_FILTER)
-    k = len(info.get("cluster_labels") or {})
+    k = len(info.cluster_labels or {})
     if k and any(not 0 <= c < k for c in get("exclude_clusters")):
         gone = [c for c in get("exclude_clusters") if not 0 <= c < k]
         notices.append(f"cluster(s) {', '.join(map(str, gone))} not in this analysis (clusters 0..{k - 1}); rule removed.")
         put("exclude_clusters", [c for c in get("exclude_clusters") if 0 <= c < k])
-    sets = set(info.get("id_sets") or ())
+    sets = set(info.id_sets or ())
     for name in ("exclude_sets", "include_sets"):
         gone = [r for r in get(name) if r not in sets]
         if gone:
             notices.append(f"id set(s) {', '.join(gone)} not in this dataset (or changed since); rule removed.")
             put(name, [r for r in get(name) if r in sets])
-    axes = set(info.get("gate_axes") or ())
+    axes = set(info.gate_axes or ())
     for name in [k for k in _state() if k.startswith(GATE_PREFIX)]:
-        if info.get("run_id") and name[len(GATE_PREFIX):] not in axes:
+        if info.run_id and name[len(GATE_PREFIX):] not in axes:
             notices.append(f"no quality axis {name[len(GATE_PREFIX):]!r} in this dataset; gate removed.")
             del _state()[name]
 

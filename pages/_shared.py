@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from curation import CurationError, runs, selection, store, workflows
+from curation import CurationError, selection, store, workflows
 from curation.selection import SelectionConfig
 from pages._knobs import DEFAULT, check_knobs, config_from_state, init_state, show_notices, sync_query
 from pages._text import error, esc, warning
@@ -25,46 +25,9 @@ log = logging.getLogger("curation.app")
 
 # --- data --------------------------------------------------------------------------------------
 @st.cache_data(max_entries=16, show_spinner=False)
-def dataset_info(path: str, mtime: float) -> dict:
-    """Summary, the analysis run to show and its side tables (cheap; keyed by file mtime)."""
-    from curation import analysis
-    from curation.confounders import flagged
-
-    with store.open_store(path) as s:
-        info = s.summary()
-        rec = runs.best_analysis(s)
-        info["run_id"] = rec.run_id if rec else None
-        info["run"] = None if rec is None else {"config": rec.config, "timings": rec.timings,
-                                                "outputs": rec.outputs, "steps": list(rec.steps)}
-        info["meta_columns"] = s.metadata_columns()
-        info["label_columns"] = tuple(s.label_columns())
-        info["image_root"] = str(s.image_root()) if s.image_root() else None
-        info["confounders"] = None
-        info["flagged"] = []
-        info["reward"] = runs.reward_status(s)
-        info["reward_key"] = info["reward"]["scored_run"]
-        info["gate_axes"] = []
-        info["id_sets"] = s.id_set_refs()
-        info["cluster_labels"] = {}
-        if rec is not None:
-            info["cluster_labels"] = analysis.cluster_label_map(s, rec.run_id)
-            tname = rec.table("confounders")
-            if tname and s.has_table(tname):
-                info["confounders"] = s.read_table(tname)
-                info["flagged"] = flagged(info["confounders"])
-            if "quality" in rec.steps:  # the quality axes this run stored (older runs lack caption)
-                cols = set(s.table_columns(rec.table("samples")))
-                info["gate_axes"] += [a for a in selection.QUALITY_AXES if f"{a}_score" in cols]
-        if info["reward_key"]:
-            info["gate_axes"] += [f"reward_{a}" for a in _reward_axes(s)]
-    return info
-
-
-def _reward_axes(s) -> list[str]:
-    from curation import schema as S
-
-    return [c[len("reward_"):-len("_score")] for c in s.table_columns(S.REWARD_SCORES)
-            if c.startswith("reward_") and c.endswith("_score")]
+def dataset_info(path: str, mtime: float) -> workflows.DatasetSummary:
+    """The dataset's summary and the analysis run to show (cheap; keyed by file mtime)."""
+    return workflows.describe(path)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -131,17 +94,17 @@ def _job_banner(path: str) -> None:
 
 def require_analysis(info: dict, needs=("prototypes", "density")) -> str:
     """The run to show, or a message and st.stop(): no run, or a run without the steps a page needs."""
-    if not info["run_id"]:
+    if not info.run_id:
         st.warning("This dataset has no analysis yet. Run it on the **Overview** page, or with "
-                   f"`python -m curation analyze {esc(info['path'])}`.")
+                   f"`python -m curation analyze {esc(info.path)}`.")
         st.stop()
-    missing = [s for s in needs if s not in info["run"]["steps"]]
+    missing = [s for s in needs if s not in info.run["steps"]]
     if missing:
-        warning(f"The analysis run {info['run_id']} lacks the step(s) {', '.join(missing)}. Run them with "
-                f"python -m curation analyze {info['path']} --steps {','.join(missing)} (or all steps on the "
+        warning(f"The analysis run {info.run_id} lacks the step(s) {', '.join(missing)}. Run them with "
+                f"python -m curation analyze {info.path} --steps {','.join(missing)} (or all steps on the "
                 "Overview page).")
         st.stop()
-    return info["run_id"]
+    return info.run_id
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the analysis...")
@@ -160,7 +123,7 @@ def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | N
 
 def sets_key(info: dict) -> str:
     """Identifies the dataset's stored id sets: part of every selection cache key."""
-    return ",".join(info.get("id_sets") or ())
+    return ",".join(info.id_sets or ())
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the selection arrays...")
@@ -182,10 +145,10 @@ def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, column
 def impact_context(path: str, info: dict, cfg: SelectionConfig):
     """The (immutable, shared) impact context for this dataset, the strata columns shown, the
     selection's eps and seed."""
-    columns = tuple(cfg.confounders) or tuple(info["flagged"])
+    columns = tuple(cfg.confounders) or tuple(info.flagged)
     eps = cfg.dedup_eps if cfg.dedup_eps is not None else (DEFAULT.dedup_eps or 0.05)
-    return _impact_context(path, info["fingerprint"], info["run_id"], info["reward_key"], columns,
-                           info["label_columns"], float(eps), int(cfg.seed), sets_key(info))
+    return _impact_context(path, info.fingerprint, info.run_id, info.reward_key, columns,
+                           info.label_columns, float(eps), int(cfg.seed), sets_key(info))
 
 
 def session_cache() -> selection.SelectionCache:
@@ -198,7 +161,7 @@ def session_cache() -> selection.SelectionCache:
 def run_selection(path: str, info: dict):
     """(inputs, config, result) for the current knobs, or a message and st.stop()."""
     run_id = require_analysis(info)
-    inp = selection_inputs(path, info["fingerprint"], run_id, info["reward_key"], sets_key(info))
+    inp = selection_inputs(path, info.fingerprint, run_id, info.reward_key, sets_key(info))
     cfg, hints = config_from_state(inp.n)
     for h in hints:
         st.caption(esc(h))

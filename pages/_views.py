@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from curation import CurationError, store
+from curation import CurationError, id_sets, images, store
 from pages import _shared
 from pages._knobs import get, put
 from pages._text import error, esc
@@ -16,7 +16,7 @@ from pages._text import error, esc
 def show_image(root: str | None, value, caption: str | None = None, width: int = 128) -> None:
     """A thumbnail read only from inside the image root; captions as plain text, never HTML."""
     try:
-        p = store.resolve_image(Path(root) if root else None, value)
+        p = images.resolve_image(Path(root) if root else None, value)
         st.image(str(p), width=width)
     except CurationError as e:
         st.text(f"(no image: {e})")
@@ -25,7 +25,7 @@ def show_image(root: str | None, value, caption: str | None = None, width: int =
 
 
 def flagged_columns(info: dict) -> list[str]:
-    return list(info.get("flagged") or [])
+    return list(info.flagged or [])
 
 
 def rows_in_region(df, region: dict | None):
@@ -46,7 +46,7 @@ def selected_mask(n: int, rows: np.ndarray) -> np.ndarray:
 # --- inspect and act ---------------------------------------------------------------------------
 def cluster_name(info: dict, c) -> str:
     """ "12 · edema knee": a cluster's number and its label."""
-    label = (info.get("cluster_labels") or {}).get(int(c), "")
+    label = (info.cluster_labels or {}).get(int(c), "")
     return f"{int(c)} · {label}" if label else str(int(c))
 
 
@@ -78,7 +78,7 @@ def save_rule(path: str, name: str, rows, action: str, kind: str, meta: dict | N
     """Store ``rows`` as an id set and add it to the exclude or include rules; returns its reference."""
     try:
         with store.open_store(path, read_only=False) as s:
-            ref = s.save_id_set(name, rows, kind=kind, meta=meta)
+            ref = id_sets.save(s, name, rows, kind=kind, meta=meta)
     except CurationError as e:
         error(f"Could not save the rule: {e}")
         return None
@@ -95,7 +95,7 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
     st.subheader("Sample " + esc(r["id"]))
     c1, c2 = st.columns([1, 2])
     with c1:
-        show_image(info["image_root"], r.get("image"), None, width=220)
+        show_image(info.image_root, r.get("image"), None, width=220)
     with c2:
         if r.get("caption") is not None:
             st.text(str(r["caption"]))
@@ -106,14 +106,14 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
     fields = {k: r[k] for k in df.columns if k not in ("image", "caption", "map_x", "map_y", "map_fitted")}
     st.dataframe({"field": [str(k) for k in fields], "value": [str(v) for v in fields.values()]},
                  hide_index=True, key=f"insp_fields_{row}")
-    nbr, sim = _shared.knn_graph(path, info["fingerprint"], info["run_id"])
+    nbr, sim = _shared.knn_graph(path, info.fingerprint, info.run_id)
     st.markdown("**Nearest neighbours** (stored kNN graph, analysis space)")
     grid = st.columns(5)
     for i, (j, c) in enumerate(zip(nbr[row], sim[row])):
         if j < 0:
             continue
         with grid[i % 5]:
-            show_image(info["image_root"], df["image"].iat[j] if "image" in df else None, None, width=100)
+            show_image(info.image_root, df["image"].iat[j] if "image" in df else None, None, width=100)
             st.text(f"{df['id'].iat[j]}\ncosine {c:.3f}")
             if st.button("Inspect", key=f"nbr_{row}_{j}"):
                 st.session_state["inspect_row"] = int(j)

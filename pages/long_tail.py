@@ -9,7 +9,7 @@ from pages import _knobs, _shared, _text, _views
 st.title("Long tail")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("prototypes",))
-df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
+df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
 
 sizes = np.bincount(df.prototype.to_numpy())
 order = np.argsort(sizes, kind="stable")
@@ -42,4 +42,4 @@ for c in order[:n_show]:
         elif st.button("Exclude this cluster from the subset", key=f"lt_excl_{c}"):
             _knobs.put("exclude_clusters", sorted(excluded | {int(c)}))
             st.rerun()
-        _views.gallery(members, f"lt_{c}", info["image_root"], page_size=6)
+        _views.gallery(members, f"lt_{c}", info.image_root, page_size=6)

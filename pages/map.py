@@ -12,13 +12,13 @@ from pages import _shared, _text, _views
 st.title("Map")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("prototypes", "map"))
-df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
+df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
 n_rows = len(df)
 
 numeric = ["knn_density", "tail_score", "glosh_score", "proto_dist", "fidelity_score", "consistency_score",
            "caption_score"]
-categorical = ["prototype", "hdbscan_label", "band", "selection"] + info["meta_columns"]
-can_select = "density" in info["run"]["steps"]
+categorical = ["prototype", "hdbscan_label", "band", "selection"] + info.meta_columns
+can_select = "density" in info.run["steps"]
 options = [c for c in categorical + numeric if (c == "selection" and can_select) or c in df.columns]
 c1, c2, c3 = st.columns([2, 2, 3])
 color = c1.selectbox("Colour by", options, key="map_color")
@@ -49,7 +49,7 @@ if query.strip():
     from curation import CurationError
 
     try:
-        found = _shared.search_rows(path, info["fingerprint"], query)
+        found = _shared.search_rows(path, info.fingerprint, query)
     except CurationError as e:
         _text.error(str(e))
         found = None
@@ -68,7 +68,7 @@ else:
     is_cat = color in categorical
     values = df[color].to_numpy()[sampled]
     values = values.astype(str) if is_cat and color not in ("prototype", "hdbscan_label") else values
-labels = ({c: l for c, l in (info.get("cluster_labels") or {}).items()} if color == "prototype" else None)
+labels = ({c: l for c, l in (info.cluster_labels or {}).items()} if color == "prototype" else None)
 hover = None
 if len(sampled) <= 20_000:
     cap = df["caption"].to_numpy()[sampled] if "caption" in df else [""] * len(sampled)
@@ -117,7 +117,7 @@ if len(picked) > 1:
         ref = _views.save_rule(path, name, picked, "include", "region", {"n": len(picked)})
         if ref:
             st.success(_text.esc(f"Rule added: include {ref}."))
-    _views.gallery(rows, "region", info["image_root"])
+    _views.gallery(rows, "region", info.image_root)
 
 if hits is not None and hits.any():
     st.subheader("Search hits")
@@ -128,4 +128,4 @@ if hits is not None and hits.any():
                                 hit_rows, "exclude", "search", {"text": query})
         if ref:
             st.success(_text.esc(f"Rule added: exclude {ref}."))
-    _views.gallery(df.iloc[hit_rows], "hits", info["image_root"])
+    _views.gallery(df.iloc[hit_rows], "hits", info.image_root)

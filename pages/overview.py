@@ -11,27 +11,27 @@ st.title("Overview")
 path, info = _shared.current()
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Samples", f"{info['rows']:,}")
-c2.metric("Image dim", info["image_dim"] or "none")
-c3.metric("Text dim", info["text_dim"] or "none")
-c4.metric("File size", f"{info['size_mb']} MB")
+c1.metric("Samples", f"{info.rows:,}")
+c2.metric("Image dim", info.image_dim or "none")
+c3.metric("Text dim", info.text_dim or "none")
+c4.metric("File size", f"{info.size_mb} MB")
 st.dataframe(pd.DataFrame({"": ["fingerprint", "source", "image model", "text model"],
-                           "value": [str(info["fingerprint"]), str(info["source"]),
-                                     str(info["image_model"] or "not recorded"),
-                                     str(info["text_model"] or "not recorded")]}),
+                           "value": [str(info.fingerprint), str(info.source),
+                                     str(info.image_model or "not recorded"),
+                                     str(info.text_model or "not recorded")]}),
              hide_index=True, key="ov_facts")
-if info["shared_space"]:
+if info.shared_space:
     st.success("Image and text embeddings share one space: image-text fidelity is available.")
-elif info["image_dim"] and info["text_dim"]:
+elif info.image_dim and info.text_dim:
     st.warning("Image and text embeddings come from different encoders: image-text fidelity "
                "is not available (the joint space is still built from both).")
 
 st.subheader("Analysis")
-if info["run_id"]:
-    run = info["run"]
-    st.markdown(_text.esc(f"Run {info['run_id']}: k = {run['outputs'].get('k')} prototypes in the "
+if info.run_id:
+    run = info.run
+    st.markdown(_text.esc(f"Run {info.run_id}: k = {run['outputs'].get('k')} prototypes in the "
                             f"{run['config'].get('space')} space; steps {', '.join(run['steps'])}."))
-    report = (_shared.analysis_report(path, info["fingerprint"], info["run_id"])
+    report = (_shared.analysis_report(path, info.fingerprint, info.run_id)
               if set(run["steps"]) >= {"prototypes", "density"} else None)
     if report:
         st.code(report, language=None)
@@ -39,12 +39,12 @@ else:
     st.info("No analysis yet: prototypes, density, duplicates, the map, quality and confounder "
             "statistics are computed once and cached in the dataset.")
 
-space_options = (["joint", "image", "text"] if info["image_dim"] and info["text_dim"] else
-                 ["image"] if info["image_dim"] else ["text"])
+space_options = (["joint", "image", "text"] if info.image_dim and info.text_dim else
+                 ["image"] if info.image_dim else ["text"])
 space = st.selectbox("Space", space_options, key="ov_space")
-meta_columns = [c for c in info["meta_columns"]]
+meta_columns = [c for c in info.meta_columns]
 labels = st.multiselect("Label columns: answers, not inputs", meta_columns,
-                        default=[c for c in info["label_columns"] if c in meta_columns], key="ov_labels",
+                        default=[c for c in info.label_columns if c in meta_columns], key="ov_labels",
                         help="Diagnosis or finding columns (a|b|c holds three labels): never flagged as confounders, "
                              "never used by the default selection; Select & export reports their head-class share "
                              "and class coverage against random subsets.")
@@ -72,13 +72,13 @@ def job_panel():
         st.success(_text.esc(f"Analysis {snap['run_id']} finished in {snap['seconds']:.0f} s."))
 
 
-label = "Run analysis" if not info["run_id"] else "Run analysis (cached when nothing changed)"
+label = "Run analysis" if not info.run_id else "Run analysis (cached when nothing changed)"
 c1, c2 = st.columns([1, 3])
 go = c1.button(label, key="ov_run", disabled=running)
 force = c2.checkbox("Recompute even when this run is stored", key="ov_force")
 if go:
     try:
-        if list(labels) != list(info["label_columns"]):
+        if list(labels) != list(info.label_columns):
             workflows.declare_label_columns(path, labels)
         jobs.start_analysis(path, cfg, force=force)
     except CurationError as e:
@@ -88,6 +88,6 @@ if go:
 job_panel()
 
 st.subheader("Columns")
-st.dataframe(pd.DataFrame({"column": [str(c) for c in info["columns"]]}), hide_index=True, key="ov_columns")
+st.dataframe(pd.DataFrame({"column": [str(c) for c in info.columns]}), hide_index=True, key="ov_columns")
 with st.expander("Stored tables"):
-    st.dataframe(pd.DataFrame({"table": [str(t) for t in info["tables"]]}), hide_index=True, key="ov_tables")
+    st.dataframe(pd.DataFrame({"table": [str(t) for t in info.tables]}), hide_index=True, key="ov_tables")

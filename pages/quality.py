@@ -14,8 +14,8 @@ from pages import _knobs, _shared, _text, _views
 st.title("Quality")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("quality",))
-df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
-reason = info["run"]["outputs"].get("fidelity_reason", "")
+df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
+reason = info.run["outputs"].get("fidelity_reason", "")
 
 
 def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> None:
@@ -31,7 +31,7 @@ def axis_section(axis: str, title: str, value_col: str, fmt: str = "{:.3f}") -> 
     st.altair_chart(charts.histogram(values, value_col, rules), width="stretch")
     worst = df.nsmallest(120, value_col)
     st.markdown(f"Lowest {axis.replace('_', ' ')} (worst first)")
-    _views.gallery(worst, f"worst_{axis}", info["image_root"], extra=lambda r: f"{value_col} {fmt.format(r[value_col])}")
+    _views.gallery(worst, f"worst_{axis}", info.image_root, extra=lambda r: f"{value_col} {fmt.format(r[value_col])}")
 
 
 for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fidelity"),
@@ -53,7 +53,7 @@ for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fid
 
 # ---------------------------------------------------------------------------------------------
 st.header("Reward model (RefineNet)")
-rw = info["reward"]
+rw = info.reward
 st.caption("An MLLM (or experts) rates a subset of pairs on fidelity and consistency; a small model on the "
            "embeddings learns those ratings and scores every pair. Its scores become two more gates.")
 c1, c2, c3 = st.columns(3)
@@ -113,7 +113,7 @@ if rw["models"]:
             _shared.dataset_info.clear()
             st.rerun()
 
-for gate_axis in info["gate_axes"]:  # every reward axis the scored model has, not a fixed pair
+for gate_axis in info.gate_axes:  # every reward axis the scored model has, not a fixed pair
     if gate_axis.startswith("reward_") and gate_axis in df:
         axis_section(gate_axis, f"Reward: {gate_axis[len('reward_'):]} (rating scale)", gate_axis, "{:.2f}")
 
@@ -129,7 +129,7 @@ if "dup_group" in df and (df["dup_group"] >= 0).any():
     rep = int(groups.index[page - 1])
     members = df[(df["dup_group"] == rep)]
     members = members.loc[[rep] + [i for i in members.index if i != rep]]
-    nbr, sim = _shared.knn_graph(path, info["fingerprint"], run_id, "dedup_knn")
+    nbr, sim = _shared.knn_graph(path, info.fingerprint, run_id, "dedup_knn")
 
     def cosine_to_kept(i: int) -> float:
         """From the stored duplicate-space graph, in whichever direction it lists the pair."""
@@ -139,5 +139,5 @@ if "dup_group" in df and (df["dup_group"] >= 0).any():
                 return float(sim[a][hit[0]])
         return float("nan")
 
-    _views.gallery(members, f"dup_{rep}", info["image_root"],
+    _views.gallery(members, f"dup_{rep}", info.image_root,
                     extra=lambda r: "kept" if r.name == rep else f"dropped: cosine {cosine_to_kept(r.name):.3f} to the kept")

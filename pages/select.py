@@ -14,7 +14,7 @@ from pages import _knobs, _shared, _text, _views
 st.title("Select & export")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info)
-inp0 = _shared.selection_inputs(path, info["fingerprint"], run_id, info["reward_key"], _shared.sets_key(info))
+inp0 = _shared.selection_inputs(path, info.fingerprint, run_id, info.reward_key, _shared.sets_key(info))
 
 
 def _remove_rule(key: str, value) -> None:
@@ -24,8 +24,8 @@ def _remove_rule(key: str, value) -> None:
 def knobs_panel() -> None:
     """Every selection knob; values live in the knob store (``_knobs.knob``)."""
     _knobs.budget_knob(inp0.n)
-    usable = [c for c in info["meta_columns"]
-              if info["confounders"] is None or c in set(info["confounders"].query("kind != 'skipped'").column)]
+    usable = [c for c in info.meta_columns
+              if info.confounders is None or c in set(info.confounders.query("kind != 'skipped'").column)]
     _knobs.put("confounders", [c for c in _knobs.get("confounders") if c in usable])
     _knobs.knob(st.multiselect, "confounders", "Confounders (strata)", usable,
                  help="Flagged by the analysis: " + _text.esc(", ".join(_views.flagged_columns(info)) or "none"))
@@ -43,11 +43,11 @@ def knobs_panel() -> None:
                  help="Pairs in the pool's bottom fraction of image-text fidelity are not eligible (a cluster "
                       "made only of them keeps its best pair). On by default: the tail and farthest-point picks "
                       "favour atypical pairs, and a wrong caption makes a pair atypical. Needs a shared space.")
-    for axis in info["gate_axes"]:
+    for axis in info.gate_axes:
         reason = inp0.unavailable.get(axis)
         _knobs.gate_knob(axis, f"{axis.replace('_', ' ').capitalize()} gate: keep best fraction",
                           disabled=reason is not None, help=_text.esc(reason) if reason else None)
-    _knobs.knob(st.selectbox, "filter_col", "Filter column", [_knobs.NO_FILTER] + info["meta_columns"])
+    _knobs.knob(st.selectbox, "filter_col", "Filter column", [_knobs.NO_FILTER] + info.meta_columns)
     if _knobs.get("filter_col") != _knobs.NO_FILTER:
         _knobs.knob(st.selectbox, "filter_op", "Operator", OPERATORS)
         if _knobs.get("filter_op") not in ("is null", "not null"):
@@ -104,7 +104,7 @@ def results_panel() -> None:
     st.subheader("Budget vs cluster coverage")
     st.altair_chart(charts.coverage_chart(ctx.coverage_curve(res.order, cfg.seed), sm["budget"]), width="stretch")
 
-    df = _shared.analysis_frame(path, info["fingerprint"], run_id, info["reward_key"])
+    df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
     if "map_x" in df:
         st.subheader("The subset on the map")
         sel = _views.selected_mask(len(df), res.selected)
@@ -116,19 +116,19 @@ def results_panel() -> None:
                         width="stretch")
 
     st.subheader("Export")
-    tar_pool = "source_tar" in info["meta_columns"]  # embedded from WebDataset tars: images live in the tars
+    tar_pool = "source_tar" in info.meta_columns  # embedded from WebDataset tars: images live in the tars
     formats = [f for f in manifest.FORMATS if f != "webdataset" or tar_pool]
     fmt = st.selectbox("Format", formats, key="exp_format",
                        help="parquet / csv / jsonl: every sample with its reason and scores; openclip: the TSV open_clip's "
                             "trainer reads; datacomp: sorted uint64 uid pairs; webdataset: the kept keys per source tar")
     columns, reshard = [], None
     if fmt in ("parquet", "csv", "jsonl", "openclip"):
-        columns = st.multiselect("Also carry these metadata columns", [c for c in info["meta_columns"]
+        columns = st.multiselect("Also carry these metadata columns", [c for c in info.meta_columns
                                                                         if c not in manifest.TAR_COLUMNS],
                                  key="exp_columns", help="e.g. split, case_id: the training job can filter on them")
     elif fmt == "webdataset" and st.checkbox("Also write new tars holding only the kept samples", key="exp_reshard"):
         reshard = int(st.number_input("Samples per tar", 1, 1_000_000, manifest.WDS_SHARD_SIZE, key="exp_reshard_n"))
-    default_name = manifest.default_name(info["name"], run_id, cfg)
+    default_name = manifest.default_name(info.name, run_id, cfg)
     name = st.text_input("File name (written under data/exports/; the suffix follows the format)", default_name,
                          key="exp_name")
     safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_.") .strip(".") or default_name

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import CurationError, store
+from curation import CurationError, images, store
 from curation.errors import StateError
 
 
@@ -139,17 +139,17 @@ def test_resolve_image_stays_inside_the_root(tmp_path):
     (root / "a").mkdir(parents=True)
     (root / "a" / "x.png").write_bytes(b"png")
     (tmp_path / "secret.txt").write_text("no")
-    assert store.resolve_image(root, "a/x.png") == (root / "a" / "x.png").resolve()
+    assert images.resolve_image(root, "a/x.png") == (root / "a" / "x.png").resolve()
     for bad in ("../secret.txt", "a/../../secret.txt"):
         with pytest.raises(CurationError, match="leaves"):
-            store.resolve_image(root, bad)
+            images.resolve_image(root, bad)
     # an absolute path is what the data says (clip-retrieval's image_path): taken as it is
-    assert store.resolve_image(root, str(tmp_path / "secret.txt")) == (tmp_path / "secret.txt").resolve()
-    assert store.resolve_image(None, str(root / "a" / "x.png")) == (root / "a" / "x.png").resolve()
+    assert images.resolve_image(root, str(tmp_path / "secret.txt")) == (tmp_path / "secret.txt").resolve()
+    assert images.resolve_image(None, str(root / "a" / "x.png")) == (root / "a" / "x.png").resolve()
     (root / "link.txt").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(CurationError, match="leaves"):
-        store.resolve_image(root, "link.txt")
+        images.resolve_image(root, "link.txt")
     with pytest.raises(CurationError, match="missing"):
-        store.resolve_image(root, "a/none.png")
+        images.resolve_image(root, "a/none.png")
     with pytest.raises(CurationError, match="no image root"):
-        store.resolve_image(None, "a/x.png")
+        images.resolve_image(None, "a/x.png")

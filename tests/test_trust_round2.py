@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation import atomic, manifest, store
+from curation import atomic, id_sets, images, manifest, store
 from curation.errors import CurationError, InterruptedAfterWrite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,8 @@ def test_a_saved_id_set_saved_again_keeps_the_export_reproducible(analyzed_copy,
     code, _, err = run_cli("search", analyzed_copy, "fracture", "--save", "hits")  # the name now means other rows
     assert code == 0, err
     with store.open_store(analyzed_copy) as s:
-        latest = s.id_set_refs()
-        versions = [r for r in s.id_set_rows() if r.startswith("hits@")]
+        latest = id_sets.refs(s)
+        versions = [r for r in id_sets.rows(s) if r.startswith("hits@")]
     assert len(versions) == 2 and len([r for r in latest if r.startswith("hits@")]) == 1
     side = json.loads((tmp_path / "a.parquet.sidecar.json").read_text())
     assert side["config"]["exclude_sets"][0] in versions and side["config"]["exclude_sets"][0] not in latest
@@ -65,7 +65,7 @@ def test_a_saved_id_set_saved_again_keeps_the_export_reproducible(analyzed_copy,
     # saving the same content again stores no new version
     assert run_cli("search", analyzed_copy, "fracture", "--save", "hits")[0] == 0
     with store.open_store(analyzed_copy) as s:
-        assert len([r for r in s.id_set_rows() if r.startswith("hits@")]) == 2
+        assert len([r for r in id_sets.rows(s) if r.startswith("hits@")]) == 2
 
 
 def test_two_concurrent_ingests_to_one_new_path_one_fails_cleanly(tmp_path):
@@ -355,10 +355,10 @@ def test_a_symlink_loop_in_an_image_table_is_one_clear_error(tmp_path):
     (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
     (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
     with pytest.raises(CurationError, match="cannot be resolved|is missing"):
-        store.resolve_image(tmp_path, "a.jpg")
+        images.resolve_image(tmp_path, "a.jpg")
 
 
 def test_missing_images_say_how_to_unpack_their_archive(tmp_path):
     (tmp_path / "images.tgz").write_bytes(b"")
     with pytest.raises(CurationError, match=r"images.tgz does: unpack it \(tar -xzf"):
-        store.resolve_image(tmp_path, "images/x.jpg")
+        images.resolve_image(tmp_path, "images/x.jpg")

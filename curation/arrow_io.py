@@ -1,0 +1,57 @@
+"""The store's Arrow side: vectors in and out as fixed-size lists (one contiguous float buffer a
+batch, numpy arrays wrapped without a copy) and the content fingerprint of samples + vectors."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+import numpy as np
+
+from curation import schema as S
+from curation.errors import StateError
+
+
+def fixed_list_to_numpy(arr, dim: int) -> np.ndarray:
+    """Zero-copy (n, dim) float32 view of an Arrow fixed_size_list<float> array without nulls."""
+    if arr.null_count:
+        raise StateError("embeddings table holds a missing vector; re-ingest the dataset.")
+    if arr.type.list_size != dim:
+        raise StateError(f"embeddings have {arr.type.list_size} values, {dim} were recorded.")
+    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), dim)
+
+
+def vectors_to_arrow(vecs: np.ndarray):
+    """Zero-copy Arrow fixed_size_list<float32> array over a C-contiguous (n, d) float32 array."""
+    import pyarrow as pa
+
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    n, d = vecs.shape
+    values = pa.Array.from_buffers(pa.float32(), n * d, [None, pa.py_buffer(vecs)])
+    return pa.FixedSizeListArray.from_arrays(values, d)
+
+
+def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
+    """Content hash of a dataset: the samples table (Arrow IPC bytes) and every vector byte.
+
+    Two datasets with equal ids, metadata and embeddings have equal fingerprints; any change to a
+    value changes it. blake2b runs at about 1 GB/s, so 1M x 512 x 2 costs about 4 s at ingest.
+    """
+    import pyarrow as pa
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"schema{S.SCHEMA_VERSION}".encode())
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, samples.schema) as w:
+        w.write_table(samples)
+    h.update(sink.getvalue())
+    for kind in S.EMB_KINDS:
+        v = vectors.get(kind)
+        h.update(kind.encode())
+        if v is not None:
+            h.update(str(v.shape).encode() + str(v.dtype).encode())
+            flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
+            step = 1 << 26
+            for i in range(0, len(flat), step):
+                h.update(flat[i : i + step])
+    return h.hexdigest()
