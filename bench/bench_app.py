@@ -29,7 +29,7 @@ def build(folder: Path, n: int) -> Path:
     import pandas as pd
     import pyarrow as pa
 
-    from curation import analysis, prototypes, store
+    from curation import analysis, analysis_steps, prototypes, store
 
     rng = np.random.default_rng(0)
     k = 1000
@@ -60,7 +60,7 @@ def build(folder: Path, n: int) -> Path:
             "consistency": rng.random(n), "consistency_score": rng.random(n)})
         nbr = rng.integers(0, n, (n, 10)).astype(np.int32)
         sim = np.sort(rng.uniform(0.3, 0.9, (n, 10)).astype(np.float32), axis=1)[:, ::-1]
-        knn = analysis._knn_table(nbr, sim)
+        knn = analysis_steps._knn_table(nbr, sim)
         conf = pd.DataFrame([{"column": c, "role": "metadata", "kind": "categorical", "levels": 4,
                               "cramers_v": 0.5 if c == "site" else 0.0, "mutual_info": 0.0, "nmi": 0.0,
                               "probe_accuracy": 0.5, "majority_accuracy": 0.25, "probe_lift": 0.25,

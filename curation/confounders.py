@@ -145,7 +145,7 @@ def confounder_table(meta, clusters: np.ndarray, Z: np.ndarray, *, rows: np.ndar
     Z : ndarray (len(rows), p)
         Embedding features of the probe's rows (a PCA of the analysis space is enough).
     rows : ndarray of int, optional
-        The rows the probe trains on (:func:`curation.analysis.probe_rows`); all rows when None.
+        The rows the probe trains on (:func:`curation.analysis_steps.probe_rows`); all rows when None.
     case : ndarray (n,), optional
         Case/patient ids: probe folds are grouped by them.
     label_columns : iterable of str

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation import analysis, id_sets, ingest, manifest, metrics, runs, selection, store
+from curation import analysis, analysis_steps, id_sets, ingest, manifest, metrics, runs, selection, store
 from curation import schema as S
 from curation.confounders import flagged
 from curation.errors import CurationError
@@ -309,7 +309,7 @@ def evaluate(db, cfg: SelectionConfig, label: str, *, split_column: str | None =
         rec = runs.require(s, run_id)
         inp = selection.load_inputs(s, rec.run_id)
         F, slices = analysis._features(s, s.n_rows)
-        X = analysis._space(F, slices, rec.config["space"])
+        X = analysis_steps._space(F, slices, rec.config["space"])
         split = split_column or ("split" if "split" in inp.meta.columns else None)
         if split is not None and split not in inp.meta.columns:
             raise CurationError(f"--split-column {split!r} is not a column. Fix: use one of: "
