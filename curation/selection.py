@@ -22,12 +22,10 @@ farthest-point sampling over each cluster's core, outliers dropped.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from curation import schema as S
 from curation.errors import CurationError
 from curation.filters import _filter_mask, check_filter, factorize_column, strata
 from curation.selection_config import (CONFIG_VERSION, MISSING, MODES, OPERATORS, OUTLIER_POLICIES, QUALITY_AXES,
@@ -133,28 +131,13 @@ class SelectionResult:
 
 # ---------------------------------------------------------------------------------------------
 def validate_config(cfg: SelectionConfig, inp: SelectionInputs) -> None:
-    """Check every knob against the data; raise one clear :class:`CurationError`."""
+    """Check every knob against the data (its bounds first, :meth:`SelectionConfig.check`); raise
+    one clear :class:`CurationError`."""
     cols = list(inp.meta.columns)
     for c in cfg.confounders:
         if c not in cols:
             raise CurationError(f"unknown confounder column {c!r}. Fix: use one of: {', '.join(cols)}.")
-    if cfg.mode not in MODES:
-        raise CurationError(f"unknown mode {cfg.mode!r}. Fix: use one of {', '.join(MODES)}.")
-    S.check_seed(cfg.seed)
-    if not 0.0 <= cfg.temper <= 1.0:
-        raise CurationError(f"temper must be within [0, 1]; got {cfg.temper}.")
-    if not (math.isfinite(cfg.tail_core_ratio) and cfg.tail_core_ratio >= 0):
-        raise CurationError(f"tail_core_ratio must be 0 or more; got {cfg.tail_core_ratio}.")
-    if cfg.tail not in TAILS:
-        raise CurationError(f"unknown tail {cfg.tail!r}. Fix: use one of {', '.join(TAILS)}.")
-    if cfg.outliers not in OUTLIER_POLICIES:
-        raise CurationError(f"unknown outlier policy {cfg.outliers!r}. Fix: use one of {', '.join(OUTLIER_POLICIES)}.")
-    if cfg.dedup_eps is not None and not 0 < cfg.dedup_eps < 1:
-        raise CurationError(f"dedup_eps must be in (0, 1) or null; got {cfg.dedup_eps}.")
-    for name in ("fidelity_guard", "caption_guard"):
-        q = getattr(cfg, name)
-        if q is not None and not (math.isfinite(q) and 0 <= q < 0.5):
-            raise CurationError(f"{name} must be in [0, 0.5) or null (off); got {q}.")
+    cfg.check()
     for g in cfg.gates:
         g.threshold()
         if g.axis in inp.unavailable:

@@ -176,6 +176,33 @@ class SelectionConfig:
         except json.JSONDecodeError as e:
             raise CurationError(f"selection config is not valid JSON: {e}") from e
 
+    def check(self) -> "SelectionConfig":
+        """The bounds of every knob that do not depend on the data: one place for the CLI's flags,
+        the config file, the app's widgets and its URL. Returns ``self``; raises :class:`CurationError`."""
+        from curation.schema import check_seed
+
+        if self.mode not in MODES:
+            raise CurationError(f"unknown mode {self.mode!r}. Fix: use one of {', '.join(MODES)}.")
+        check_seed(self.seed)
+        if not (_is_num(self.temper) and 0.0 <= self.temper <= 1.0):
+            raise CurationError(f"temper must be within [0, 1]; got {self.temper}.")
+        if not (_is_num(self.tail_core_ratio) and math.isfinite(self.tail_core_ratio) and self.tail_core_ratio >= 0):
+            raise CurationError(f"tail_core_ratio must be 0 or more; got {self.tail_core_ratio}.")
+        if self.tail not in TAILS:
+            raise CurationError(f"unknown tail {self.tail!r}. Fix: use one of {', '.join(TAILS)}.")
+        if self.outliers not in OUTLIER_POLICIES:
+            raise CurationError(f"unknown outlier policy {self.outliers!r}. Fix: use one of "
+                                f"{', '.join(OUTLIER_POLICIES)}.")
+        if self.dedup_eps is not None and not (_is_num(self.dedup_eps) and 0 < self.dedup_eps < 1):
+            raise CurationError(f"dedup_eps must be in (0, 1) or null; got {self.dedup_eps}.")
+        for name in ("fidelity_guard", "caption_guard"):
+            q = getattr(self, name)
+            if q is not None and not (_is_num(q) and math.isfinite(q) and 0 <= q < 0.5):
+                raise CurationError(f"{name} must be in [0, 0.5) or null (off); got {q}.")
+        for g in self.gates:
+            g.threshold()
+        return self
+
     def order_key(self) -> str:
         """Everything but the budget: configs with equal keys share one cached order."""
         d = self.to_dict()

@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from curation import CurationError, selection
-from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES, Gate, SelectionConfig
+from curation.selection import OPERATORS, Gate, SelectionConfig
 from pages._text import esc, warning
 
 
@@ -25,6 +25,8 @@ NO_FILTER = "(none)"
 
 # the widgets' ranges: the CLI's rules (selection.validate_config), as sliders can show them
 GATE_MIN = 0.01
+TAIL_RATIO_MAX = 10.0   # the tail-ratio number input (the library takes any ratio >= 0)
+GUARD_MAX = 0.45        # the guard slider (the library takes [0, 0.5))
 
 
 COUNT_STEP = 1
@@ -37,16 +39,20 @@ def _b(v: str) -> bool:
     return v in ("1", "true")
 
 
-def _in_range(lo, hi, cast=float, lo_open=False):
+def _field(name: str, cast=float, widget: tuple | None = None):
+    """A URL value for the config field ``name``: cast, then checked by the library's own bounds
+    (:meth:`curation.selection.SelectionConfig.check`, the CLI's and the config file's), then by
+    the widget's range where it is narrower (a slider cannot show more)."""
+    from dataclasses import replace
+
     def parse(v: str):
         try:
             x = cast(v)
         except (TypeError, ValueError):
             raise CurationError(f"not a {cast.__name__}") from None
-        if isinstance(x, float) and not np.isfinite(x):
-            raise CurationError("not a finite number")
-        if x < lo or x > hi or (lo_open and x == lo):
-            raise CurationError(f"must lie in {'(' if lo_open else '['}{lo}, {hi}]")
+        replace(DEFAULT, **{name: x}).check()
+        if widget is not None and not widget[0] <= x <= widget[1]:
+            raise CurationError(f"the control shows {widget[0]} to {widget[1]}")
         return x
     return parse
 
@@ -67,17 +73,19 @@ def _budget(v: str):
 KNOBS = {
     "budget": (DEFAULT.budget, _budget),
     "confounders": (list(DEFAULT.confounders), lambda v: [c for c in v.split(",") if c]),
-    "mode": (DEFAULT.mode, _choice(MODES)),
-    "temper": (DEFAULT.temper, _in_range(0.0, 1.0)),
-    "tail_ratio": (DEFAULT.tail_core_ratio, _in_range(0.0, 10.0)),
-    "outliers": (DEFAULT.outliers, _choice(OUTLIER_POLICIES)),
+    "mode": (DEFAULT.mode, _field("mode", str)),
+    "temper": (DEFAULT.temper, _field("temper")),
+    "tail_ratio": (DEFAULT.tail_core_ratio, _field("tail_core_ratio", widget=(0.0, TAIL_RATIO_MAX))),
+    "outliers": (DEFAULT.outliers, _field("outliers", str)),
+    "tail": (DEFAULT.tail, _field("tail", str)),
+    "caption_guard": (DEFAULT.caption_guard or 0.0, _field("caption_guard", widget=(0.0, GUARD_MAX))),
     "dedup": (DEFAULT.dedup_eps is not None, _b),
-    "dedup_eps": (DEFAULT.dedup_eps or 0.05, _in_range(0.0, 0.999, lo_open=True)),
+    "dedup_eps": (DEFAULT.dedup_eps or 0.05, _field("dedup_eps", widget=(0.0001, 0.999))),
     "filter_col": (NO_FILTER, str),
-    "filter_op": ("==", _choice(OPERATORS)),
+    "filter_op": ("==", _choice(OPERATORS)),  # checked against the column by the library's filter parser
     "filter_value": ("", str),
-    "seed": (DEFAULT.seed, _in_range(0, 2**31 - 1, int)),
-    "guard": (DEFAULT.fidelity_guard or 0.0, _in_range(0.0, 0.45)),
+    "seed": (DEFAULT.seed, _field("seed", int)),
+    "guard": (DEFAULT.fidelity_guard or 0.0, _field("fidelity_guard", widget=(0.0, GUARD_MAX))),
     "exclude_clusters": ([], lambda v: list(selection.parse_cluster_list(v))),
     "exclude_sets": ([], lambda v: [c for c in v.split(",") if c]),
     "include_sets": ([], lambda v: [c for c in v.split(",") if c]),
@@ -88,7 +96,15 @@ GATE_PREFIX = "gate_"  # gate_<axis>: keep the best fraction (1.0 = no gate); ax
 
 
 def _parse_gate(v: str) -> float:
-    return _in_range(GATE_MIN, 1.0)(v)
+    """A URL gate: the best fraction kept, checked as a gate ``top=`` by the library."""
+    try:
+        x = float(v)
+    except ValueError:
+        raise CurationError("not a float") from None
+    Gate("url", top_q=x).threshold()
+    if not (np.isfinite(x) and GATE_MIN <= x):
+        raise CurationError(f"the control shows {GATE_MIN} to 1.0")
+    return x
 
 
 def _state() -> dict:
@@ -244,7 +260,8 @@ def config_from_state(n: int) -> tuple[SelectionConfig, list[str]]:
         mode=get("mode"), temper=float(get("temper")), tail_core_ratio=float(get("tail_ratio")),
         outliers=get("outliers"), dedup_eps=float(get("dedup_eps")) if get("dedup") else None,
         gates=gates, filters=filters, seed=int(get("seed")),
-        fidelity_guard=float(get("guard")) or None,
+        fidelity_guard=float(get("guard")) or None, tail=get("tail"),
+        caption_guard=float(get("caption_guard")) or None,
         exclude_clusters=tuple(sorted(set(get("exclude_clusters")))), exclude_sets=tuple(get("exclude_sets")),
         include_sets=tuple(get("include_sets")))
     return cfg, hints

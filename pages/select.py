@@ -8,7 +8,8 @@ import numpy as np
 import streamlit as st
 
 from curation import CurationError, charts, manifest, workflows
-from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES
+from curation.schema import SEED_MAX
+from curation.selection import MODES, OPERATORS, OUTLIER_POLICIES, TAILS
 from pages import _knobs, _shared, _text, _views
 
 st.title("Select & export")
@@ -32,14 +33,24 @@ def knobs_panel() -> None:
     _knobs.knob(st.selectbox, "mode", "Allocation across strata", MODES)
     if _knobs.get("mode") == "tempered":
         _knobs.knob(st.slider, "temper", "Temper (0 = proportional, 1 = balanced)", 0.0, 1.0, step=0.05)
-    _knobs.knob(st.number_input, "tail_ratio", "Tail picks per core pick", 0.0, 10.0, step=0.04)
-    _knobs.knob(st.selectbox, "outliers", "Outliers", OUTLIER_POLICIES)
+    _knobs.knob(st.number_input, "tail_ratio", "Tail picks per core pick", 0.0, _knobs.TAIL_RATIO_MAX,
+                step=0.04)
+    _knobs.knob(st.selectbox, "tail", "Tail", TAILS,
+                help="density: the pool's rarest rows by kNN density (the default); distance: CheXficient's "
+                     "per-cluster p85-p95 distance band (the default before config version 3)")
+    _knobs.knob(st.selectbox, "outliers", "Far from any cluster (outliers)", OUTLIER_POLICIES,
+                help="keep: eligible like any row (rare findings live there; the quality guards remove junk); "
+                     "drop; keep_last / keep_first: only after / before all others")
     _knobs.knob(st.checkbox, "dedup", "Drop near-duplicates")
     if _knobs.get("dedup"):
         _knobs.knob(st.number_input, "dedup_eps", "Duplicate if cosine > 1 - eps; eps =", 0.0001, 0.999,
                      step=0.005, format="%.4f")
+    _knobs.knob(st.number_input, "caption_guard", "Caption guard: drop the lowest caption-quality fraction "
+                "(0 = off)", 0.0, _knobs.GUARD_MAX, step=0.05, disabled="caption" in inp0.unavailable,
+                help="Placeholders such as 'IN PROGRESS' and content-free captions (model-free caption quality); "
+                     "a cluster the guards would empty keeps its best pair.")
     _knobs.knob(st.number_input, "guard", "Quality guard: drop the lowest-fidelity fraction (0 = off)", 0.0,
-                 0.45, step=0.05, disabled="fidelity" in inp0.unavailable,
+                 _knobs.GUARD_MAX, step=0.05, disabled="fidelity" in inp0.unavailable,
                  help="Pairs in the pool's bottom fraction of image-text fidelity are not eligible (a cluster "
                       "made only of them keeps its best pair). On by default: the tail and farthest-point picks "
                       "favour atypical pairs, and a wrong caption makes a pair atypical. Needs a shared space.")
@@ -53,7 +64,7 @@ def knobs_panel() -> None:
         if _knobs.get("filter_op") not in ("is null", "not null"):
             _knobs.knob(st.text_input, "filter_value", "Value (comma-separated for in / not in)",
                          help="Missing values match only `is null`; every other operator leaves them out.")
-    _knobs.knob(st.number_input, "seed", "Seed (random baseline)", 0, 2**31 - 1, step=1)
+    _knobs.knob(st.number_input, "seed", "Seed (random baseline)", 0, SEED_MAX, step=1)
     rules = ([("exclude_clusters", c, f"exclude cluster {_views.cluster_name(info, c)}")
               for c in _knobs.get("exclude_clusters")] +
              [("exclude_sets", r, f"exclude set {r}") for r in _knobs.get("exclude_sets")] +
