@@ -8,41 +8,18 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_helpers import APP, data_dir_copy
+from app_helpers import metric as _metric
+from app_helpers import open_app as _app
 from curation import runs, selection, store
 from curation.selection import Gate, SelectionConfig
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pages/quality.py", "pages/select.py"]
-
-
-def _data_dir(tmp_path, monkeypatch, db):
-    d = tmp_path / "data"
-    d.mkdir()
-    shutil.copy(db, d / "demo.duckdb")
-    (d / "demo_images").symlink_to(db.parent / "demo_images")
-    monkeypatch.setenv("CURATION_DATA_DIR", str(d))
-    return d
 
 
 @pytest.fixture
 def data_dir(analyzed_db, tmp_path, monkeypatch):
-    return _data_dir(tmp_path, monkeypatch, analyzed_db)
-
-
-def _app(page=None, params=None):
-    """A fresh AppTest session (URL ``params`` optional), opened on ``page``, with no exception."""
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _metric(at, label):
-    return next(m.value for m in at.metric if m.label == label)
+    return data_dir_copy(tmp_path, monkeypatch, analyzed_db)
 
 
 def test_overview_shows_the_demo_summary(read_only_app_data):
@@ -130,7 +107,7 @@ def test_a_config_that_selects_nothing_is_a_message(read_only_app_data):
 
 
 def test_no_analysis_yet_is_a_message(demo_db, tmp_path, monkeypatch):
-    _data_dir(tmp_path, monkeypatch, demo_db)
+    data_dir_copy(tmp_path, monkeypatch, demo_db)
     for page in PAGES:
         at = _app(page)
         assert any("no analysis yet" in w.value for w in at.warning), page

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from curation import analysis, jobs, runs, selection, store
-from test_app import _app, _data_dir, _metric
+from app_helpers import data_dir_copy as _data_dir
+from app_helpers import metric as _metric
+from app_helpers import open_app as _app
 from curation.selection import Gate, SelectionConfig
 
 OTHER_PAGES = ["pages/map.py", "pages/long_tail.py", "pages/confounders.py", "pages/quality.py", "pages/overview.py"]
