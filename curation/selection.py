@@ -347,7 +347,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     if cfg.tail == "distance":
         within, took_tail = _distance_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier)
     else:
-        within, took_tail = _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier)
+        within, took_tail = _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r)
     tier[is_out] = 0 if cfg.outliers == "keep_first" else 3
     # within < 2^40 for any pool below 10^9 rows and ratio above 10^-3: the tier dominates exactly
     seq_key = tier * 2.0**42 + within
@@ -401,7 +401,7 @@ def _distance_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier):
     return within, is_tail
 
 
-def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier):
+def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r):
     """The default queues (``tail="density"``): every non-outlier row stands in both.
 
     - the **tail queue** takes the stratum's rows by global rarity, the kNN ``tail_score`` (lowest
