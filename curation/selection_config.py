@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from curation.errors import CurationError
+from curation.schema import check_seed
 
 
 # 2 added fidelity_guard (a version-1 config reads as fidelity_guard=None, as it ran); 3 added tail
@@ -179,8 +180,6 @@ class SelectionConfig:
     def check(self) -> "SelectionConfig":
         """The bounds of every knob that do not depend on the data: one place for the CLI's flags,
         the config file, the app's widgets and its URL. Returns ``self``; raises :class:`CurationError`."""
-        from curation.schema import check_seed
-
         if self.mode not in MODES:
             raise CurationError(f"unknown mode {self.mode!r}. Fix: use one of {', '.join(MODES)}.")
         check_seed(self.seed)
