@@ -77,3 +77,21 @@ def rows(store) -> dict:
     t = store.read_table(S.ID_SETS, ["name", "sha256", "rows"])
     return {f"{nm}@{sha[:12]}": np.asarray(list(r), np.int64) for nm, sha, r in
             zip(t["name"], t["sha256"], t["rows"])}
+
+
+def describe(store, refs) -> dict:
+    """{"NAME@SHA12": {"kind", "n", "meta"}} for the given set references (what a sidecar records of
+    the rules it used: a region's polygons and analysis run, a search's text, an id file's name)."""
+    if not refs or not store.has_table(S.ID_SETS):
+        return {}
+    t = store.read_table(S.ID_SETS, ["name", "kind", "sha256", "n", "meta"])
+    out = {}
+    for nm, kind, sha, n, meta in zip(t["name"], t["kind"], t["sha256"], t["n"], t["meta"]):
+        ref = f"{nm}@{sha[:12]}"
+        if ref in refs:
+            try:
+                m = json.loads(meta) if meta else {}
+            except (TypeError, json.JSONDecodeError):
+                m = {}
+            out[ref] = {"kind": str(kind), "n": int(n), "meta": m}
+    return out

@@ -22,6 +22,7 @@ import numpy as np
 
 from curation import __version__
 from curation import schema as S
+from curation import id_sets
 from curation.atomic import replace_set, temp_name
 from curation.errors import CurationError, StateError
 from curation.pairs import iter_samples, split_key
@@ -436,6 +437,7 @@ def export(store, inp, result, cfg, run_id: str, out: str | Path, fmt: str = "pa
             "sidecar_version": SIDECAR_VERSION, "software_version": __version__,
             "dataset": {"name": store.name, "path": str(store.path.resolve()), "fingerprint": store.fingerprint},
             "analysis_run": run_id, "config": cfg.to_dict(), "format": fmt, "columns": list(columns or []),
+            "rules": id_sets.describe(store, [*cfg.exclude_sets, *cfg.include_sets]),
             **({"reshard": {"size": reshard, **shards}} if shards else {}),
             "manifest": {"file": p["manifest"].name, "sha256": file_hash(tmps["manifest"]), "rows": len(kept)},
             "dropped": {"file": p["dropped"].name, "rows": len(dropped), "sha256": file_hash(tmps["dropped"])},

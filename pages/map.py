@@ -6,7 +6,7 @@ captions and see the hits ringed on the map."""
 import numpy as np
 import streamlit as st
 
-from curation import charts
+from curation import charts, regions
 from pages import _shared, _text, _views
 
 st.title("Map")
@@ -91,7 +91,7 @@ if event and event.get("selection"):
         if cd is not None:
             picked.append(int(cd))
 picked = sorted(set(picked))
-if len(picked) == 1:
+if len(picked) == 1 and not regions.selection_regions(event.get("selection") if event else None):
     st.session_state["inspect_row"] = picked[0]
 
 row = st.session_state.get("inspect_row")
@@ -104,19 +104,23 @@ if row is not None and 0 <= int(row) < n_rows:
             st.session_state.pop("inspect_row", None)
             st.rerun()
 
-if len(picked) > 1:
-    rows = df.iloc[picked]
-    st.subheader(f"{len(rows):,} samples in the region (drawn points only)")
-    name = st.text_input("Rule name", f"region-{len(picked)}", key="region_name")
+polygons = regions.selection_regions(event.get("selection") if event else None)
+if polygons:  # a box or lasso: every row inside it, drawn or not (the map draws a sample)
+    inside = regions.rows_in_regions(df.map_x.to_numpy(), df.map_y.to_numpy(), polygons)
+    rows = df.iloc[inside]
+    st.subheader(f"{len(inside):,} samples in the region (every row inside it, of which {len(picked):,} drawn)")
+    name = st.text_input("Rule name", f"region-{len(inside)}", key="region_name")
+    meta = {"n": int(len(inside)), "analysis_run": run_id, "polygons": polygons}
     b1, b2 = st.columns(2)
-    if b1.button("Exclude this region from the subset", key="region_exclude"):
-        ref = _views.save_rule(path, name, picked, "exclude", "region", {"n": len(picked)})
+    if b1.button("Exclude this region from the subset", key="region_exclude", disabled=not len(inside)):
+        ref = _views.save_rule(path, name, inside, "exclude", "region", meta)
         if ref:
-            st.success(_text.esc(f"Rule added: exclude {ref}. It applies on Select & export and in exports."))
-    if b2.button("Force-include this region", key="region_include"):
-        ref = _views.save_rule(path, name, picked, "include", "region", {"n": len(picked)})
+            st.success(_text.esc(f"Rule added: exclude {ref} ({len(inside):,} samples). It applies on Select & "
+                                 f"export and in exports."))
+    if b2.button("Force-include this region", key="region_include", disabled=not len(inside)):
+        ref = _views.save_rule(path, name, inside, "include", "region", meta)
         if ref:
-            st.success(_text.esc(f"Rule added: include {ref}."))
+            st.success(_text.esc(f"Rule added: include {ref} ({len(inside):,} samples)."))
     _views.gallery(rows, "region", info.image_root)
 
 if hits is not None and hits.any():

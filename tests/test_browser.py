@@ -47,6 +47,7 @@ def app_url(analyzed_db, tmp_path_factory):
     reward.train(d / "demo.duckdb", d / "ratings.csv", progress=False)
     reward.score(d / "demo.duckdb", progress=False)
     with _serve(d) as url:
+        app_url.data_dir = d  # the region test reads the rule the page stored
         yield url
 
 
@@ -169,7 +170,7 @@ def test_overview_renders_in_chromium(browser, app_url):
 @pytest.fixture(scope="module")
 def map_page(browser, app_url):
     """The Map page, open and drawn: one page load for the render check and the interactions after it."""
-    page = open_page(browser, f"{app_url}/map", height=1100)
+    page = open_page(browser, f"{app_url}/map?points=2000", height=1100)  # half the 4,000 rows drawn
     try:
         page.get_by_text("Colour by").first.wait_for(timeout=60_000)
         page.locator(".js-plotly-plot .nsewdrag").first.wait_for(timeout=60_000)
@@ -281,7 +282,31 @@ def test_map_zoom_click_inspect_lasso_exclude_in_chromium(map_page):
         page.mouse.move(px, py, steps=8)
     page.mouse.up()
     page.get_by_text("samples in the region").first.wait_for(timeout=60_000)
+    shown = page.get_by_text("samples in the region").first.inner_text()
     page.get_by_role("button", name="Exclude this region from the subset").click()
     page.get_by_text("Rule added: exclude").first.wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "map_region_excluded.png"), full_page=True)
     assert_no_exception(page)
+    # the rule holds every row inside the lasso, drawn or not: counted here independently (winding
+    # numbers over the stored polygon and every row's map position)
+    import json
+
+    import numpy as np
+
+    from curation import analysis, id_sets, store
+
+    with store.open_store(app_url.data_dir / "demo.duckdb") as s:
+        rule = id_sets.latest(s)
+        rule = rule[rule["kind"] == "region"].iloc[-1]
+        rows = id_sets.rows(s)[f"{rule['name']}@{rule['sha256'][:12]}"]
+        df, _ = analysis.load(s)
+    poly = np.asarray(json.loads(rule["meta"])["polygons"][0], np.float64)
+    x, y = df.map_x.to_numpy(np.float64)[:, None], df.map_y.to_numpy(np.float64)[:, None]
+    a = np.arctan2(poly[:, 1][None] - y, poly[:, 0][None] - x)
+    turn = np.diff(np.concatenate([a, a[:, :1]], axis=1), axis=1)
+    turn = (turn + np.pi) % (2 * np.pi) - np.pi
+    inside = np.flatnonzero(np.abs(turn.sum(axis=1)) > np.pi)
+    assert len(inside) > 0 and np.array_equal(np.sort(rows), inside)
+    assert shown.startswith(f"{len(inside):,} samples in the region") and "drawn)" in shown, shown
+    drawn = int(shown.split("of which ")[1].split(" drawn")[0].replace(",", ""))
+    assert drawn < len(inside)  # the rule took the undrawn rows inside the lasso too
