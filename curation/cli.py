@@ -159,7 +159,8 @@ def cmd_analyze(a) -> int:
 
     if a.label_columns is not None:
 
-        workflows.declare_label_columns(a.db, _split_list(a.label_columns))
+        if not workflows.declare_label_columns(a.db, _split_list(a.label_columns)):
+            print("note: no label columns declared now (an empty --label-columns clears them).", file=sys.stderr)
     cfg = analysis.AnalysisConfig(space=a.space, k=a.k, seed=a.seed, core_pct=a.core_pct,
                                   tail_pct=a.tail_pct, dedup_eps=a.dedup_eps, knn_k=a.knn_k,
                                   map_fit_max=a.map_fit_max)
@@ -227,10 +228,15 @@ def cmd_select(a) -> int:
             ("--include-ids", a.include_ids), ("--exclude-set", a.exclude_set), ("--include-set", a.include_set),
             ("--analysis-run", a.analysis_run)) if given not in (None, False, [])]
         if knobs:
+            change = next((k for k in knobs if k != "--config"), "--budget")
             raise CurationError(f"--from reproduces the selection its sidecar records; {', '.join(knobs)} would "
                                 f"change it. Fix: drop {', '.join(knobs)}, or start from that selection and change "
-                                f"it: select DB --config {a.from_sidecar} {knobs[0]} ...")
+                                f"it: select DB --config {a.from_sidecar} {change} ...")
         side = manifest.read_sidecar(a.from_sidecar)
+        lacking = sorted({"budget", "version"} - set(side["config"]))
+        if lacking:
+            raise CurationError(f"sidecar {a.from_sidecar}: its config lacks {', '.join(lacking)}; it was edited, and "
+                                f"the selection it describes is unknown. Fix: re-export the selection.")
         db, run_id = a.db or side["dataset"]["path"], side["analysis_run"]
         cfg = SelectionConfig.from_dict(side["config"])
         fmt = manifest.format_for(a.out, a.format)  # what --out says, not what the sidecar's export was
@@ -323,15 +329,19 @@ def cmd_show(a) -> int:
 
 
 def cmd_search(a) -> int:
+    if a.save is not None and not a.save.strip():
+        raise CurationError("--save needs a set name, e.g. --save ptx.")
     with store.open_store(a.db) as s:
         hits = inspect.search(s, a.text, a.limit)
+        every = inspect.search(s, a.text, s.n_rows) if a.save and len(hits) == a.limit else hits
     for r in hits.itertuples():
         print(f"{r.id}\t{r.caption}")
-    print(f"{len(hits)} match(es){' (limit reached)' if len(hits) == a.limit else ''}", file=sys.stderr)
-    if a.save:
+    print(f"{len(hits)} match(es) shown{f' of {len(every):,}' if len(every) > len(hits) else ''}"
+          f"{' (limit reached: --limit N shows more)' if len(hits) == a.limit else ''}", file=sys.stderr)
+    if a.save:  # the set holds every match, not only the ones shown
         with store.open_store(a.db, read_only=False) as s:
-            ref = id_sets.save(s, a.save, hits["row_idx"].to_numpy(), kind="search", meta={"text": a.text})
-        print(f"saved as id set {ref}", file=sys.stderr)
+            ref = id_sets.save(s, a.save, every["row_idx"].to_numpy(), kind="search", meta={"text": a.text})
+        print(f"saved {len(every):,} match(es) as id set {ref}", file=sys.stderr)
     return 0
 
 

@@ -280,5 +280,6 @@ def add_search(sub):
     p.add_argument("db")
     p.add_argument("text")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
-    p.add_argument("--save", metavar="NAME", help="store the hits as the id set NAME (for --exclude-set/--include-set)")
+    p.add_argument("--save", metavar="NAME", help="store every match (not only the --limit shown) as the id set NAME "
+                                                  "(for --exclude-set/--include-set)")
     p.set_defaults(handler="search")

@@ -333,7 +333,7 @@ def heldout_split(meta, split_column: str | None, case=None, seed: int = 0, frac
         shown = ", ".join(values[:8]) + (" ..." if len(values) > 8 else "")
         if not mask.any():
             raise CurationError(f"split column {split_column!r} names no held-out set (its values: {shown}). "
-                                f"Fix: mark held-out rows as one of {', '.join(HELDOUT_VALUES[:4])}, pass another "
+                                f"Fix: mark held-out rows as one of {', '.join(HELDOUT_VALUES)}, pass another "
                                 f"--split-column, or leave it out for a case-grouped random 20%.")
         if mask.all():
             raise CurationError(f"split column {split_column!r} holds out every row (its values: {shown}); "
@@ -408,6 +408,9 @@ def evaluate(inp: SelectionInputs, features: np.ndarray, label: str, cfg, *, spl
     if not labelled.all():
         notes.append(f"{int((~labelled).sum()):,} rows without a {label} are left out of every probe "
                      f"(selected like any other row)")
+    if any("|" in str(c) for c in labels):
+        notes.append(f"{label} holds multi-label values (a|b): the probe is single-label, so each whole value is "
+                     f"one class here (the impact table counts each label)")
     test = test & labelled
     if len(np.unique(codes[test])) < 2:
         raise CurationError(f"the held-out rows hold {len(np.unique(codes[test]))} class(es) of {label!r}; the "

@@ -39,7 +39,7 @@ def emb_column(kind: str) -> str:
     return IMAGE_EMB if kind == "image" else TEXT_EMB
 
 
-SEED_MAX = 2**32 - 1  # faiss, numpy and sklearn all take a seed in [0, 2^32)
+SEED_MAX = 2**31 - 1  # faiss takes an int32 seed; numpy and sklearn take it too
 
 
 def check_seed(seed) -> int:

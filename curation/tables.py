@@ -168,14 +168,21 @@ def parse_column_types(text: str | None) -> dict[str, str]:
     """``"zip=text,age=number"`` -> {"zip": "text", "age": "number"} (types: text, number,
     integer, boolean)."""
     out = {}
+    if text is None:
+        return out
+    if not text.strip():
+        raise InputError("--column-types is empty.", fix="e.g. zip=text,age=number, or leave the flag out.")
     for item in (text or "").split(","):
         if not item.strip():
-            continue
+            raise InputError(f"--column-types {text!r} has an empty item.", fix="e.g. zip=text,age=number.")
         name, sep, kind = item.partition("=")
         kind = kind.strip().lower()
         if not sep or not name.strip() or kind not in COLUMN_TYPES:
             raise InputError(f"--column-types item {item.strip()!r} is not COLUMN=TYPE.",
                              fix=f"e.g. zip=text,age=number (types: {', '.join(COLUMN_TYPES)}).")
+        if out.get(name.strip(), kind) != kind:
+            raise InputError(f"--column-types gives {name.strip()!r} two types ({out[name.strip()]}, {kind}).",
+                             fix="give each column one type.")
         out[name.strip()] = kind
     return out
 
@@ -201,7 +208,7 @@ def apply_column_types(table, column_types: dict, file=None):
                 col = pc.cast(pc.utf8_trim_whitespace(col) if pa.types.is_string(col.type) and kind != "text" else col,
                               target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise InputError(f"column {name!r} cannot be read as {kind}: {str(e).splitlines()[0][:200]}",
+                raise InputError(f"column {name!r} cannot be read as {kind}: {str(e).splitlines()[0][:200]}.",
                                  file=file, column=name, fix=f"clean its values, or drop {name}={kind}.") from None
         table = table.set_column(table.column_names.index(name), name, col)
     return table

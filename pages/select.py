@@ -101,7 +101,8 @@ def results_panel() -> None:
     with left:
         st.subheader("Impact: subset vs random subset of the same size")
         st.dataframe(impact.round(4), key="impact_table")
-        warns = ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
+        warns = workflows.rule_warnings(inp, cfg) + ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders,
+                                                                 subset=impact["subset"].to_dict())
         for w in warns:
             st.warning(_text.esc(w))
         st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "

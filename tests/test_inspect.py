@@ -115,7 +115,7 @@ def test_id_files_exclude_and_include(analyzed_copy, run_cli, tmp_path):
 
 def test_saved_search_as_a_rule(analyzed_copy, run_cli, tmp_path):
     code, _, err = run_cli("search", analyzed_copy, "pneumothorax", "--limit", "100000", "--save", "ptx")
-    assert code == 0 and "saved as id set ptx@" in err
+    assert code == 0 and "as id set ptx@" in err
     code, _, err = run_cli("select", analyzed_copy, "--budget", "0.5", "--exclude-set", "ptx", "--out", tmp_path / "m.parquet")
     assert code == 0, err
     assert not pd.read_parquet(tmp_path / "m.parquet").caption.str.contains("pneumothorax", case=False).any()

@@ -362,3 +362,48 @@ def test_missing_images_say_how_to_unpack_their_archive(tmp_path):
     (tmp_path / "images.tgz").write_bytes(b"")
     with pytest.raises(CurationError, match=r"images.tgz does: unpack it \(tar -xzf"):
         images.resolve_image(tmp_path, "images/x.jpg")
+
+
+# --- found by a hostile-input pass over the new flags ------------------------------------------------
+def test_seeds_above_int32_are_one_clear_error(analyzed_copy, run_cli):
+    code, _, err = run_cli("analyze", analyzed_copy, "--seed", str(2**31), "--steps", "prototypes")
+    assert code == 2 and "seed" in err and _one_line(err), err
+
+
+def test_search_save_stores_every_match_not_only_those_shown(analyzed_copy, run_cli):
+    code, _, err = run_cli("search", analyzed_copy, "normal", "--limit", "5", "--save", "normals")
+    assert code == 0, err
+    with store.open_store(analyzed_copy) as s:
+        n = len(s.search_captions("normal", s.n_rows))
+        saved = id_sets.rows(s)[id_sets.refs(s)[0]]
+    assert n > 5 and len(saved) == n and f"saved {n:,} match(es)" in err
+    code, _, err = run_cli("search", analyzed_copy, "normal", "--save", "")
+    assert code == 2 and "--save needs a set name" in err
+
+
+def test_column_types_conflicts_and_empty_items_are_refused():
+    from curation.errors import InputError
+    from curation.tables import parse_column_types
+
+    assert parse_column_types("zip=text, age=number") == {"zip": "text", "age": "number"}
+    for bad, words in (("flag=boolean,flag=text", "two types"), ("flag=boolean,,age=number", "empty item"),
+                       ("", "is empty"), ("zip", "COLUMN=TYPE")):
+        with pytest.raises(InputError, match=words):
+            parse_column_types(bad)
+
+
+def test_rules_that_cannot_match_warn_and_a_reproduction_says_why_it_differs(analyzed_copy, run_cli, tmp_path):
+    code, _, err = run_cli("select", analyzed_copy, "--budget", "10", "--filter", "site in A,B",
+                           "--out", tmp_path / "f.parquet")
+    assert code == 0 and "warning: filter site in ['A', 'B'] matches no row of the pool" in err and "site_" in err
+    assert run_cli("select", analyzed_copy, "--budget", "0.1", "--out", tmp_path / "a.parquet")[0] == 0
+    side = tmp_path / "a.parquet.sidecar.json"
+    code, _, err = run_cli("select", "--from", side, "--columns", "site", "--out", tmp_path / "b.parquet")
+    assert code == 0 and "it carried the columns [], this one ['site']" in err, err
+    code, _, err = run_cli("select", "--from", side, "--config", side, "--out", tmp_path / "c.parquet")
+    assert code == 2 and "--config " + str(side) + " --budget" in err
+    edited = json.loads(side.read_text())
+    del edited["config"]["budget"]
+    (tmp_path / "e.json").write_text(json.dumps(edited))
+    code, _, err = run_cli("select", "--from", tmp_path / "e.json", "--out", tmp_path / "e.parquet")
+    assert code == 2 and "its config lacks budget" in err
