@@ -141,8 +141,6 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     """Read the arrays a selection needs from a dataset's analysis run."""
     import pandas as pd
 
-
-
     rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
     run_id = rec.run_id
     df, _ = analysis.load(store, run_id)
@@ -155,7 +153,8 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
         if col in df.columns and df[col].notna().any():
             scores[axis] = df[col].to_numpy(np.float64)
         else:
-            unavailable[axis] = (NOT_SHARED if axis == "fidelity" else
+            # the run's own reason when it recorded one ("the dataset lacks image or text embeddings"...)
+            unavailable[axis] = (rec.outputs.get("fidelity_reason") or NOT_SHARED if axis == "fidelity" else
                                  "not available: no captions, or the quality step has not run" if axis == "caption"
                                  else "not computed (run the quality step)")
     for col in df.columns:  # reward model scores, when present
