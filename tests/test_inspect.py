@@ -129,3 +129,22 @@ def test_bad_rules_are_one_line(analyzed_copy, run_cli, tmp_path):
     with pytest.raises(CurationError, match="id set 'x@000000000000' is not in this dataset"):
         with store.open_store(analyzed_copy) as s:
             selection.select(selection.load_inputs(s), SelectionConfig(exclude_sets=("x@000000000000",)))
+
+
+def test_distinct_clusters_get_distinct_names(analyzed_db):
+    """k-means splits the demo's head finding over many prototypes; each still gets its own name."""
+    from curation.labels import _distinct, cluster_labels
+
+    with store.open_store(analyzed_db) as s:
+        labels = analysis.cluster_label_map(s, runs.latest_run(s))
+    names = [v for v in labels.values() if v]
+    assert len(set(names)) == len(names)
+    shared = "edema knee " * 6
+    caps = [shared + "effusion", shared + "fracture", shared + "fracture", shared, "tumor lung"]
+    names = cluster_labels(caps, np.array([0, 1, 1, 2, 3]), 4, words=2)
+    # clusters 1 and 2 share "edema knee"; the word that sets cluster 1 apart is added to its name
+    assert names == ["effusion edema", "edema knee · fracture", "edema knee", "lung tumor"]
+    # identical texts cannot be told apart by words: numbered by size
+    import scipy.sparse as sp
+
+    assert _distinct(["a", "a", "b"], sp.csr_matrix(np.ones((3, 2))), np.array(["x", "y"])) == ["a", "a #2", "b"]
