@@ -43,3 +43,28 @@ def app_words(msg: str) -> str:
     for cli, app in APP_WORDS:
         msg = msg.replace(cli, app)
     return msg
+
+
+# plain words for what a curator reads; the technical name stays beside it, for the help and the CLI
+PLAIN_COLUMNS = {
+    "prototype": "cluster (k-means prototype)", "hdbscan_label": "density cluster (HDBSCAN)",
+    "band": "typical / rare edge / far from its cluster (band)", "selection": "in the subset or not",
+    "knn_density": "how crowded its neighbourhood is (kNN density)", "tail_score": "rarity in the pool (tail score)",
+    "glosh_score": "far from any cluster (GLOSH outlier score)", "proto_dist": "distance to its cluster centre",
+    "fidelity_score": "caption matches the image (fidelity)", "consistency_score": "caption agrees with similar "
+    "images' captions (consistency)", "caption_score": "caption quality (placeholders, content words)",
+}
+PLAIN_REASONS = {
+    "kept_tail": "kept: rare in the pool", "kept_core_fps": "kept: covers its cluster (farthest-point order)",
+    "kept_outlier": "kept: far from any cluster", "kept_by_rule": "kept: included by a rule",
+    "dropped_duplicate": "dropped: near-copy of a kept sample", "dropped_below_gate": "dropped: below a quality gate",
+    "dropped_outlier": "dropped: far from any cluster", "dropped_filtered": "dropped: filtered out",
+    "dropped_over_budget": "eligible, over the budget", "dropped_low_fidelity": "dropped: caption does not match "
+    "its image (fidelity guard)", "dropped_by_rule": "dropped: excluded by a rule",
+    "dropped_low_caption_quality": "dropped: placeholder or empty caption (caption guard)",
+}
+
+
+def plain(name: str, table: dict = PLAIN_COLUMNS) -> str:
+    """A column or reason in a curator's words (the name itself when there is none)."""
+    return table.get(str(name), str(name))

@@ -21,7 +21,8 @@ categorical = ["prototype", "hdbscan_label", "band", "selection"] + info.meta_co
 can_select = "density" in info.run["steps"]
 options = [c for c in categorical + numeric if (c == "selection" and can_select) or c in df.columns]
 c1, c2, c3 = st.columns([2, 2, 3])
-color = c1.selectbox("Colour by", options, key="map_color")
+color = c1.selectbox("Colour by", options, key="map_color", format_func=_text.plain,
+                     help="Each choice names the technical column in brackets (the CLI's and the exports' name).")
 if n_rows > 2_000:
     top = min(200_000, n_rows)
     if "map_points" not in st.session_state:  # ?points=N opens the map with N points drawn

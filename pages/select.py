@@ -109,7 +109,8 @@ def results_panel() -> None:
                    f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
     with right:
         st.subheader("Reasons")
-        st.dataframe({"reason": list(sm["reasons"]), "samples": list(sm["reasons"].values())}, hide_index=True)
+        st.dataframe({"why": [_text.plain(r, _text.PLAIN_REASONS) for r in sm["reasons"]],
+                      "samples": list(sm["reasons"].values()), "reason code": list(sm["reasons"])}, hide_index=True)
         if len(res.stratum_labels) > 1:
             st.dataframe(sm["strata"], hide_index=True)
 
