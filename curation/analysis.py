@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -230,8 +230,6 @@ def _features(store, n: int):
 
 def resolve_space(config: AnalysisConfig, kinds) -> AnalysisConfig:
     """``space="auto"``: the joint space when both modalities exist, else the one present."""
-    from dataclasses import replace
-
     kinds = list(kinds)
     if config.space != "auto":
         return config
@@ -276,9 +274,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         kinds = [k for k in S.EMB_KINDS if store.dim(k) is not None]
         config = resolve_space(config, kinds)
         if not config.label_columns and store.label_columns():  # the dataset's declared labels
-            from dataclasses import replace as _replace
-
-            config = _replace(config, label_columns=tuple(store.label_columns()))
+            config = replace(config, label_columns=tuple(store.label_columns()))
         config.validate(n)
         if "map" in steps and n < MAP_MIN_ROWS:  # before any vector is read
             raise CurationError(f"the map step needs at least {MAP_MIN_ROWS} samples; this dataset has {n}. "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from dataclasses import replace as with_fields  # ingest() has a `replace` flag
 from pathlib import Path
 
 import numpy as np
@@ -533,12 +534,10 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     Models and ``shared_space`` not given are taken from what the input says of itself
     (``inp.meta``: an ``embed`` output folder records its model), as is the embed record.
     """
-    from dataclasses import replace as _replace
-
 
     if column_types:
-        inp = _replace(inp, samples=apply_column_types(inp.samples, column_types, inp.sources.get("metadata")))
-    inp = _replace(inp, samples=_storable(inp.samples))
+        inp = with_fields(inp, samples=apply_column_types(inp.samples, column_types, inp.sources.get("metadata")))
+    inp = with_fields(inp, samples=_storable(inp.samples))
     names = inp.samples.column_names
     labels = check_label_columns(names, [*([label_column] if label_column else []), *label_columns])
     extra_meta = {"case_column": infer_case_column(names, case_column), "label_column": labels[0] if labels else None,

@@ -1,6 +1,12 @@
 """Table and column names, dtypes and the schema version: the one place they are spelled out."""
 
 from __future__ import annotations
+
+import decimal
+import json
+
+import numpy as np
+
 from curation.errors import CurationError
 
 SCHEMA_VERSION = 1
@@ -43,11 +49,8 @@ SEED_MAX = 2**31 - 1  # faiss takes an int32 seed; numpy and sklearn take it too
 
 
 def check_seed(seed) -> int:
-    """A seed every random step accepts: a whole number in [0, 2^32 - 1] (one rule for the CLI, the
-    config files and the app)."""
-    import numpy as np
-
-
+    """A seed every random step accepts: a whole number in [0, 2^31 - 1] (faiss takes an int32;
+    one rule for the CLI, the config files and the app)."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
         raise CurationError(f"seed {seed!r} must be a whole number from 0 to {SEED_MAX}. Fix: e.g. --seed 0.")
     return int(seed)
@@ -65,8 +68,6 @@ class UnusableColumn(ValueError):
 
 
 def _canonical(v):
-    import numpy as np
-
     if isinstance(v, np.ndarray):
         return [_canonical(x) for x in v.tolist()]
     if isinstance(v, (list, tuple)):
@@ -85,9 +86,6 @@ def category_values(series):
     (lists, structs, maps) becomes canonical JSON text; one holding decimals becomes float.
     Raises :class:`UnusableColumn` for binary data.
     """
-    import decimal
-    import json
-
     if series.dtype != object:
         return series
     kinds = set(series.dropna().map(type))
@@ -98,8 +96,6 @@ def category_values(series):
     if kinds <= {decimal.Decimal}:
         return series.map(lambda v: None if v is None else float(v)).astype("float64")
     nested = (list, tuple, dict)
-    import numpy as np
-
     if any(issubclass(k, nested + (np.ndarray,)) for k in kinds):
         return series.map(lambda v: v if v is None or (isinstance(v, float) and v != v)
                           else json.dumps(_canonical(v), sort_keys=True, default=str, ensure_ascii=False))

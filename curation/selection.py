@@ -36,7 +36,7 @@ from curation.selection_inputs import SelectionCache, SelectionInputs, _frozen, 
 __all__ = ["CONFIG_VERSION", "MISSING", "MODES", "OPERATORS", "OUTLIER_POLICIES", "QUALITY_AXES", "TAILS",
            "V2_DEFAULTS", "Filter", "Gate", "SelectionConfig", "SelectionCache", "SelectionInputs", "SelectionResult",
            "load_inputs", "make_filter", "parse_budget", "parse_cluster_list", "parse_filter", "parse_gate",
-           "select", "strata", "validate_config", "factorize_column", "_filter_mask"]
+           "select", "strata", "validate_config", "factorize_column"]
 
 
 # reason codes, one per pool sample
@@ -242,7 +242,7 @@ def select(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
         cached = _order(inp, cfg, None)
     else:
         cached = cache.get((inp.key, "order", cfg.order_key()), lambda: _order(inp, cfg, cache))
-    order, code0, which, stratum, labels, pool_sizes, eligible = cached
+    order, code0, which, stratum, labels, pool_sizes, eligible, matching_nothing = cached
     n = inp.n
     budget = cfg.budget_count(n)
     take = min(budget, len(order))
@@ -263,6 +263,7 @@ def select(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     summary = {
         "pool": n, "budget": budget, "selected": int(take), "eligible": int(len(order)),
         "shortfall": int(budget - take),
+        "filters_matching_nothing": list(matching_nothing),  # indices into cfg.filters, no pool row passes
         "reasons": {r: int(m) for r, m in zip(REASONS, n_codes) if m},
         "strata": [{"stratum": labels[s], "pool": int(pool_sizes[s]), "eligible": int(eligible[s]),
                     "selected": int(counts[s])} for s in range(len(labels))],
@@ -295,8 +296,11 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     code[excluded] = _CODE[DROP_RULE]
     eligible &= ~excluded & ~forced  # forced rows skip every other rule and go first
 
+    matching_nothing = []
     for i, f in enumerate(cfg.filters):
         m = _filter_mask(f, inp.meta[f.column])
+        if not m.any():
+            matching_nothing.append(i)
         newly = eligible & ~m
         code[newly], which[newly] = _CODE[DROP_FILTER], i
         eligible &= m
@@ -372,7 +376,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     code[first] = _CODE[KEPT_RULE]
     order = np.concatenate([first, order]).astype(np.int64)
     eligible_per_stratum = np.bincount(stratum[order], minlength=len(labels))
-    return order, code, which, stratum, labels, pool_sizes, eligible_per_stratum
+    return order, code, which, stratum, labels, pool_sizes, eligible_per_stratum, matching_nothing
 
 
 def _round_robin(inp, rows, st, cl, queue_key, prio, n_st, n_cl) -> np.ndarray:

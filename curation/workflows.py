@@ -242,15 +242,16 @@ def with_id_sets(db, cfg: SelectionConfig, *, exclude_file=None, include_file=No
                    include_sets=tuple(dict.fromkeys(refs["include_sets"])))
 
 
-def rule_warnings(inp, cfg: SelectionConfig) -> list[str]:
+def rule_warnings(inp, cfg: SelectionConfig, result) -> list[str]:
     """Rules that cannot do what they seem to: a filter that no row of the pool passes (with the
-    column's values, so a typo shows), a set both excluded and included (exclusion wins)."""
+    column's values, so a typo shows; found while the order was built, so no filter runs twice), a
+    set both excluded and included (exclusion wins)."""
     out = []
-    for f in cfg.filters:
-        if not selection._filter_mask(f, inp.meta[f.column]).any():
-            vals = inp.meta[f.column].dropna().astype(str).unique()[:6]
-            out.append(f"filter {f.column} {f.op} {f.value!r} matches no row of the pool ({f.column}'s values "
-                       f"include: {', '.join(map(repr, vals)) or 'none'}).")
+    for i in result.summary.get("filters_matching_nothing", []):
+        f = cfg.filters[i]
+        vals = inp.meta[f.column].dropna().astype(str).unique()[:6]
+        out.append(f"filter {f.column} {f.op} {f.value!r} matches no row of the pool ({f.column}'s values "
+                   f"include: {', '.join(map(repr, vals)) or 'none'}).")
     both = sorted(set(cfg.exclude_sets) & set(cfg.include_sets))
     if both:
         out.append(f"id set(s) {', '.join(both)} are both excluded and included; exclusion wins.")
@@ -294,7 +295,7 @@ def select_and_export(db, cfg: SelectionConfig, out, fmt: str | None = None, *, 
                                     seed=cfg.seed, dedup_eps=eps)
         impact = ctx.compare(res.selected, cfg.seed)
         warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
-        warns = rule_warnings(inp, cfg) + warns
+        warns = rule_warnings(inp, cfg, res) + warns
     exported = export_selection(db, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),
                                 overwrite=overwrite, warnings=warns, allow_missing=allow_missing, columns=columns,
                                 reshard=reshard)

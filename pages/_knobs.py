@@ -9,6 +9,8 @@ with the library's own parsers: a bad value is dropped with a notice, never a tr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import streamlit as st
 
@@ -43,8 +45,6 @@ def _field(name: str, cast=float, widget: tuple | None = None):
     """A URL value for the config field ``name``: cast, then checked by the library's own bounds
     (:meth:`curation.selection.SelectionConfig.check`, the CLI's and the config file's), then by
     the widget's range where it is narrower (a slider cannot show more)."""
-    from dataclasses import replace
-
     def parse(v: str):
         try:
             x = cast(v)

@@ -101,7 +101,7 @@ def results_panel() -> None:
     with left:
         st.subheader("Impact: subset vs random subset of the same size")
         st.dataframe(impact.round(4), key="impact_table")
-        warns = workflows.rule_warnings(inp, cfg) + ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders,
+        warns = workflows.rule_warnings(inp, cfg, res) + ctx.warnings(res.selected, sm, cfg.mode, cfg.confounders,
                                                                  subset=impact["subset"].to_dict())
         for w in warns:
             st.warning(_text.esc(w))
