@@ -26,10 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from curation import runs
+from curation import checkpoint, runs
 from curation import runs as R
 from curation import schema as S
-from curation.analysis_steps import MAP_MIN_ROWS, STEP_FUNCS, _Inputs, _space
+from curation.analysis_steps import MAP_MIN_ROWS, STEP_FUNCS, StepResult, _Inputs, _space
 from curation.errors import CurationError, StateError
 from curation.prototypes import default_k
 from curation.runs import REQUIRES, STEPS
@@ -202,30 +202,18 @@ def load_table(store, run_id: str, which: str):
 
 
 # ---------------------------------------------------------------------------------------------
-def _features(store, n: int):
-    """All present kinds, each half L2-normalised, side by side; joint-scaled when both present.
-
-    Each kind is read straight into its columns of F and normalised in chunks, so the peak is
-    F itself (4 GB at 1M x (512 + 512)), not F plus copies.
-    Returns (F, slices) with slices = {kind: slice of F's columns}.
-    """
+def features(store):
+    """The dataset's vectors as the analysis sees them, read on demand: a
+    :class:`curation.vector_io.Features` (each kind L2-normalised, side by side, joint-scaled when
+    both are present) and {kind: its slice of the columns}. Nothing is read until rows are asked
+    for; close ``F.source`` when done (an inline dataset's source holds a read connection)."""
+    from curation.vector_io import Features
 
     kinds = [k for k in S.EMB_KINDS if store.dim(k) is not None]
     if not kinds:
         raise StateError(f"dataset {store.name} has no embeddings.")
-    dims = [store.dim(k) for k in kinds]
-    F = np.empty((n, sum(dims)), np.float32)
-    slices, off = {}, 0
-    for kind, d in zip(kinds, dims):
-        part = F[:, off:off + d]
-        store.vectors([kind], out={kind: part})  # read straight into F: no second copy
-        for i in range(0, n, 1 << 16):
-            part[i:i + (1 << 16)] = normalize(part[i:i + (1 << 16)])
-        slices[kind] = slice(off, off + d)
-        off += d
-    if len(kinds) == 2:
-        F *= np.float32(1 / np.sqrt(2))
-    return F, slices
+    F = Features(store.vector_source(), kinds)
+    return F, F.slices
 
 
 def resolve_space(config: AnalysisConfig, kinds) -> AnalysisConfig:
@@ -309,7 +297,11 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                                 and S.CAPTION in [c for c, _ in store.columns()] else None),
                       meta=store.samples(store.metadata_columns()) if "confounders" in steps else None,
                       case_column=store.meta.get("case_column"))
-        inp.F, inp.slices = _features(store, n)
+        inp.F, inp.slices = features(store)
+        inp.work = work_folder(db, run_id)
+        if force:
+            checkpoint.clear(inp.work)
+        checkpoint.drop_partitions(inp.work)  # left by a killed run: rebuilt from the vectors
         prev_outputs = dict(prev.outputs) if prev and done_steps else {}
         prev_timings = dict(prev.timings) if prev and done_steps else {}
     inp.X = _space(inp.F, inp.slices, config.space)
@@ -319,14 +311,30 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
 
     tables: dict[str, object] = {}
     outputs = {k: v for k, v in prev_outputs.items() if k not in ("tables", "k", "steps", "n")}
-    for step in steps:
-        t = time.perf_counter()
-        res = STEP_FUNCS[step](inp, prog)
-        inp.out = inp.out.assign(**res.columns)
-        tables.update({names[k]: v for k, v in res.tables.items()})
-        outputs.update(res.outputs)
-        timings[step] = time.perf_counter() - t
-        peaks[step] = _peak_rss_gb()
+    try:
+        for step in steps:
+            t = time.perf_counter()
+            kept = checkpoint.load(inp.work, step) if not force else None
+            if kept is not None:  # an interrupted run of this config and dataset got this far
+                log.info("analysis %s: step %s resumed from %s", run_id, step, inp.work)
+                prog(step, 1, 1)
+                res = StepResult(*kept[:3])
+                timings_step = kept[3]
+                if step == "prototypes":
+                    pt = res.tables["prototypes"]
+                    inp.centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
+            else:
+                res = STEP_FUNCS[step](inp, prog)
+                timings_step = time.perf_counter() - t
+                checkpoint.save(inp.work, step, res, timings_step)
+            inp.out = inp.out.assign(**res.columns)
+            tables.update({names[k]: v for k, v in res.tables.items()})
+            outputs.update(res.outputs)
+            timings[step] = timings_step if timings_step is not None else time.perf_counter() - t
+            peaks[step] = _peak_rss_gb()
+    finally:
+        inp.F.source.close()
+        checkpoint.drop_partitions(inp.work)  # as large as the vectors; rebuilt from them when needed
 
     del inp.F, inp.X
     tables[names["samples"]] = inp.out
@@ -341,8 +349,16 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
             raise StateError(f"dataset {db} changed during the analysis; nothing was written. Fix: run it again.")
         store.record_run("analysis", json.loads(config.to_json()), timings, outputs, run_id=run_id,
                          extra_tables=tables)
+    checkpoint.clear(inp.work)
     log.info("analysis %s done in %.1f s", run_id, timings["total"])
     return run_id
+
+
+def work_folder(db, run_id: str) -> Path:
+    """Where a run keeps its finished steps and by-cluster partitions until it is recorded:
+    ``<dataset>.work/<run id>/`` (removed when the run lands)."""
+    db = Path(db)
+    return db.with_name(db.name + ".work") / run_id
 
 
 def _peak_rss_gb() -> float | None:

@@ -15,6 +15,7 @@ from curation import quality as Q
 from curation import schema as S
 from curation.errors import CurationError
 from curation.labels import cluster_labels
+from curation.vector_io import Features
 
 
 def _space(F: np.ndarray, slices: dict, space: str) -> np.ndarray:
@@ -31,7 +32,10 @@ def _space(F: np.ndarray, slices: dict, space: str) -> np.ndarray:
 
 def _half(F, slices, kind, copy: bool = True) -> np.ndarray:
     """One modality's unit vectors: a contiguous copy, or (``copy=False``) a view of F whose rows
-    have norm 1/sqrt(2) in the joint layout (the quality functions normalise chunk by chunk)."""
+    have norm 1/sqrt(2) in the joint layout (the quality functions normalise chunk by chunk).
+    On a :class:`curation.vector_io.Features` both are read on demand (unit rows, or the scaled half)."""
+    if isinstance(F, Features):
+        return F.half(kind) if not copy else Features(F.source, [kind], partitions=F.partitions)
     if not copy:
         return F[:, slices[kind]]
     part = np.ascontiguousarray(F[:, slices[kind]])
@@ -77,6 +81,28 @@ class _Inputs:
     label_columns: tuple = ()
     centroids: np.ndarray | None = None  # from a previous prototypes step of this run
     captions: object = None         # caption texts (quality), None without a caption column
+    work: object = None             # the run's work folder (Path): by-cluster partitions, finished steps
+
+
+def _by_cluster(inp: _Inputs, X, assign: np.ndarray, name: str, prog=None, step: str = "") -> None:
+    """Give ``X`` (read on demand) a copy of its vectors in the order of ``assign``, so the rows of
+    one cluster are one contiguous read for the per-cluster work (FPS, kNN). In-memory arrays and
+    runs without a work folder need none."""
+    from curation.checkpoint import partitions_dir
+
+    if not isinstance(X, Features) or inp.work is None:
+        return
+    if any(getattr(p, "name", None) == name for p in X.partitions):
+        return
+    done = [0]
+
+    def part_prog(m):
+        done[0] += m
+        if prog:
+            prog(f"{step}: partition", done[0], len(assign) * len(X.kinds))
+
+    part = X.partition(assign, partitions_dir(inp.work, name), progress=part_prog)
+    part.name = name
 
 
 def _step_prototypes(inp: _Inputs, prog) -> StepResult:
@@ -94,6 +120,7 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
         done[0] += m
         prog("prototypes", done[0], n)
 
+    _by_cluster(inp, X, protos.assign, "prototypes", prog, "prototypes")
     fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog)
     inp.centroids = protos.centroids
 
@@ -131,6 +158,7 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         prog("density", done[0], total)
 
     probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes)
+    _by_cluster(inp, X, inp.out["prototype"].to_numpy(), "prototypes", prog, "density")
     nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog)
     dens = D.knn_density(sim)
     cols = dict(knn_density=dens, tail_score=D.tail_score(dens))
@@ -147,6 +175,7 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         pd_ = P.fit_prototypes(Xd, inp.k, seed=cfg.seed, niter=min(cfg.kmeans_iters, 10),
                                max_train=min(cfg.kmeans_train_max, 64 * inp.k))
         dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes)
+        _by_cluster(inp, Xd, pd_.assign, f"{kind}-clusters", prog, "density")
         dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog)
         dsim = np.where(np.isfinite(dsim), dsim * scale, dsim).astype(np.float32)
         tables["dedup_knn"] = _knn_table(dnbr, dsim)

@@ -31,12 +31,10 @@ def vectors_to_arrow(vecs: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(values, d)
 
 
-def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
-    """Content hash of a dataset: the samples table (Arrow IPC bytes) and every vector byte.
-
-    Two datasets with equal ids, metadata and embeddings have equal fingerprints; any change to a
-    value changes it. blake2b runs at about 1 GB/s, so 1M x 512 x 2 costs about 4 s at ingest.
-    """
+def fingerprint_hasher(samples):
+    """A blake2b hasher fed the schema version and the samples table (Arrow IPC bytes); the
+    vectors follow (:func:`compute_fingerprint`, or :func:`curation.vector_io.write_shards` while
+    it writes them)."""
     import pyarrow as pa
 
     h = hashlib.blake2b(digest_size=16)
@@ -45,6 +43,18 @@ def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> st
     with pa.ipc.new_stream(sink, samples.schema) as w:
         w.write_table(samples)
     h.update(sink.getvalue())
+    return h
+
+
+def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
+    """Content hash of a dataset: the samples table (Arrow IPC bytes) and every vector byte.
+
+    Two datasets with equal ids, metadata and embeddings have equal fingerprints; any change to a
+    value changes it. blake2b runs at about 1 GB/s, so 1M x 512 x 2 costs about 4 s at ingest.
+    Vectors stored as float32 shards hash to the same value as inline ones (same bytes); float16
+    shards hash their float16 bytes, so they are a different dataset (their results differ).
+    """
+    h = fingerprint_hasher(samples)
     for kind in S.EMB_KINDS:
         v = vectors.get(kind)
         h.update(kind.encode())

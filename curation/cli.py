@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from curation import (analysis, cli_args, demo, embed, embed_ray, id_sets, ingest, inspect, manifest, reward,
-                      selection, store, tables, workflows)
+                      selection, store, tables, vector_io, workflows)
 from curation.errors import CurationError, InterruptedAfterWrite
 from curation.selection import SelectionConfig
 
@@ -58,10 +58,13 @@ def cmd_ingest(a) -> int:
         inp = ingest.read_clip_retrieval(a.clip_retrieval, id_column=a.id_column, image_root=a.image_root)
     fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
                        shared_space=a.shared_space, case_column=a.case_column, label_column=a.label_column,
-                       column_types=column_types, label_columns=_split_list(a.label_columns))
+                       column_types=column_types, label_columns=_split_list(a.label_columns),
+                       vector_layout=a.vector_layout, vector_dtype=a.vector_dtype)
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
+    with store.open_store(a.db) as s:
+        where = vector_io.describe(s.meta.get("vectors"))
     print(f"ingested {inp.samples.num_rows} samples into {a.db} (image dim {dims['image']}, "
-          f"text dim {dims['text']}), fingerprint {fp} ({time.time() - t:.1f} s)")
+          f"text dim {dims['text']}; vectors {where}), fingerprint {fp} ({time.time() - t:.1f} s)")
     return 0
 
 

@@ -61,6 +61,11 @@ def add_ingest(sub):
                    help="force metadata column types: text, number, integer, boolean (e.g. zip=text,age=number). "
                         "Without it a CSV column is a number only when every value reads back unchanged: "
                         "codes with leading zeros (02139) and over-long numbers stay text")
+    p.add_argument("--vector-layout", choices=("auto", "shards", "inline"), default="auto",
+                   help="where the vectors are kept: inside the dataset file, or as row-ordered .npy shards of "
+                        "100k rows in DB.vectors/ beside it (auto: shards from 200k rows)")
+    p.add_argument("--vector-dtype", choices=("auto", "float16", "float32"), default="auto",
+                   help="shards' number type (auto: float32 up to 2 GiB of vectors, float16 above)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
     p.set_defaults(handler="ingest")
 

@@ -248,7 +248,7 @@ def write_images(folder: Path, samples, draw: dict, size: int = 64, seed: int = 
 
 
 def build(db: str | Path = "data/demo.duckdb", spec: DemoSpec = DemoSpec(), *, replace: bool = False,
-          images: bool = True) -> str:
+          images: bool = True, vector_layout: str = "auto", vector_dtype: str = "auto") -> str:
     """Generate the demo and write it as the dataset ``db`` (images under ``<db stem>_images/``).
 
     Returns the dataset fingerprint.
@@ -263,7 +263,7 @@ def build(db: str | Path = "data/demo.duckdb", spec: DemoSpec = DemoSpec(), *, r
             "source": "demo", "image_root": img_dir.name if images else None,
             "label_column": "finding", "label_columns": ["finding"], "case_column": "case_id", "demo_spec": asdict(spec)}
     return store.create_dataset(db, samples, vectors, meta=meta, replace=replace,
-                                extra_tables={S.TRUTH: truth})
+                                extra_tables={S.TRUTH: truth}, vector_layout=vector_layout, vector_dtype=vector_dtype)
 
 
 def planted_ratings(db, n: int | None = None, *, noise: float = 0.3, seed: int = 0):

@@ -510,7 +510,7 @@ def check_label_columns(names, labels) -> list[str]:
 
 def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=None,
            shared_space=None, extra_meta=None, case_column=None, label_column=None, column_types=None,
-           label_columns=()) -> str:
+           label_columns=(), vector_layout="auto", vector_dtype="auto") -> str:
     """Validate ``inp`` and write it as the dataset ``db`` atomically. Returns the fingerprint.
 
     Parameters
@@ -523,6 +523,9 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     case_column : str, optional
         Case/patient id column (duplicates and held-out splits respect it); inferred from
         :data:`curation.schema.CASE_CANDIDATES` when not given.
+    vector_layout, vector_dtype : str
+        Where the vectors are kept (:func:`curation.vector_io.resolve_layout`; "auto": inside the
+        file under 200k rows, float16/float32 shards beside it from there).
     label_column, label_columns : str, iterable of str, optional
         Label columns (answers, not inputs): never flagged as confounders, reported by the impact
         table; must exist.
@@ -556,8 +559,7 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     if shared_space and (dims["image"] is None or dims["image"] != dims["text"]):
         raise InputError(f"--shared-space given but image dim {dims['image']} != text dim {dims['text']}.",
                          file=inp.sources.get("image"), fix="drop --shared-space: these come from different encoders.")
-    vectors = {k: (np.ascontiguousarray(v, dtype=np.float32) if v is not None else None)
-               for k, v in inp.vectors.items()}
+    vectors = dict(inp.vectors)  # as read (memory maps stay maps): the store converts block by block
     root = inp.image_root
     if root is not None:
         root = Path(root).resolve()
@@ -568,4 +570,5 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
     meta = {"image_model": image_model, "text_model": text_model,
             "shared_space": bool(shared_space), "source": inp.source,
             "image_root": str(root) if root is not None else None, **(extra_meta or {})}
-    return store.create_dataset(db, inp.samples, vectors, meta=meta, replace=replace)
+    return store.create_dataset(db, inp.samples, vectors, meta=meta, replace=replace, vector_layout=vector_layout,
+                                vector_dtype=vector_dtype)

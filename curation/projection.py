@@ -181,11 +181,19 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
 
     cache_umap_kernels()
     n = len(X)
-    Z = pca_reduce(X, pca_dims, seed=seed)
+    mean, comp, _ = pca_basis(X, pca_dims, seed=seed)
     rng = np.random.default_rng(seed)
     fit_rows = np.arange(n) if n <= fit_max else np.sort(rng.choice(n, fit_max, replace=False))
+    fitted = np.zeros(n, bool)
+    fitted[fit_rows] = True
+    # the projection of the fitted rows, computed in the same blocks as every other row's (so a row's
+    # coordinates never depend on which rows share its block); the rest is projected block by block
+    # after the fit, so no (n, pca_dims) array is ever held
+    step = 1 << 16
+    Z_fit = np.concatenate([((X[i:i + step] - mean) @ comp.T)[fitted[i:i + step]] for i in range(0, n, step)
+                            if fitted[i:i + step].any()]).astype(np.float32)
     k = min(n_neighbors, len(fit_rows) - 1)
-    knn = sample_knn(Z[fit_rows], k, None if assign is None else assign[fit_rows]) if len(fit_rows) > 2 * k else None
+    knn = sample_knn(Z_fit, k, None if assign is None else assign[fit_rows]) if len(fit_rows) > 2 * k else None
     reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric="cosine", random_state=seed,
                         n_jobs=1, n_epochs=umap_epochs(len(fit_rows)),
                         init="spectral" if len(fit_rows) > 20 else "random",
@@ -195,27 +203,37 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     with warnings.catch_warnings():  # "no search index: transform unavailable": we never transform
         warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
         warnings.filterwarnings("ignore", message=".*transform.*")
-        xy_fit = reducer.fit_transform(Z[fit_rows]).astype(np.float32)
+        xy_fit = reducer.fit_transform(Z_fit).astype(np.float32)
     xy = np.empty((n, 2), np.float32)
     xy[fit_rows] = xy_fit
-    fitted = np.zeros(n, bool)
-    fitted[fit_rows] = True
-    rest = np.flatnonzero(~fitted)
-    if len(rest):
-        xy[rest] = interpolate(Z[fit_rows], xy_fit, Z[rest], k=interp_k)
+    if len(fit_rows) < n:
+        index = _unit_index(Z_fit)
+        for i in range(0, n, step):
+            rest = np.flatnonzero(~fitted[i:i + step])
+            if len(rest):
+                Z_blk = ((X[i:i + step] - mean) @ comp.T)[rest]
+                xy[i + rest] = interpolate(Z_fit, xy_fit, Z_blk, k=interp_k, index=index)
     return xy, fitted
 
 
-def interpolate(Z_fit: np.ndarray, xy_fit: np.ndarray, Z_new: np.ndarray, k: int = 10) -> np.ndarray:
-    """Place new rows at the similarity-weighted mean 2-D position of their k nearest fitted rows."""
+def _unit(a):
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def _unit_index(Z_fit):
     import faiss
 
-    def unit(a):
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
     index = faiss.IndexFlatIP(Z_fit.shape[1])
-    index.add(unit(Z_fit))
+    index.add(_unit(Z_fit))
+    return index
+
+
+def interpolate(Z_fit: np.ndarray, xy_fit: np.ndarray, Z_new: np.ndarray, k: int = 10, index=None) -> np.ndarray:
+    """Place new rows at the similarity-weighted mean 2-D position of their k nearest fitted rows
+    (``index``: the fitted rows' faiss index, when the caller places rows block by block)."""
+    unit = _unit
+    index = index if index is not None else _unit_index(Z_fit)
     k = min(k, len(Z_fit))
     out = np.empty((len(Z_new), 2), np.float32)
     step = 1 << 15

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 
 from curation import __version__
 from curation import schema as S
-from curation.arrow_io import compute_fingerprint, fixed_list_to_numpy, vectors_to_arrow
+from curation.arrow_io import compute_fingerprint, fingerprint_hasher, fixed_list_to_numpy, vectors_to_arrow
 from curation.atomic import atomic_write, remove_stale_temps
 from curation.errors import CurationError, StateError
 from curation.images import resolve_image
@@ -203,7 +204,8 @@ class Store:
                 raise StateError(f"{self.path} was written by a newer curation (dataset schema version {version!r}; "
                                  f"this one reads up to {S.SCHEMA_VERSION}); reading or writing it could damage it. "
                                  f"Fix: upgrade curation (git pull && make install).")
-            absent = [t for t in (S.SAMPLES, S.EMBEDDINGS) if not self.has_table(t)]
+            sharded = (meta.get("vectors") or {}).get("layout") == "shards"
+            absent = [t for t in (S.SAMPLES, *(() if sharded else (S.EMBEDDINGS,))) if not self.has_table(t)]
             if absent:
                 raise StateError(f"{self.path} lacks its {' and '.join(absent)} table; the file is damaged or was "
                                  f"edited. Fix: re-ingest the dataset (ingest ... --replace).")
@@ -310,6 +312,12 @@ class Store:
         given = dict(out_arrays or {})
         for k in present:
             out[k] = given[k] if k in given else np.empty((n, self.dim(k)), dtype=np.float32)
+        if self.sharded:
+            src = self.vector_source()
+            for k in present:
+                for a in range(0, n, 1 << 16):
+                    out[k][a:a + (1 << 16)] = src.read_range(k, a, min(n, a + (1 << 16)))
+            return out
         cols = ", ".join(S.emb_column(k) for k in present)
         reader = self.con.sql(f"SELECT {S.ROW}, {cols} FROM {S.EMBEDDINGS}").to_arrow_reader(1 << 16)
         rows = np.empty(n, dtype=np.int64)
@@ -330,6 +338,18 @@ class Store:
                 if v is not None:
                     v[...] = v[order]  # in place: a caller's preallocated view is filled too
         return out
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the vectors live in shards beside the file (:mod:`curation.vector_io`)."""
+        return (self.meta.get("vectors") or {}).get("layout") == "shards"
+
+    def vector_source(self):
+        """The vectors as a :class:`curation.vector_io.VectorSource`: row ranges and row sets read
+        on demand (shards, or the embeddings table of an inline dataset). Close it when done."""
+        from curation.vector_io import open_source
+
+        return open_source(self)
 
     def read_table(self, name: str, columns: Iterable[str] | None = None):
         """A derived table as a pandas DataFrame (ordered by row_idx when it has one)."""
@@ -480,7 +500,8 @@ def now() -> str:
 
 def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.ndarray | None],
                    meta: Mapping | None = None, replace: bool = False,
-                   extra_tables: Mapping[str, object] | None = None) -> str:
+                   extra_tables: Mapping[str, object] | None = None, *, vector_layout: str = "auto",
+                   vector_dtype: str = "auto", progress=None) -> str:
     """Write a whole dataset file atomically and return its fingerprint.
 
     Parameters
@@ -498,9 +519,18 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         Replace an existing dataset. Without it an existing file is refused (never merged).
     extra_tables : mapping, optional
         Further tables to write into the new file (the demo's ground truth).
+    vector_layout, vector_dtype : str
+        Where and how the vectors are kept (:func:`curation.vector_io.resolve_layout`): "auto" keeps
+        pools under 200k rows inside the file as float32 and shards larger ones beside it
+        (float16 once float32 would pass 2 GiB); "shards" / "inline", "float16" / "float32" on request.
+        Shards are written block by block from ``vectors`` (a memory-mapped input is never read whole).
+    progress : callable(rows), optional
+        Called as shards are written.
 
-    The file is built at a temporary path beside the target and moved over it only when complete.
+    The file is built at a temporary path beside the target and moved over it only when complete;
+    shards go to a temporary folder first and into ``<file>.vectors/<fingerprint>/`` before it.
     """
+    from curation import vector_io as V
     import duckdb
     import pyarrow as pa
 
@@ -523,30 +553,44 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
                             f"for the dataset, or fix its permissions.")
     remove_stale_temps(path)
     n = samples.num_rows
-    vectors = {k: (None if v is None else np.ascontiguousarray(v, dtype=np.float32))
-               for k, v in vectors.items()}
+    dims = {k: (None if vectors.get(k) is None else int(vectors[k].shape[1])) for k in S.EMB_KINDS}
+    layout, vdtype = V.resolve_layout(vector_layout, vector_dtype, n, dims)
     samples = samples.add_column(0, S.ROW, pa.array(np.arange(n, dtype=np.int64)))
-    fingerprint = compute_fingerprint(samples, vectors)
     m = dict(meta or {})
+    m.pop("vectors", None)
+    m.update({f"{k}_dim": d for k, d in dims.items()})
+    tables = [(S.SAMPLES, samples)]
+    shard_dir = created_dir = None
+    if layout == "shards":
+        hasher = fingerprint_hasher(samples)
+        tmp_dir = V.tmp_shard_folder(path)
+        try:
+            records = V.write_shards(tmp_dir, vectors, vdtype, hasher=hasher, progress=progress)
+            fingerprint = hasher.hexdigest()
+            created_dir = not (V.vectors_folder(path) / fingerprint).exists()
+            shard_dir = V.install_shards(path, fingerprint, tmp_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        m["vectors"] = V.shard_meta(vdtype, records)
+    else:
+        vectors = {k: (None if v is None else np.ascontiguousarray(v, dtype=np.float32))
+                   for k, v in vectors.items()}
+        fingerprint = compute_fingerprint(samples, vectors)
+        emb_cols = {S.ROW: samples.column(S.ROW)}  # ids live in samples; row_idx joins them
+        for kind in S.EMB_KINDS:
+            if vectors.get(kind) is not None:
+                emb_cols[S.emb_column(kind)] = vectors_to_arrow(vectors[kind])
+        tables.append((S.EMBEDDINGS, pa.table(emb_cols)))
     m.update(fingerprint=fingerprint, n_rows=n, schema_version=S.SCHEMA_VERSION,
              created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    emb_cols = {S.ROW: samples.column(S.ROW)}  # ids live in samples; row_idx joins them
-    for kind in S.EMB_KINDS:
-        v = vectors.get(kind)
-        if v is None:
-            m[f"{kind}_dim"] = None
-            continue
-        m[f"{kind}_dim"] = int(v.shape[1])
-        emb_cols[S.emb_column(kind)] = vectors_to_arrow(v)
-    emb_table = pa.table(emb_cols)
     meta_table = pa.table({"key": list(m), "value": [json.dumps(m[k], sort_keys=True) for k in m]})
 
     def write(tmp):
         con = duckdb.connect(str(tmp))
         try:
             con.execute("SET preserve_insertion_order = true")
-            for name, data in [(S.SAMPLES, samples), (S.EMBEDDINGS, emb_table), (S.META, meta_table),
-                               *(extra_tables or {}).items()]:
+            for name, data in [*tables, (S.META, meta_table), *(extra_tables or {}).items()]:
                 con.register("_incoming", data)
                 con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT * FROM _incoming")
                 con.unregister("_incoming")
@@ -560,9 +604,30 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
 
     try:  # a new dataset is created exclusively: of two ingests to one new path only the first lands
         atomic_write(path, write, what="dataset", exclusive=not replace)
-    except FileExistsError:
+    except BaseException as e:
+        if created_dir and shard_dir is not None:  # shards nobody refers to
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        if not isinstance(e, FileExistsError):
+            raise
         raise CurationError(f"dataset {path} was created by another process while this one was writing it; "
                             f"nothing was changed. Fix: choose another path, or pass --replace to overwrite "
                             f"it.") from None
+    V.remove_unused_shards(path, keep=fingerprint if layout == "shards" else None)  # a replaced dataset's
     log.info("wrote dataset %s: %d rows, fingerprint %s", path, n, fingerprint)
     return fingerprint
+
+
+def copy_dataset(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a dataset file and its vector shards (when it has them) to ``dst``; the copy opens on
+    its own. ``dst`` must not exist."""
+    from curation import vector_io as V
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        raise CurationError(f"{dst} exists. Fix: choose another path, or remove it first.")
+    with open_store(src) as s:
+        fp, sharded = s.fingerprint, s.sharded
+    if sharded:
+        shutil.copytree(V.vectors_folder(src) / fp, V.vectors_folder(dst) / fp)
+    shutil.copyfile(src, dst)
+    return dst

@@ -327,13 +327,14 @@ def evaluate(db, cfg: SelectionConfig, label: str, *, split_column: str | None =
     with store.open_store(db) as s:
         rec = runs.require(s, run_id)
         inp = selection.load_inputs(s, rec.run_id)
-        F, slices = analysis._features(s, s.n_rows)
+        F, slices = analysis.features(s)
         X = analysis_steps._space(F, slices, rec.config["space"])
         split = split_column or ("split" if "split" in inp.meta.columns else None)
         if split is not None and split not in inp.meta.columns:
             raise CurationError(f"--split-column {split!r} is not a column. Fix: use one of: "
                                 f"{', '.join(inp.meta.columns)}, or omit it for a case-grouped 20% split.")
     Z = pca_reduce(X, 64, seed=cfg.seed)
+    F.source.close()
     del F, X
     res = metrics.evaluate(inp, Z, label, cfg, split_column=split, n_random=n_random)
     return {**res, "split_column": split}

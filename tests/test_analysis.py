@@ -108,10 +108,12 @@ def test_knn_recall_against_exact(analyzed_db, result):
     with the probes, and the density ranking (what the tail score uses) stays close to exact."""
     from scipy.stats import spearmanr
 
-    from curation.analysis import _features
+    from curation.analysis import features
 
     with store.open_store(analyzed_db) as s:
-        X, _ = _features(s, s.n_rows)
+        F, _ = features(s)
+        X = np.asarray(F)
+        F.source.close()
         run = runs_mod.latest_run(s)
         pt = analysis.load_table(s, run, "prototypes")
     cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
