@@ -40,6 +40,7 @@ FLOAT32_MAX_BYTES = 2 << 30      # "auto" dtype: float32 while the vectors take 
 LAYOUTS = ("auto", "shards", "inline")
 DTYPES = ("auto", "float16", "float32")
 GAP_ROWS = 32                    # a gather reads a whole span when the rows asked for are this close
+SPAN_ROWS = 1 << 15              # ... and at most this many rows at a time
 
 
 def vectors_folder(db: str | os.PathLike) -> Path:
@@ -119,6 +120,7 @@ def write_shards(folder: Path, vectors: dict, dtype: str, rows_per_shard: int | 
                     h.update(raw)
                     if hasher is not None:
                         hasher.update(raw)
+                    release_rows(v, a, min(stop, a + (1 << 15)))  # after the last use of its pages
                 f.flush()
                 os.fsync(f.fileno())
             records.append({"kind": kind, "name": name, "start": start, "rows": stop - start, "dim": int(d),
@@ -126,6 +128,25 @@ def write_shards(folder: Path, vectors: dict, dtype: str, rows_per_shard: int | 
             if progress:
                 progress(stop - start)
     return records
+
+
+def release_rows(v, start: int, stop: int) -> None:
+    """Tell the kernel this process is done with rows start:stop of a memory-mapped input (an .npy
+    opened with mmap_mode="r"): their pages stop counting as its resident memory, which would
+    otherwise grow to the whole input file while it is copied."""
+    import mmap
+
+    mm = getattr(v, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    row = v.strides[0]
+    base = v.offset if hasattr(v, "offset") else 0
+    lo = (base + start * row) // mmap.PAGESIZE * mmap.PAGESIZE
+    hi = base + stop * row
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, lo, max(0, min(hi, len(mm)) - lo))
+    except (OSError, ValueError):
+        pass
 
 
 def install_shards(db: Path, fingerprint: str, tmp_folder: Path) -> Path:
@@ -178,11 +199,18 @@ class VectorSource:
         srt = rows[order]
         if srt[0] < 0 or srt[-1] >= self.n:
             raise IndexError(f"row {int(srt[0] if srt[0] < 0 else srt[-1])} outside 0..{self.n - 1}")
+        # spans of rows at most GAP_ROWS apart, each at most SPAN_ROWS long (a sample spread over the
+        # whole pool must not become one read of the whole pool)
         cuts = np.flatnonzero(np.diff(srt) > GAP_ROWS) + 1
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(srt)]):
-            lo, hi = int(srt[a]), int(srt[b - 1]) + 1
-            block = self.read_range(kind, lo, hi)
-            out[order[a:b]] = block[srt[a:b] - lo]
+            while a < b:
+                lo = int(srt[a])
+                e = a + int(np.searchsorted(srt[a:b], lo + SPAN_ROWS, side="left"))
+                e = max(e, a + 1)
+                hi = int(srt[e - 1]) + 1
+                block = self.read_range(kind, lo, hi)
+                out[order[a:e]] = block[srt[a:e] - lo]
+                a = e
         return out
 
     def read_all(self, kind: str) -> np.ndarray | None:
@@ -419,13 +447,17 @@ class Features:
         return Features(self.source, [kind], scale=self.scale if self.scale is not None else 1.0,
                         partitions=self.partitions)
 
-    def _assemble(self, parts) -> np.ndarray:
+    def _assemble(self, m: int, read) -> np.ndarray:
+        """(m, dims) float32: rows lo:hi of each kind read by ``read(kind, lo, hi)`` and normalised
+        into their place, :data:`SPAN_ROWS` rows at a time, so beside the result only one piece of
+        raw rows exists (a 200k-row k-means sample costs its own 800 MB, not twice that)."""
         from curation.spaces import normalize
 
-        m = len(parts[0])
         out = np.empty((m, self.shape[1]), np.float32)
-        for (k, sl), p in zip(self.slices.items(), parts):
-            normalize(p, out=out[:, sl])
+        for lo in range(0, m, SPAN_ROWS):
+            hi = min(m, lo + SPAN_ROWS)
+            for k, sl in self.slices.items():
+                normalize(read(k, lo, hi), out=out[lo:hi, sl])
         if self.scale is not None and self.scale != 1:
             out *= self.scale
         return out
@@ -443,14 +475,13 @@ class Features:
             a, b, step = key.indices(len(self))
             if step != 1:
                 raise TypeError("Features: row slices have step 1")
-            return self._assemble([self.source.read_range(k, a, b) for k in self.kinds])
+            return self._assemble(max(b - a, 0), lambda k, lo, hi: self.source.read_range(k, a + lo, a + hi))
         rows = np.asarray(key)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
         part = self._partition_for()
-        if part is not None:
-            return self._assemble([part.read_rows(k, rows) for k in self.kinds])
-        return self._assemble([self.source.read_rows(k, rows) for k in self.kinds])
+        src = part if part is not None else self.source
+        return self._assemble(len(rows), lambda k, lo, hi: src.read_rows(k, rows[lo:hi]))
 
     def __array__(self, dtype=None, copy=None):
         out = self[0:len(self)]

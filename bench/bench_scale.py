@@ -1,0 +1,140 @@
+"""Ingest and the full default analysis at growing pool sizes: time and peak memory per step.
+
+    python bench/bench_scale.py --rows 250000,1000000 [--dim 512] [--dtype auto] [--dir /tmp/curation-scale]
+
+For each size: a Zipf-clustered pool (demo-like: site signature, shared image-text space) is generated
+block by block into .npy inputs (never the whole matrix in memory; float16 inputs from 5M rows so 10M
+fits on the disk), then `python -m curation ingest` and `python -m curation analyze` run as their own
+processes under `/usr/bin/time -f %M` (the peak resident memory the issue measures). Per-step times
+and peaks come from the run's record. Printed at the end: one line per size and step, and the ratios
+peak(largest)/peak(smallest) and time(largest)/time(smallest).
+
+Inputs and datasets are kept under --dir (reused when the same size is asked again; --fresh rebuilds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _npy_writer(path: Path, n: int, d: int, dtype):
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n, d)})
+    f = open(path, "wb")
+    f.write(buf.getvalue())
+    return f
+
+
+def generate(folder: Path, n: int, d: int, k: int, seed: int = 0) -> None:
+    """Zipf cluster sizes (a=1.1), 4 sites with a signature direction, image and text sharing content."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation import demo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sizes = demo.cluster_sizes(n, k, 1.1, 15)
+    cl = rng.permutation(np.repeat(np.arange(k), sizes)).astype(np.int32)
+    centres = demo._unit(rng.standard_normal((k, d)).astype(np.float32))
+    site_dirs = demo._unit(rng.standard_normal((4, d)).astype(np.float32))
+    site = np.where(rng.random(n) < 0.7, cl % 4, rng.integers(0, 4, n)).astype(np.int8)
+    dtype = np.float16 if n >= 5_000_000 else np.float32
+    fi, ft = _npy_writer(folder / "image.npy", n, d, dtype), _npy_writer(folder / "text.npy", n, d, dtype)
+    schema = pa.schema([("id", pa.string()), ("caption", pa.string()), ("site", pa.string()), ("sex", pa.string()),
+                        ("age", pa.int16())])
+    sites = np.array(["A", "B", "C", "D"])
+    with pq.ParquetWriter(folder / "meta.parquet", schema) as w:
+        step = 100_000
+        for i in range(0, n, step):
+            c = cl[i:i + step]
+            m = len(c)
+            content = centres[c] + 0.8 * rng.standard_normal((m, d), dtype=np.float32) / np.sqrt(d)
+            img = demo._unit(content + 0.45 * site_dirs[site[i:i + step]]
+                             + 0.3 * rng.standard_normal((m, d), dtype=np.float32) / np.sqrt(d))
+            txt = demo._unit(content + 0.3 * rng.standard_normal((m, d), dtype=np.float32) / np.sqrt(d))
+            fi.write(img.astype(dtype).tobytes())
+            ft.write(txt.astype(dtype).tobytes())
+            w.write_table(pa.table({"id": [f"s{j:09d}" for j in range(i, i + m)],
+                                    "caption": [f"finding {x} of group {x % 97}" for x in c],
+                                    "site": sites[site[i:i + step]], "sex": rng.choice(["F", "M"], m),
+                                    "age": rng.integers(18, 91, m).astype(np.int16)}, schema=schema))
+    fi.close()
+    ft.close()
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak GB by /usr/bin/time %M, stdout tail) of one process."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", *cmd], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    secs = time.perf_counter() - t
+    if p.returncode:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    kb = int(next(line for line in p.stderr.splitlines()[::-1] if line.startswith("PEAK_KB")).split()[1])
+    return secs, kb / 2**20, p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+
+
+def run_size(n: int, args) -> dict:
+    from curation import store
+
+    folder = Path(args.dir) / f"n{n}-d{args.dim}"
+    if args.fresh or not (folder / "meta.parquet").exists():
+        t = time.perf_counter()
+        generate(folder, n, args.dim, k=max(20, int(np.sqrt(n) / 2)))
+        print(f"[{n:,}] generated inputs in {time.perf_counter() - t:.0f} s", flush=True)
+    db = folder / "pool.duckdb"
+    py = sys.executable
+    ingest_s, ingest_gb, _ = timed([py, "-m", "curation", "ingest", str(db), "--metadata", str(folder / "meta.parquet"),
+                                    "--image-emb", str(folder / "image.npy"), "--text-emb", str(folder / "text.npy"),
+                                    "--shared-space", "--vector-dtype", args.dtype, "--replace"])
+    print(f"[{n:,}] ingest {ingest_s:.0f} s, peak {ingest_gb:.2f} GB", flush=True)
+    an_s, an_gb, _ = timed([py, "-m", "curation", "analyze", str(db), "--force"])
+    print(f"[{n:,}] analyze {an_s:.0f} s, peak {an_gb:.2f} GB", flush=True)
+    with store.open_store(db) as s:
+        rec = s.runs("analysis").iloc[-1]
+        timings, outputs = json.loads(rec["timings"]), json.loads(rec["outputs"])
+        layout = s.meta.get("vectors", {}).get("dtype", "inline float32")
+    return {"n": n, "ingest_s": ingest_s, "ingest_gb": ingest_gb, "analyze_s": an_s, "analyze_gb": an_gb,
+            "steps": timings, "peaks": outputs.get("peak_rss_gb", {}), "vectors": layout}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="250000,1000000", help="pool sizes, comma-separated")
+    ap.add_argument("--dim", type=int, default=512, help="dimension of each of image and text")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float16", "float32"), help="ingest --vector-dtype")
+    ap.add_argument("--dir", default="/tmp/curation-scale")
+    ap.add_argument("--fresh", action="store_true", help="regenerate the inputs")
+    args = ap.parse_args()
+    sizes = [int(float(x)) for x in args.rows.split(",")]
+    res = [run_size(n, args) for n in sizes]
+    print("\nrows        vectors   ingest s  ingest GB  analyze s  analyze GB   per step (s, peak GB after it)")
+    for r in res:
+        steps = ", ".join(f"{k} {v:.0f} s/{r['peaks'].get(k, float('nan')):.2f}" for k, v in r["steps"].items()
+                          if k not in ("total",) and isinstance(v, (int, float)))
+        print(f"{r['n']:>10,}  {r['vectors']:>8}  {r['ingest_s']:>8.0f}  {r['ingest_gb']:>9.2f}  {r['analyze_s']:>9.0f}  "
+              f"{r['analyze_gb']:>10.2f}   {steps}")
+    if len(res) > 1:
+        a, b = res[0], res[-1]
+        print(f"\npeak({b['n']:,}) / peak({a['n']:,}): ingest {b['ingest_gb'] / a['ingest_gb']:.2f}x, "
+              f"analyze {b['analyze_gb'] / a['analyze_gb']:.2f}x (target <= 1.5x)")
+        print(f"time({b['n']:,}) / time({a['n']:,}): ingest {b['ingest_s'] / a['ingest_s']:.2f}x, "
+              f"analyze {b['analyze_s'] / a['analyze_s']:.2f}x (rows {b['n'] / a['n']:.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
