@@ -84,6 +84,13 @@ class _Inputs:
     work: object = None             # the run's work folder (Path): by-cluster partitions, finished steps
 
 
+def _query_folder(inp: _Inputs, name: str):
+    """Where a kNN search copies its queries grouped by cluster (runs reading vectors on demand)."""
+    from curation.checkpoint import partitions_dir
+
+    return partitions_dir(inp.work, name) if inp.work is not None and isinstance(inp.X, Features) else None
+
+
 def _by_cluster(inp: _Inputs, X, assign: np.ndarray, name: str, prog=None, step: str = "") -> None:
     """Give ``X`` (read on demand) a copy of its vectors in the order of ``assign``, so the rows of
     one cluster are one contiguous read for the per-cluster work (FPS, kNN). In-memory arrays and
@@ -159,7 +166,8 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
 
     probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes)
     _by_cluster(inp, X, inp.out["prototype"].to_numpy(), "prototypes", prog, "density")
-    nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog)
+    nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog,
+                                     query_folder=_query_folder(inp, "prototype-queries"))
     dens = D.knn_density(sim)
     cols = dict(knn_density=dens, tail_score=D.tail_score(dens))
     tables = {"knn": _knn_table(nbr, sim)}
@@ -176,7 +184,8 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
                                max_train=min(cfg.kmeans_train_max, 64 * inp.k))
         dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes)
         _by_cluster(inp, Xd, pd_.assign, f"{kind}-clusters", prog, "density")
-        dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog)
+        dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog,
+                                           query_folder=_query_folder(inp, f"{kind}-queries"))
         dsim = np.where(np.isfinite(dsim), dsim * scale, dsim).astype(np.float32)
         tables["dedup_knn"] = _knn_table(dnbr, dsim)
         if kind == "image":

@@ -1,8 +1,8 @@
 """Altair chart builders: pure functions of DataFrames / arrays (no streamlit here).
 
-The map stays usable at 1M points without WebGPU: density is binned on the server
-(:func:`binned_density`, numpy ``histogram2d``) and drawn as a heatmap, with a bounded sample of
-points on top (:func:`sample_points`), so the browser never receives more than ``max_points`` rows.
+The map stays usable at 1M points without WebGPU: every row is rendered on the server as one image
+(:mod:`curation.raster`), with a bounded sample of points on top (:func:`sample_points`) to hover and
+click, so the browser never receives more than ``max_points`` rows.
 """
 
 from __future__ import annotations
@@ -109,6 +109,48 @@ def histogram(values: np.ndarray, title: str, rules: dict | None = None, bins: i
     return chart.properties(height=260)
 
 
+def region_vs_pool(values, inside: np.ndarray, title: str, *, categorical: bool, top: int = 8, bins: int = 30):
+    """One column's distribution inside a map region beside the whole pool's, as shares (Altair):
+    grouped bars of the ``top`` levels (the rest summed as "other") for a categorical column, or
+    two histograms on shared bins for a numeric one. Binned here: the browser gets a few dozen rows."""
+    import pandas as pd
+
+    alt = _alt()
+    v = np.asarray(values)
+    mask = np.zeros(len(v), bool)
+    mask[np.asarray(inside, np.int64)] = True
+    if categorical:
+        s = pd.Series(v.astype(object)).fillna("(missing)").astype(str)
+        keep = s.value_counts().index[:top]
+        s = s.where(s.isin(keep), "other")
+        rows = []
+        for where, part in (("region", s[mask]), ("pool", s)):
+            share = part.value_counts(normalize=True)
+            rows += [{"level": lv, "where": where, "share": float(share.get(lv, 0.0))} for lv in [*keep, "other"]
+                     if lv != "other" or (s == "other").any()]
+        df = pd.DataFrame(rows)
+        return alt.Chart(df).mark_bar().encode(
+            y=alt.Y("level:N", title=title, sort=list(keep) + ["other"]), x=alt.X("share:Q", axis=alt.Axis(format="%")),
+            yOffset="where:N", color=alt.Color("where:N", scale=alt.Scale(domain=["region", "pool"],
+                                                                          range=[SELECTED_COLOR, "#999999"])),
+            tooltip=["level", "where", alt.Tooltip("share:Q", format=".1%")]).properties(height=max(120, 34 * len(keep)))
+    x = v.astype(float)
+    finite = np.isfinite(x)
+    if not finite.any():
+        return None
+    edges = np.histogram_bin_edges(x[finite], bins=bins)
+    rows = []
+    for where, part in (("region", x[mask & finite]), ("pool", x[finite])):
+        h, _ = np.histogram(part, bins=edges)
+        share = h / max(h.sum(), 1)
+        rows += [{"x0": a, "x1": b, "share": float(c), "where": where} for a, b, c in zip(edges[:-1], edges[1:], share)]
+    df = pd.DataFrame(rows)
+    return alt.Chart(df).mark_bar(opacity=0.55).encode(
+        x=alt.X("x0:Q", title=title), x2="x1:Q", y=alt.Y("share:Q", axis=alt.Axis(format="%"), stack=None),
+        color=alt.Color("where:N", scale=alt.Scale(domain=["region", "pool"], range=[SELECTED_COLOR, "#999999"])),
+        tooltip=["where", alt.Tooltip("share:Q", format=".1%")]).properties(height=200)
+
+
 def coverage_chart(curve_df, budget: int | None = None):
     """Budget-vs-coverage curves (selection vs random) from :meth:`ImpactContext.coverage_curve`."""
     import pandas as pd
@@ -166,8 +208,47 @@ def _category_order(values) -> list:
         return sorted(levels, key=str)
 
 
+def category_colors(values) -> dict:
+    """{level: colour} for the colouring of every row: the :data:`MAX_LEGEND` levels holding the most
+    rows each get their own colour in size order ("selected" red, noise and "not selected" grey);
+    levels left out are drawn grey as "other levels". Computed over all rows, so the image of every
+    row and the drawn sample agree."""
+    import pandas as pd
+
+    counts = pd.Series(np.asarray(values).astype(object)).value_counts(sort=True)
+    grey = {"-1", -1, "not selected", "noise"}
+    out, i = {}, 0
+    for v in counts.index:
+        if v == "selected":
+            out[v] = SELECTED_COLOR
+        elif v in grey:
+            out[v] = UNSELECTED_COLOR
+        elif i < min(MAX_LEGEND, len(PALETTE)):
+            out[v] = PALETTE[i]
+            i += 1
+    return out
+
+
+def category_codes(values, colors: dict):
+    """Per-row codes into the colour list of :func:`category_colors` (-1: an "other" level) and that
+    list as RGB tuples, for :func:`curation.raster.render`."""
+    import pandas as pd
+
+    levels = list(colors)
+    codes = pd.Categorical(np.asarray(values).astype(object), categories=levels).codes.astype(np.int64)
+    rgb = []
+    for lv in levels:
+        c = colors[lv]
+        if c.startswith("#"):
+            rgb.append(tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)))
+        else:  # rgba(...) greys
+            rgb.append(tuple(int(float(t)) for t in c[c.index("(") + 1:c.rindex(")")].split(",")[:3]))
+    return codes, rgb
+
+
 def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = True, labels=None,
-               hover=None, highlight=None, density=None, height: int = 620, uirevision: str = "map"):
+               hover=None, highlight=None, density=None, height: int = 620, uirevision: str = "map",
+               colors: dict | None = None, image=None, names=None, value_range=None):
     """The map as a Plotly figure: an optional density heatmap (``density`` = (xc, yc, z)) under a
     scattergl of the drawn sample.
 
@@ -182,6 +263,11 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
     labels : dict level -> legend text, optional (cluster labels)
     hover : sequence of str (m,), optional (escaped here)
     highlight : boolean ndarray (m,), optional: drawn again on top as rings (search hits)
+    colors : {level: colour}, optional (:func:`category_colors` of every row; levels not in it are grey)
+    image : :class:`curation.raster.Raster`, optional: every row, drawn under the points; the axes
+        show its range
+    names : list of (x, y, text), optional: cluster names written on the map
+    value_range : (lo, hi), optional: the numeric colour scale's range (the image's)
     """
     import plotly.graph_objects as go
 
@@ -195,6 +281,26 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
     if values is None:
         fig.add_trace(go.Scattergl(x=x, y=y, customdata=rows, text=hov, marker=dict(size=4, color=PALETTE[0]),
                                    name="samples", **common))
+    elif categorical and colors is not None:
+        vals = np.asarray(values).astype(object)
+        present = set(vals.tolist())
+        for v, color in colors.items():
+            if v not in present:
+                continue
+            m = vals == v
+            name = f"{v} · {labels[v]}" if labels and v in labels and labels[v] else str(v)
+            if v in (-1, "-1"):
+                name = "noise (-1)"
+            fig.add_trace(go.Scattergl(x=x[m], y=y[m], customdata=rows[m], text=None if hov is None else
+                                       [hov[j] for j in np.flatnonzero(m)],
+                                       marker=dict(size=4 if v != "selected" else 5, color=color),
+                                       name=name[:40], **common))
+        rest = ~np.isin(vals, list(colors)) if len(colors) else np.ones(len(vals), bool)
+        if rest.any():
+            n_other = len(present - set(colors))
+            fig.add_trace(go.Scattergl(x=x[rest], y=y[rest], customdata=rows[rest], text=None if hov is None else
+                                       [hov[j] for j in np.flatnonzero(rest)], marker=dict(size=4, color=OTHER_COLOR),
+                                       name=f"grey: {n_other} smaller levels", **common))
     elif categorical:
         vals = np.asarray(values).astype(object)
         order = _category_order(vals)
@@ -221,16 +327,27 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
                                        [hov[j] for j in np.flatnonzero(rest)], marker=dict(size=4, color=OTHER_COLOR),
                                        name=f"{len(order) - len(big & set(order))} other levels", **common))
     else:
+        rng = dict(cmin=value_range[0], cmax=value_range[1]) if value_range else {}
         fig.add_trace(go.Scattergl(x=x, y=y, customdata=rows, text=hov, name=color_name,
                                    marker=dict(size=4, color=np.asarray(values, float), colorscale="Viridis",
-                                               showscale=True, colorbar=dict(title=color_name)), **common))
+                                               showscale=True, colorbar=dict(title=color_name), **rng), **common))
     if highlight is not None and np.any(highlight):
         h = np.asarray(highlight, bool)
         fig.add_trace(go.Scattergl(x=x[h], y=y[h], customdata=rows[h], mode="markers", name="search hits",
                                    marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(width=2, color="#000"))))
+    xaxis, yaxis = dict(title="UMAP 1", showgrid=False), dict(title="UMAP 2", showgrid=False)
+    if image is not None:
+        (x0, x1), (y0, y1) = image.x_range, image.y_range
+        fig.add_layout_image(dict(source=image.png(), xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
+                                  sizing="stretch", layer="below", opacity=1.0))
+        xaxis.update(range=[x0, x1])
+        yaxis.update(range=[y0, y1])
+    for nx, ny, text in names or []:
+        fig.add_annotation(x=nx, y=ny, text=_safe_hover(text)[:40], showarrow=False,
+                           font=dict(size=12, color="#111"), bgcolor="rgba(255,255,255,0.7)")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), dragmode="pan",
                       uirevision=uirevision, legend=dict(itemsizing="constant"),
-                      xaxis=dict(title="UMAP 1", showgrid=False), yaxis=dict(title="UMAP 2", showgrid=False))
+                      xaxis=xaxis, yaxis=yaxis, plot_bgcolor="white")
     return fig
 
 

@@ -171,7 +171,7 @@ def cmd_analyze(a) -> int:
 
     def progress(step, done, total):
         bar = bars.get(step)
-        if bar is None:
+        if bar is None or bar.disable:  # new, or closed while a sub-task (a partition) had its own bar
             for other in bars.values():  # one bar at a time: steps run one after another
                 other.close()
             bar = bars[step] = tqdm(total=total, desc=f"{step:<12}", unit="row" if total > 10 else "step",

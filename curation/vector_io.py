@@ -240,6 +240,7 @@ class ShardSource(VectorSource):
             self.dims.setdefault(k, None)
         self.starts = {k: np.array([r["start"] for r in v], np.int64) for k, v in self.files.items()}
         self._offsets: dict[str, int] = {}
+        self._fds: dict[str, tuple[int, int]] = {}
         for k, recs in self.files.items():
             if sum(r["rows"] for r in recs) != n:
                 raise StateError(f"the {k} vector shards of {folder} hold {sum(r['rows'] for r in recs):,} rows, "
@@ -267,24 +268,44 @@ class ShardSource(VectorSource):
                 self._offsets[key] = f.tell()
         return self._offsets[key]
 
+    def _fd(self, rec) -> tuple[int, int]:
+        """(open file descriptor, header length) of a shard, opened once (reads are positioned)."""
+        key = rec["name"]
+        got = self._fds.get(key)
+        if got is None:
+            head = self._header_len(rec)
+            got = self._fds[key] = (os.open(self._path(rec), os.O_RDONLY), head)
+        return got
+
     def read_range(self, kind, start, stop):
         d = self.dims[kind]
         out = np.empty((max(stop - start, 0), d), np.float32)
         recs, starts = self.files[kind], self.starts[kind]
+        item = self.dtype.itemsize
         pos = start
         while pos < stop:
             i = int(np.searchsorted(starts, pos, side="right")) - 1
             rec = recs[i]
             hi = min(stop, rec["start"] + rec["rows"])
-            count = (hi - pos) * d
-            with open(self._path(rec), "rb") as f:
-                f.seek(self._header_len(rec) + (pos - rec["start"]) * d * self.dtype.itemsize)
-                raw = np.fromfile(f, dtype=self.dtype, count=count)
-            if len(raw) != count:
+            fd, head = self._fd(rec)
+            want = (hi - pos) * d * item
+            buf = os.pread(fd, want, head + (pos - rec["start"]) * d * item)
+            if len(buf) != want:
                 raise StateError(f"vector shard {self._path(rec)} is cut short. Fix: re-ingest the dataset.")
-            out[pos - start:hi - start] = raw.reshape(-1, d)
+            out[pos - start:hi - start] = np.frombuffer(buf, self.dtype).reshape(-1, d)
             pos = hi
         return out
+
+    def close(self) -> None:
+        for fd, _ in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
+
+    def __del__(self):
+        self.close()
 
     def verify(self, progress=None) -> list[str]:
         """Names of shards whose sha256 differs from the one recorded (all read in full)."""
@@ -369,43 +390,52 @@ class Partition:
 
 
 def write_partition(source: VectorSource, kinds, assign: np.ndarray, folder: Path,
-                    dtype: str = "float32", progress=None) -> Partition:
+                    dtype: str = "float32", progress=None, rows: np.ndarray | None = None) -> Partition:
     """Copy ``kinds`` of ``source`` into ``folder`` in the order of ``assign`` (stable inside a
     cluster), one block of rows at a time: each block's rows are written with one positioned write
-    per cluster run. Returns the :class:`Partition` (positions -> rows and back)."""
+    per run of consecutive positions. Returns the :class:`Partition` (positions -> rows and back).
+
+    ``rows`` (ascending, repeats allowed; default every row once) copies those rows, ``assign``
+    giving one cluster per entry: a row listed under several clusters (the clusters it searches) is
+    written once for each, so every cluster's queries are one contiguous read too.
+    """
     assign = np.asarray(assign)
-    n = len(assign)
-    k = int(assign.max()) + 1 if n else 0
+    m = len(assign)
+    rows = np.arange(source.n) if rows is None else np.asarray(rows, np.int64)
+    k = int(assign.max()) + 1 if m else 0
     order = np.argsort(assign, kind="stable")
-    where = np.empty(n, np.int64)
-    where[order] = np.arange(n)
+    where = np.empty(m, np.int64)
+    where[order] = np.arange(m)
     offsets = np.r_[0, np.cumsum(np.bincount(assign, minlength=k))]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for kind in kinds:
         d = source.dims[kind]
         name = f"{kind}-00000.npy"
-        head = _npy_header(dtype, (n, d))
+        head = _npy_header(dtype, (m, d))
         item = np.dtype(dtype).itemsize
         with open(folder / name, "wb") as f:
             f.write(head)
-            f.truncate(len(head) + n * d * item)
+            f.truncate(len(head) + m * d * item)
             fd = f.fileno()
             step = 1 << 16
-            for a in range(0, n, step):
-                b = min(n, a + step)
-                block = source.read_range(kind, a, b).astype(dtype, copy=False)
-                pos = where[a:b]
-                srt = np.argsort(pos, kind="stable")
-                pos_s = pos[srt]
-                cuts = np.flatnonzero(np.diff(pos_s) != 1) + 1
-                for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(pos_s)]):
-                    os.pwrite(fd, np.ascontiguousarray(block[srt[s:e]]).tobytes(), len(head) + int(pos_s[s]) * d * item)
+            for a in range(0, source.n, step):
+                b = min(source.n, a + step)
+                lo, hi = np.searchsorted(rows, [a, b])
+                if hi > lo:
+                    block = source.read_range(kind, a, b).astype(dtype, copy=False)
+                    pos = where[lo:hi]
+                    srt = np.argsort(pos, kind="stable")
+                    pos_s, src_s = pos[srt], rows[lo:hi][srt] - a
+                    cuts = np.flatnonzero(np.diff(pos_s) != 1) + 1
+                    for s_, e_ in zip(np.r_[0, cuts], np.r_[cuts, len(pos_s)]):
+                        os.pwrite(fd, np.ascontiguousarray(block[src_s[s_:e_]]).tobytes(),
+                                  len(head) + int(pos_s[s_]) * d * item)
                 if progress:
                     progress(b - a)
-        files.append({"kind": kind, "name": name, "start": 0, "rows": n, "dim": int(d), "sha256": ""})
-    src = ShardSource(folder, {"dtype": dtype, "files": files}, n)
-    return Partition(src, order, where, offsets)
+        files.append({"kind": kind, "name": name, "start": 0, "rows": m, "dim": int(d), "sha256": ""})
+    src = ShardSource(folder, {"dtype": dtype, "files": files}, m)
+    return Partition(src, order, where if rows is None or len(rows) == source.n else None, offsets)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +523,11 @@ class Features:
                 return p
         return None
 
+    def cluster_block(self, part: Partition, c: int) -> np.ndarray:
+        """Cluster ``c``'s entries of ``part`` (one contiguous read), in this space."""
+        a, b = int(part.offsets[c]), int(part.offsets[c + 1])
+        return self._assemble(b - a, lambda k, lo, hi: part.source.read_range(k, a + lo, a + hi))
+
     def partition(self, assign: np.ndarray, folder: Path, progress=None) -> Partition:
         """Copy this space's kinds into the order of ``assign`` (see :func:`write_partition`); later
         row-set reads of this object and of its halves come from there."""
@@ -500,6 +535,12 @@ class Features:
         part = write_partition(self.source, self.kinds, assign, folder, dtype=dtype, progress=progress)
         self.partitions.append(part)
         return part
+
+    def query_partition(self, rows: np.ndarray, clusters: np.ndarray, folder: Path, progress=None) -> Partition:
+        """Copy ``rows`` (ascending, a row once per cluster it searches) grouped by ``clusters``: the
+        queries of each cluster's kNN search as one contiguous read (not kept as a row-set source)."""
+        dtype = getattr(self.source, "dtype", np.dtype(np.float32)).name
+        return write_partition(self.source, self.kinds, clusters, folder, dtype=dtype, progress=progress, rows=rows)
 
 
 def open_source(store) -> VectorSource:

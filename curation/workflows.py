@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation import analysis, analysis_steps, id_sets, ingest, manifest, metrics, runs, selection, store
+from curation import analysis, analysis_steps, id_sets, ingest, manifest, metrics, runs, selection, store, vector_io
 from curation import schema as S
 from curation.confounders import flagged
 from curation.errors import CurationError
@@ -96,9 +96,10 @@ class DatasetSummary:
     gate_axes: list = field(default_factory=list)
     id_sets: list = field(default_factory=list)
     cluster_labels: dict = field(default_factory=dict)
+    vectors: str = ""                   # where the vectors live (inside the file, or shards beside it)
 
     FACTS = ("name", "path", "rows", "fingerprint", "columns", "image_dim", "text_dim", "image_model", "text_model",
-             "shared_space", "source", "tables", "size_mb")
+             "shared_space", "source", "tables", "size_mb", "vectors")
 
     def facts(self) -> dict:
         """The file's own facts as a JSON-ready dict (what ``python -m curation info`` prints)."""
@@ -135,7 +136,7 @@ def describe(db) -> DatasetSummary:
             run=None if rec is None else {"config": rec.config, "timings": rec.timings, "outputs": rec.outputs,
                                           "steps": list(rec.steps)},
             confounders=confounders, flagged=flags, reward=reward, reward_key=reward["scored_run"], gate_axes=axes,
-            id_sets=id_sets.refs(s), cluster_labels=labels)
+            id_sets=id_sets.refs(s), cluster_labels=labels, vectors=vector_io.describe(m.get("vectors")))
 
 
 # --- analyze ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from curation import CurationError, selection, store, workflows
+from curation import CurationError, charts, selection, store, workflows
 from curation.selection import SelectionConfig
 from pages._knobs import DEFAULT, check_knobs, config_from_state, init_state, show_notices, sync_query
 from pages._text import error, esc, warning
@@ -190,3 +190,20 @@ def knn_graph(path: str, fingerprint: str, run_id: str, which: str = "knn"):
 def search_rows(path: str, fingerprint: str, text: str, limit: int = 5000):
     with store.open_store(path) as s:
         return s.search_captions(text, limit)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def level_colors(path: str, run_id: str, column: str, _values) -> dict:
+    """{level: colour} of a categorical map colouring over every row (the largest levels coloured)."""
+    return charts.category_colors(_values)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cluster_centres(path: str, run_id: str, _prototype, _x, _y):
+    """Per prototype: its median map position and size (where the map writes cluster names)."""
+    import pandas as pd
+
+    g = pd.DataFrame({"c": _prototype, "x": _x, "y": _y}).groupby("c")
+    out = g.median()
+    out["size"] = g.size()
+    return out

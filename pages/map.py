@@ -1,12 +1,13 @@
-"""Map: the 2-D UMAP layout as a WebGL scatter (Plotly: zoom, pan, box and lasso selection, click)
-over a density heatmap of every sample. Click a point to inspect it (neighbours included); lasso
+"""Map: the 2-D UMAP layout: every row as an image rendered on the server (no WebGL needed), under a
+WebGL sample of points to hover and click (Plotly: zoom, pan, box and lasso selection). Zoom into a
+region to see every row of it. Click a point to inspect it (neighbours included); lasso
 or box a region to see its samples page by page and exclude or force-include them; search
 captions and see the hits ringed on the map."""
 
 import numpy as np
 import streamlit as st
 
-from curation import charts, regions
+from curation import charts, raster, regions
 from pages import _shared, _text, _views
 
 st.title("Map")
@@ -27,11 +28,11 @@ if n_rows > 2_000:
     top = min(200_000, n_rows)
     if "map_points" not in st.session_state:  # ?points=N opens the map with N points drawn
         try:
-            st.session_state["map_points"] = int(min(top, max(2_000, int(st.query_params.get("points", 20_000)))))
+            st.session_state["map_points"] = int(min(top, max(1_000, int(st.query_params.get("points", 5_000)))))
         except ValueError:
-            st.session_state["map_points"] = min(20_000, top)
-    max_points = c2.slider("Points drawn (a sample; the heatmap shows all)", 2_000, top, step=1_000,
-                           key="map_points")
+            st.session_state["map_points"] = min(5_000, top)
+    max_points = c2.slider("Points to hover and click (every row is in the image under them)", 1_000, top,
+                           step=1_000, key="map_points")
 else:
     max_points = n_rows
     c2.text(f"All {n_rows:,} points drawn")
@@ -61,27 +62,63 @@ if query.strip():
                    ": ringed on the map, listed below.")
         always = hits if always is None else (always | hits)
 
-sampled = charts.sample_points(df[["map_x"]], max_points, always=always).index.to_numpy()
-x, y = df.map_x.to_numpy()[sampled], df.map_y.to_numpy()[sampled]
+all_x, all_y = df.map_x.to_numpy(), df.map_y.to_numpy()
+view_key = f"map_view:{run_id}"
+full_view = raster.view_of(all_x, all_y)
+view = st.session_state.get(view_key) or full_view
+in_view = ((all_x >= view[0][0]) & (all_x <= view[0][1]) & (all_y >= view[1][0]) & (all_y <= view[1][1]))
+view_rows = np.flatnonzero(in_view)
+pick = charts.sample_points(df[["map_x"]].iloc[view_rows], max_points,
+                            always=None if always is None else always[view_rows]).index.to_numpy()
+sampled = pick  # dataset rows (the frame's index is row_idx order)
+x, y = all_x[sampled], all_y[sampled]
+colors = value_range = None
 if color == "selection":
-    values, is_cat = np.where(_views.selected_mask(n_rows, res.selected)[sampled], "selected", "not selected"), True
+    every = np.where(_views.selected_mask(n_rows, res.selected), "selected", "not selected")
+    is_cat = True
 else:
     is_cat = color in categorical
-    values = df[color].to_numpy()[sampled]
-    values = values.astype(str) if is_cat and color not in ("prototype", "hdbscan_label") else values
+    every = df[color].to_numpy()
+    every = every.astype(str) if is_cat and color not in ("prototype", "hdbscan_label") else every
+values = every[sampled]
+if is_cat:
+    colors = _shared.level_colors(path, run_id, color, every) if color != "selection" else charts.category_colors(every)
+    codes, rgb = charts.category_codes(every, colors)
+    image = raster.render(all_x, all_y, codes=codes, colors=rgb, x_range=view[0], y_range=view[1])
+else:
+    finite = np.isfinite(np.asarray(every, float))
+    value_range = (float(np.min(every[finite])), float(np.max(every[finite]))) if finite.any() else (0.0, 1.0)
+    image = raster.render(all_x, all_y, values=np.asarray(every, float), value_range=value_range,
+                          x_range=view[0], y_range=view[1])
 labels = ({c: l for c, l in (info.cluster_labels or {}).items()} if color == "prototype" else None)
+names = None
+if color == "prototype" and labels:  # the largest clusters in view, named where they sit
+    centres = _shared.cluster_centres(path, run_id, df.prototype.to_numpy(), all_x, all_y)
+    vis = centres[(centres.x >= view[0][0]) & (centres.x <= view[0][1]) & (centres.y >= view[1][0])
+                  & (centres.y <= view[1][1])].nlargest(12, "size")
+    names, wx, wy = [], view[0][1] - view[0][0], view[1][1] - view[1][0]
+    for r in vis.itertuples():  # largest first; a name that would overlap a placed one is left out
+        text = labels.get(int(r.Index))
+        if text and all(abs(r.x - nx) > 0.16 * wx or abs(r.y - ny) > 0.05 * wy for nx, ny, _ in names):
+            names.append((r.x, r.y, text))
 hover = None
 if len(sampled) <= 20_000:
     cap = df["caption"].to_numpy()[sampled] if "caption" in df else [""] * len(sampled)
     hover = [f"{i} · {str(c)[:80]}" for i, c in zip(df["id"].to_numpy()[sampled], cap)]
 fig = charts.map_figure(x, y, sampled, color_name=color, values=values, categorical=is_cat, labels=labels,
-                        hover=hover, highlight=None if hits is None else hits[sampled],
-                        density=charts.density_grid(df.map_x.to_numpy(), df.map_y.to_numpy()),
-                        uirevision=f"{run_id}")
+                        hover=hover, highlight=None if hits is None else hits[sampled], colors=colors,
+                        image=image, names=names, value_range=value_range, uirevision=f"{run_id}:{view}")
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="map_plot",
                         config={"scrollZoom": True, "displaylogo": False})
-st.caption(f"{n_rows:,} samples; heatmap of all, {len(sampled):,} points drawn. Scroll to zoom, drag to "
-           "lasso (box and pan in the toolbar), click a point to inspect it.")
+zoomed = view != full_view
+st.caption(f"{n_rows:,} samples; the image shows every one of the {image.n_rows:,} rows "
+           f"{'in this zoomed view' if zoomed else 'of the pool'} (colour: "
+           f"{'the level most rows of a pixel hold' if is_cat else 'the mean per pixel'}; stronger where more rows "
+           f"fall), with {len(sampled):,} points on top to hover and click. Lasso or box a region to act on every "
+           f"row inside it, or to zoom into it.")
+if zoomed and st.button("Show the whole map", key="map_unzoom"):
+    st.session_state.pop(view_key, None)
+    st.rerun()
 
 picked = []
 if event and event.get("selection"):
@@ -110,7 +147,21 @@ if polygons:  # a box or lasso: every row inside it, drawn or not (the map draws
     inside = regions.rows_in_regions(df.map_x.to_numpy(), df.map_y.to_numpy(), polygons)
     rows = df.iloc[inside]
     st.subheader(f"{len(inside):,} samples in the region (every row inside it, of which {len(picked):,} drawn)")
+    if st.button("Zoom into this region (every row of it drawn)", key="map_zoom"):
+        px = np.concatenate([np.asarray(p)[:, 0] for p in polygons])
+        py = np.concatenate([np.asarray(p)[:, 1] for p in polygons])
+        st.session_state[view_key] = raster.view_of(px, py, pad=0.05)
+        st.rerun()
     name = st.text_input("Rule name", f"region-{len(inside)}", key="region_name")
+    dist_cols = [c for c in [*info.meta_columns, "band", "tail_score", "fidelity_score", "caption_score"]
+                 if c in df.columns]
+    if dist_cols and len(inside):
+        col = st.selectbox("The region beside the pool: distribution of", dist_cols, key="region_dist",
+                           format_func=_text.plain)
+        is_cat_col = col in categorical or df[col].dtype == object
+        chart = charts.region_vs_pool(df[col].to_numpy(), inside, _text.plain(col), categorical=is_cat_col)
+        if chart is not None:
+            st.altair_chart(chart, use_container_width=True)
     meta = {"n": int(len(inside)), "analysis_run": run_id, "polygons": polygons}
     b1, b2 = st.columns(2)
     if b1.button("Exclude this region from the subset", key="region_exclude", disabled=not len(inside)):
