@@ -215,10 +215,15 @@ def category_colors(values) -> dict:
     row and the drawn sample agree."""
     import pandas as pd
 
-    counts = pd.Series(np.asarray(values).astype(object)).value_counts(sort=True)
+    vals = np.asarray(values)
+    if vals.dtype.kind in "iub":  # cluster ids: counted without a Python object per row
+        levels, cnt = np.unique(vals, return_counts=True)
+        ordered = [lv.item() for lv in levels[np.argsort(-cnt, kind="stable")]]
+    else:
+        ordered = list(pd.Series(vals.astype(object)).value_counts(sort=True).index)
     grey = {"-1", -1, "not selected", "noise"}
     out, i = {}, 0
-    for v in counts.index:
+    for v in ordered:
         if v == "selected":
             out[v] = SELECTED_COLOR
         elif v in grey:
@@ -235,7 +240,15 @@ def category_codes(values, colors: dict):
     import pandas as pd
 
     levels = list(colors)
-    codes = pd.Categorical(np.asarray(values).astype(object), categories=levels).codes.astype(np.int64)
+    vals = np.asarray(values)
+    if vals.dtype.kind in "iub" and all(isinstance(lv, (int, np.integer)) for lv in levels):
+        lv = np.asarray(levels, np.int64)
+        order = np.argsort(lv)
+        pos = np.searchsorted(lv[order], vals).clip(0, max(len(lv) - 1, 0))
+        codes = np.where(len(lv) and (lv[order][pos] == vals), order[pos], -1).astype(np.int64) if len(lv) \
+            else np.full(len(vals), -1, np.int64)
+    else:
+        codes = pd.Categorical(vals.astype(object), categories=levels).codes.astype(np.int64)
     rgb = []
     for lv in levels:
         c = colors[lv]

@@ -93,10 +93,11 @@ def render(x: np.ndarray, y: np.ndarray, *, codes: np.ndarray | None = None, col
         c = np.asarray(codes)[keep].astype(np.int64)
         K = len(colors)
         c = np.where((c < 0) | (c >= K), K, c)  # K = "other" (grey)
-        table = np.bincount(pix * (K + 1) + c, minlength=P * (K + 1)).reshape(P, K + 1)
-        maj = table.argmax(axis=1)
+        # per occupied pixel only (most of the image is empty): a compact index, then one bincount
+        occ, inv = np.unique(pix, return_inverse=True)
+        table = np.bincount(inv * (K + 1) + c, minlength=len(occ) * (K + 1)).reshape(len(occ), K + 1)
         lut = np.array([*[tuple(col) for col in colors], GREY], np.uint8)
-        rgba[:, :3] = lut[maj]
+        rgba[occ, :3] = lut[table.argmax(axis=1)]
     elif values is not None:
         v = np.asarray(values, float)[keep]
         lo, hi = value_range or (float(np.min(v)) if len(v) else 0.0, float(np.max(v)) if len(v) else 1.0)
