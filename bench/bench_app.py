@@ -85,6 +85,9 @@ def payload_bytes(at) -> int:
     return sum(len(c.proto.SerializeToString()) for kind in ("vega_lite_chart", "plotly_chart") for c in at.get(kind))
 
 
+SCREENSHOT: Path | None = None
+
+
 def browser_first_paint(data_dir: Path, points_list) -> dict | None:
     """{N: seconds} from opening /map?points=N in headless Chromium until the WebGL scatter has
     drawn its traces, for each N (None without chromium or playwright)."""
@@ -134,6 +137,9 @@ def browser_first_paint(data_dir: Path, points_list) -> dict | None:
                                        " g.querySelector('canvas') && g.querySelectorAll('svg image').length > 0; }",
                                        timeout=600_000)
                 took[points] = time.perf_counter() - t
+                if SCREENSHOT and points == points_list[0]:
+                    page.wait_for_timeout(1500)
+                    page.screenshot(path=str(SCREENSHOT))
             took["knob"] = browser_knob_latency(url, b)
             b.close()
         return took
@@ -229,7 +235,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--no-browser", action="store_true", help="skip the headless Chromium first-paint measurement")
+    ap.add_argument("--screenshot", help="save the map's first paint as this PNG (the README's picture)")
     a = ap.parse_args()
+    global SCREENSHOT
+    SCREENSHOT = Path(a.screenshot) if a.screenshot else None
     from streamlit.testing.v1 import AppTest
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
