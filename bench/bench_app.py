@@ -140,6 +140,15 @@ def browser_first_paint(data_dir: Path, points_list) -> dict | None:
                 if SCREENSHOT and points == points_list[0]:
                     page.wait_for_timeout(1500)
                     page.screenshot(path=str(SCREENSHOT))
+            if SCREENSHOT:  # every page at this size, beside the map's picture
+                for name, wait_text in (("", "Samples"), ("long_tail", "Rarest clusters"), ("confounders", "Stratify"),
+                                        ("quality", "Quality"), ("select", "Impact")):
+                    pg = b.new_page(viewport={"width": 1400, "height": 1000})
+                    pg.goto(f"{url}/{name}", wait_until="domcontentloaded", timeout=600_000)
+                    pg.get_by_text(wait_text).first.wait_for(timeout=600_000)
+                    pg.wait_for_timeout(2500)
+                    pg.screenshot(path=str(SCREENSHOT.with_name(f"{name or 'overview'}_{SCREENSHOT.stem}.png")))
+                    pg.close()
             took["knob"] = browser_knob_latency(url, b)
             b.close()
         return took
@@ -235,7 +244,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--no-browser", action="store_true", help="skip the headless Chromium first-paint measurement")
-    ap.add_argument("--screenshot", help="save the map's first paint as this PNG (the README's picture)")
+    ap.add_argument("--screenshot", help="save the map's first paint as this PNG (the README's picture), and "
+                                         "every other page beside it as <page>_<name>.png")
     a = ap.parse_args()
     global SCREENSHOT
     SCREENSHOT = Path(a.screenshot) if a.screenshot else None

@@ -571,6 +571,10 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
             shard_dir = V.install_shards(path, fingerprint, tmp_dir)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+            try:
+                tmp_dir.parent.rmdir()  # the folder beside the file, when this write made it
+            except OSError:
+                pass
             raise
         m["vectors"] = V.shard_meta(vdtype, records)
     else:

@@ -190,3 +190,15 @@ def test_ingest_cli_writes_shards_on_request(tmp_path, run_cli):
                              "--vector-dtype", "float16")
     assert code == 0, err
     assert "vectors 1 float16 shards beside the dataset file" in out
+
+
+def test_values_beyond_float16_are_refused_naming_the_row_and_nothing_is_left(tmp_path):
+    import pyarrow as pa
+
+    v = np.ones((50, 8), np.float32)
+    v[17, 3] = 1e5  # beyond float16's 65,504
+    db = tmp_path / "f.duckdb"
+    with pytest.raises(CurationError, match=r"row 17 .*--vector-dtype float32"):
+        store.create_dataset(db, pa.table({"id": [f"r{i}" for i in range(50)]}), {"image": v},
+                             vector_layout="shards", vector_dtype="float16")
+    assert not db.exists() and not vector_io.vectors_folder(db).exists()
