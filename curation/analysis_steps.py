@@ -99,8 +99,6 @@ def _by_cluster(inp: _Inputs, X, assign: np.ndarray, name: str, prog=None, step:
 
     if not isinstance(X, Features) or inp.work is None:
         return
-    if any(getattr(p, "name", None) == name for p in X.partitions):
-        return
     done = [0]
 
     def part_prog(m):
@@ -108,8 +106,7 @@ def _by_cluster(inp: _Inputs, X, assign: np.ndarray, name: str, prog=None, step:
         if prog:
             prog(f"{step}: partition", done[0], len(assign) * len(X.kinds))
 
-    part = X.partition(assign, partitions_dir(inp.work, name), progress=part_prog)
-    part.name = name
+    X.partition(assign, partitions_dir(inp.work, name), progress=part_prog, name=name)
 
 
 def _step_prototypes(inp: _Inputs, prog) -> StepResult:

@@ -529,11 +529,15 @@ class Features:
         a, b = int(part.offsets[c]), int(part.offsets[c + 1])
         return self._assemble(b - a, lambda k, lo, hi: part.source.read_range(k, a + lo, a + hi))
 
-    def partition(self, assign: np.ndarray, folder: Path, progress=None) -> Partition:
+    def partition(self, assign: np.ndarray, folder: Path, progress=None, name: str = "") -> Partition:
         """Copy this space's kinds into the order of ``assign`` (see :func:`write_partition`); later
-        row-set reads of this object and of its halves come from there."""
+        row-set reads of this object and of its halves come from there. One per ``name``."""
+        for p in self.partitions:
+            if name and p.name == name:
+                return p
         dtype = getattr(self.source, "dtype", np.dtype(np.float32)).name
         part = write_partition(self.source, self.kinds, assign, folder, dtype=dtype, progress=progress)
+        part.name = name
         self.partitions.append(part)
         return part
 
