@@ -15,10 +15,10 @@ c1.metric("Samples", f"{info.rows:,}")
 c2.metric("Image dim", info.image_dim or "none")
 c3.metric("Text dim", info.text_dim or "none")
 c4.metric("File size", f"{info.size_mb} MB")
-st.dataframe(pd.DataFrame({"": ["fingerprint", "source", "image model", "text model"],
+st.dataframe(pd.DataFrame({"": ["fingerprint", "source", "image model", "text model", "vectors"],
                            "value": [str(info.fingerprint), str(info.source),
                                      str(info.image_model or "not recorded"),
-                                     str(info.text_model or "not recorded")]}),
+                                     str(info.text_model or "not recorded"), str(info.vectors)]}),
              hide_index=True, key="ov_facts")
 if info.shared_space:
     st.success("Image and text embeddings share one space: image-text fidelity is available.")
