@@ -274,6 +274,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         done_steps = list(prev.steps) if prev and store.has_table(names["samples"]) else []
         if not force and set(steps) <= set(done_steps):
             log.info("analysis %s already has %s: cached", run_id, ", ".join(steps))
+            checkpoint.clear(work_folder(db, run_id))  # left by an interrupted --force of this run
             return run_id
         for s in steps:
             need = REQUIRES.get(s)
@@ -346,6 +347,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     outputs.update({"tables": names, "k": int(inp.k), "steps": all_steps, "n": n, "peak_rss_gb": peaks})
     with open_store(db, read_only=False) as store:
         if store.fingerprint != fingerprint:
+            checkpoint.clear(inp.work)  # kept steps of data that is gone
             raise StateError(f"dataset {db} changed during the analysis; nothing was written. Fix: run it again.")
         store.record_run("analysis", json.loads(config.to_json()), timings, outputs, run_id=run_id,
                          extra_tables=tables)

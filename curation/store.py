@@ -561,6 +561,7 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
     m.update({f"{k}_dim": d for k, d in dims.items()})
     tables = [(S.SAMPLES, samples)]
     shard_dir = created_dir = None
+    old_fp = _sharded_fingerprint(path)  # the content a replace removes once it has landed
     if layout == "shards":
         hasher = fingerprint_hasher(samples)
         tmp_dir = V.tmp_shard_folder(path)
@@ -569,12 +570,16 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
             fingerprint = hasher.hexdigest()
             created_dir = not (V.vectors_folder(path) / fingerprint).exists()
             shard_dir = V.install_shards(path, fingerprint, tmp_dir)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             try:
                 tmp_dir.parent.rmdir()  # the folder beside the file, when this write made it
             except OSError:
                 pass
+            if isinstance(e, OSError):
+                raise CurationError(f"cannot write the vector shards of {path} in {tmp_dir.parent}: "
+                                    f"{e.strerror or e}. Nothing was changed. Fix: make that folder writable "
+                                    f"(or free space), or choose another dataset path.") from None
             raise
         m["vectors"] = V.shard_meta(vdtype, records)
     else:
@@ -616,22 +621,45 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         raise CurationError(f"dataset {path} was created by another process while this one was writing it; "
                             f"nothing was changed. Fix: choose another path, or pass --replace to overwrite "
                             f"it.") from None
-    V.remove_unused_shards(path, keep=fingerprint if layout == "shards" else None)  # a replaced dataset's
+    V.remove_old_shards(path, old_fp, keep=fingerprint if layout == "shards" else None)  # a replaced dataset's
     log.info("wrote dataset %s: %d rows, fingerprint %s", path, n, fingerprint)
     return fingerprint
 
 
+def _sharded_fingerprint(path: Path) -> str | None:
+    """The fingerprint of the sharded dataset at ``path`` (None: none, or its vectors are inline)."""
+    if not is_dataset(path):
+        return None
+    try:
+        with open_store(path, wait=0) as s:
+            return s.fingerprint if s.sharded else None
+    except CurationError:
+        return None
+
+
 def copy_dataset(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy a dataset file and its vector shards (when it has them) to ``dst``; the copy opens on
-    its own. ``dst`` must not exist."""
+    """Copy a dataset file and its vector shards (when it has them, checked against their sha256)
+    to ``dst``; the copy opens on its own. ``dst`` and its vectors folder must not exist; a failed
+    copy leaves nothing behind."""
     from curation import vector_io as V
 
     src, dst = Path(src), Path(dst)
-    if dst.exists():
-        raise CurationError(f"{dst} exists. Fix: choose another path, or remove it first.")
+    if dst.exists() or V.vectors_folder(dst).exists():
+        raise CurationError(f"{dst} (or its vectors folder {V.vectors_folder(dst).name}) exists. Fix: choose "
+                            f"another path, or remove them first.")
     with open_store(src) as s:
         fp, sharded = s.fingerprint, s.sharded
-    if sharded:
-        shutil.copytree(V.vectors_folder(src) / fp, V.vectors_folder(dst) / fp)
-    shutil.copyfile(src, dst)
+        if sharded:
+            bad = s.vector_source().verify()
+            if bad:
+                raise CurationError(f"the vector shards {', '.join(bad)} of {src} do not match their checksums; "
+                                    f"nothing was copied. Fix: re-ingest {src} (ingest ... --replace).")
+    try:
+        shutil.copyfile(src, dst)
+        if sharded:
+            shutil.copytree(V.vectors_folder(src) / fp, V.vectors_folder(dst) / fp)
+    except OSError as e:
+        dst.unlink(missing_ok=True)
+        shutil.rmtree(V.vectors_folder(dst), ignore_errors=True)
+        raise CurationError(f"cannot copy {src} to {dst}: {e.strerror or e}. Nothing was left at {dst}.") from None
     return dst

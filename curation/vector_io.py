@@ -116,6 +116,11 @@ def write_shards(folder: Path, vectors: dict, dtype: str, rows_per_shard: int | 
                         bad = a + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
                         raise CurationError(f"{kind} vector of row {bad} is not finite in {dtype} (too large "
                                             f"for float16?). Fix: pass --vector-dtype float32, or fix the input.")
+                    if dtype == "float16" and (block == 0).all(axis=1).any():
+                        bad = a + int(np.flatnonzero((block == 0).all(axis=1))[0])
+                        raise CurationError(f"{kind} vector of row {bad} becomes all zeros in float16 (its values "
+                                            f"are too small). Fix: pass --vector-dtype float32, or rescale the "
+                                            f"vectors (only directions matter).")
                     raw = block.reshape(-1).view(np.uint8)
                     f.write(raw)
                     h.update(raw)
@@ -151,32 +156,55 @@ def release_rows(v, start: int, stop: int) -> None:
 
 
 def install_shards(db: Path, fingerprint: str, tmp_folder: Path) -> Path:
-    """Move freshly written shards into ``<db>.vectors/<fingerprint>`` (content-addressed: an
-    existing folder of that fingerprint holds the same bytes and is kept)."""
+    """Move freshly written shards into ``<db>.vectors/<fingerprint>``. A folder of that fingerprint
+    already there (an earlier ingest of the same content) is replaced, so re-ingesting repairs a
+    damaged shard."""
     final = vectors_folder(db) / fingerprint
     if final.exists():
-        shutil.rmtree(tmp_folder, ignore_errors=True)
+        old = final.with_name(f".old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp_folder, final)
+        shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_folder, final)
     return final
 
 
 def tmp_shard_folder(db: Path) -> Path:
+    """A new temporary folder for shards being written (named with this process's id, so a later
+    write removes only the temporaries of processes that are gone)."""
     base = vectors_folder(db)
+    if base.exists() and not base.is_dir() or base.is_symlink() and not base.exists():
+        raise CurationError(f"{base} is in the way: the vectors of {db.name} go in a folder of that name. "
+                            f"Fix: move that file away, or choose another dataset path.")
     base.mkdir(parents=True, exist_ok=True)
-    return base / f".tmp-{uuid.uuid4().hex[:12]}"
-
-
-def remove_unused_shards(db: Path, keep: str | None) -> None:
-    """Delete shard folders of earlier contents of ``db`` (after a replace) and stale temporaries."""
-    base = vectors_folder(db)
-    if not base.is_dir():
-        return
-    for p in base.iterdir():
-        if p.name != keep:
+    for p in base.glob(".tmp-*"):  # left by a killed ingest
+        pid = p.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-    if keep is None:
-        shutil.rmtree(base, ignore_errors=True)
+    return base / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_old_shards(db: Path, old: str | None, keep: str | None) -> None:
+    """After a replace lands: delete the folder of the content the file held before (``old``), never
+    another writer's, and the ``.vectors`` folder itself once nothing is left in it."""
+    base = vectors_folder(db)
+    if old and old != keep:
+        shutil.rmtree(base / old, ignore_errors=True)
+    try:
+        base.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,9 +287,13 @@ class ShardSource(VectorSource):
         key = rec["name"]
         if key not in self._offsets:
             with open(self._path(rec), "rb") as f:
-                major, _ = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read(f)
+                try:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                except ValueError as e:
+                    raise StateError(f"vector shard {self._path(rec)} is damaged ({e}). Fix: re-ingest the "
+                                     f"dataset (ingest ... --replace).") from None
                 if shape != (rec["rows"], rec["dim"]) or dtype != self.dtype:
                     raise StateError(f"vector shard {self._path(rec)} holds {shape} {dtype}, the dataset records "
                                      f"({rec['rows']}, {rec['dim']}) {self.dtype}: it was replaced or damaged. "

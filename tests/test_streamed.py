@@ -202,3 +202,32 @@ def test_values_beyond_float16_are_refused_naming_the_row_and_nothing_is_left(tm
         store.create_dataset(db, pa.table({"id": [f"r{i}" for i in range(50)]}), {"image": v},
                              vector_layout="shards", vector_dtype="float16")
     assert not db.exists() and not vector_io.vectors_folder(db).exists()
+
+
+def test_shard_trouble_found_by_a_fuzz_run(tmp_path, monkeypatch):
+    """Re-ingesting repairs a damaged shard; a shard with a garbled header, tiny vectors in float16,
+    a file where the vectors folder goes, and a copy onto an existing folder are each one clear error."""
+    import pyarrow as pa
+
+    db = _build(tmp_path / "h.duckdb", monkeypatch, vector_layout="shards")
+    with store.open_store(db) as s:
+        folder = vector_io.vectors_folder(db) / s.fingerprint
+    first = folder / "image-00000.npy"
+    first.write_bytes(b"\x93NUMPY garbage" + bytes(200))
+    with store.open_store(db) as s, pytest.raises(StateError, match="is damaged"):
+        s.embeddings("image")
+    _build(db, monkeypatch, vector_layout="shards", replace=True)  # the same content, written again
+    with store.open_store(db) as s:
+        assert s.vector_source().verify() == []
+    with pytest.raises(CurationError, match="exists"):
+        store.copy_dataset(db, db)
+    v = np.ones((40, 8), np.float32)
+    v[9] *= 1e-9
+    with pytest.raises(CurationError, match="row 9 becomes all zeros in float16"):
+        store.create_dataset(tmp_path / "z.duckdb", pa.table({"id": [f"r{i}" for i in range(40)]}), {"image": v},
+                             vector_layout="shards", vector_dtype="float16")
+    (tmp_path / "y.duckdb.vectors").write_text("in the way")
+    with pytest.raises(CurationError, match="is in the way"):
+        store.create_dataset(tmp_path / "y.duckdb", pa.table({"id": [f"r{i}" for i in range(40)]}),
+                             {"image": np.ones((40, 8), np.float32)}, vector_layout="shards")
+    assert not (tmp_path / "y.duckdb").exists() and not (tmp_path / "z.duckdb.vectors").exists()
