@@ -599,10 +599,18 @@ def shard_meta(dtype: str, records: list[dict]) -> dict:
     return {"layout": "shards", "dtype": dtype, "files": records}
 
 
-def describe(info: dict | None) -> str:
+def describe(info: dict | None, folder: Path | None = None) -> str:
+    """Where a dataset's vectors live, in a few words; with ``folder`` (its shard folder), the shards
+    that are not there are named."""
     if not info or info.get("layout") != "shards":
         return "inside the dataset file (float32)"
-    return f"{len(info['files'])} {info['dtype']} shards beside the dataset file"
+    text = f"{len(info['files'])} {info['dtype']} shards beside the dataset file"
+    if folder is not None:
+        missing = [r["name"] for r in info["files"] if not (Path(folder) / r["name"]).is_file()]
+        if missing:
+            text += (f"; MISSING {len(missing)} of them ({', '.join(missing[:3])}) in {folder}: restore the folder "
+                     f"or re-ingest")
+    return text
 
 
 __all__ = ["ArraySource", "Features", "InlineSource", "Partition", "ShardSource", "VectorSource", "describe",

@@ -136,7 +136,7 @@ def describe(db) -> DatasetSummary:
             run=None if rec is None else {"config": rec.config, "timings": rec.timings, "outputs": rec.outputs,
                                           "steps": list(rec.steps)},
             confounders=confounders, flagged=flags, reward=reward, reward_key=reward["scored_run"], gate_axes=axes,
-            id_sets=id_sets.refs(s), cluster_labels=labels, vectors=vector_io.describe(m.get("vectors")))
+            id_sets=id_sets.refs(s), cluster_labels=labels, vectors=vector_io.describe(m.get("vectors"), vector_io.vectors_folder(s.path) / m["fingerprint"]))
 
 
 # --- analyze ---------------------------------------------------------------------------------------

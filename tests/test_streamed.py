@@ -152,6 +152,9 @@ def test_missing_or_damaged_shards_are_refused_with_the_fix(layouts, tmp_path, m
     shutil.copy(db, copy)  # the file without its folder
     with store.open_store(copy) as s, pytest.raises(StateError, match=r"moved\.duckdb\.vectors.*copy_dataset"):
         s.vector_source()
+    from curation import workflows
+
+    assert "MISSING 8 of them" in workflows.describe(copy).vectors
     with store.open_store(db) as s:
         rec = s.meta["vectors"]["files"][1]
         f = vector_io.vectors_folder(db) / s.fingerprint / rec["name"]
