@@ -10,7 +10,7 @@ Two layouts, one reading interface (:class:`VectorSource`):
   table inside the DuckDB file, read by row ranges through Arrow.
 
 A source reads a row range or a set of rows of one kind as float32; nothing reads the whole
-matrix unless asked (:meth:`VectorSource.read_all`). Reads go through ``read``/``pread`` into fresh
+matrix unless asked (:meth:`curation.store.Store.vectors`). Reads go through ``read``/``pread`` into fresh
 arrays, not memory maps, so the pages read are not counted as the process's resident memory for
 the rest of the run.
 
@@ -240,14 +240,6 @@ class VectorSource:
                 block = self.read_range(kind, lo, hi)
                 out[order[a:e]] = block[srt[a:e] - lo]
                 a = e
-        return out
-
-    def read_all(self, kind: str) -> np.ndarray | None:
-        if self.dims.get(kind) is None:
-            return None
-        out = np.empty((self.n, self.dims[kind]), np.float32)
-        for a in range(0, self.n, 1 << 16):
-            out[a:a + (1 << 16)] = self.read_range(kind, a, min(self.n, a + (1 << 16)))
         return out
 
     def close(self) -> None:

@@ -234,3 +234,19 @@ def test_shard_trouble_found_by_a_fuzz_run(tmp_path, monkeypatch):
         store.create_dataset(tmp_path / "y.duckdb", pa.table({"id": [f"r{i}" for i in range(40)]}),
                              {"image": np.ones((40, 8), np.float32)}, vector_layout="shards")
     assert not (tmp_path / "y.duckdb").exists() and not (tmp_path / "z.duckdb.vectors").exists()
+
+
+def test_features_read_on_demand_equal_the_space_built_in_memory(tmp_path):
+    """Row ranges, row sets (any order, repeats), one kind's half, and reads through a by-cluster
+    partition all give the bytes spaces.build_space gives."""
+    from curation.spaces import build_space
+
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(5000, 8)).astype(np.float32), rng.normal(size=(5000, 4)).astype(np.float32)
+    F = vector_io.Features(vector_io.ArraySource({"image": img, "text": txt}), ["image", "text"])
+    X = build_space({"image": img, "text": txt})
+    rows = rng.choice(5000, 3000)
+    assert np.array_equal(F[10:4000], X[10:4000]) and np.array_equal(F[rows], X[rows])
+    assert np.array_equal(F.half("text")[0:100], X[:100, 8:]) and np.array_equal(F[:, slice(0, 8)][0:5], X[:5, :8])
+    F.partition(rng.integers(0, 7, 5000), tmp_path / "p", name="c")
+    assert np.array_equal(F[rows], X[rows]) and np.array_equal(np.asarray(F), X)
