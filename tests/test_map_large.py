@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_browser import CHROMIUM, _serve  # noqa: E402
+from test_browser import CHROMIUM, _serve, assert_no_exception  # noqa: E402
 
 pytestmark = [pytest.mark.xdist_group("map_large"),
               pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it)")]
@@ -79,6 +79,8 @@ def test_lasso_on_200k_rows_excludes_every_row_inside_from_the_export(big_app):
         page.mouse.up()
         page.get_by_text("samples in the region").first.wait_for(timeout=120_000)
         shown = page.get_by_text("samples in the region").first.inner_text()
+        page.get_by_text("The region beside the pool").first.wait_for(timeout=60_000)  # its distributions
+        assert_no_exception(page)
         page.get_by_role("button", name="Exclude this region from the subset").click()
         page.get_by_text("Rule added: exclude").first.wait_for(timeout=120_000)
         # to Select & export in the same session (the sidebar link keeps the rule), and export
