@@ -95,7 +95,7 @@ def phase(name: str, db: Path, args) -> dict:
         t = time.perf_counter()
         exact, _ = density.exact_knn(X, 10, q)
         exact_s = (time.perf_counter() - t) * len(X) / len(q)
-        cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
+        cent = analysis.centroids_of(pt)
         out = {"exact_all_seconds_est": exact_s, "recall": {}}
         for p in (int(x) for x in args.probes.split(",")):
             t = time.perf_counter()

@@ -196,6 +196,11 @@ def cluster_label_map(store, run_id: str) -> dict[int, str]:
     return dict(zip(t["prototype"].astype(int), t["label"].fillna("").astype(str)))
 
 
+def centroids_of(prototypes_table) -> np.ndarray:
+    """The (k, d) float32 centroids stored in a run's prototypes table (one blob per prototype)."""
+    return np.stack([np.frombuffer(b, np.float32) for b in prototypes_table["centroid"]])
+
+
 def load_table(store, run_id: str, which: str):
     """One of the run's side tables: "prototypes", "knn" or "confounders"."""
     return store.read_table(table_names(run_id)[which])
@@ -289,7 +294,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         centroids = None
         if "density" in steps and "prototypes" not in steps:
             pt = store.read_table(names["prototypes"])
-            centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
+            centroids = centroids_of(pt)
         inp = _Inputs(config=config, n=n, k=config.k or _default_k(n), F=None, slices={}, X=None, out=out,
                       shared_space=bool(store.meta.get("shared_space")), centroids=centroids,
                       case=_case_codes(store) if {"density", "quality"} & set(steps) else None,
@@ -323,7 +328,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                 timings_step = kept[3]
                 if step == "prototypes":
                     pt = res.tables["prototypes"]
-                    inp.centroids = np.stack([np.frombuffer(b, np.float32) for b in pt["centroid"]])
+                    inp.centroids = centroids_of(pt)
             else:
                 res = STEP_FUNCS[step](inp, prog)
                 timings_step = time.perf_counter() - t

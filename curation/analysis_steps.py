@@ -13,6 +13,7 @@ from curation import projection as M
 from curation import prototypes as P
 from curation import quality as Q
 from curation import schema as S
+from curation.checkpoint import partitions_dir
 from curation.errors import CurationError
 from curation.labels import cluster_labels
 from curation.vector_io import Features
@@ -86,8 +87,6 @@ class _Inputs:
 
 def _query_folder(inp: _Inputs, name: str):
     """Where a kNN search copies its queries grouped by cluster (runs reading vectors on demand)."""
-    from curation.checkpoint import partitions_dir
-
     return partitions_dir(inp.work, name) if inp.work is not None and isinstance(inp.X, Features) else None
 
 
@@ -95,8 +94,6 @@ def _by_cluster(inp: _Inputs, X, assign: np.ndarray, name: str, prog=None, step:
     """Give ``X`` (read on demand) a copy of its vectors in the order of ``assign``, so the rows of
     one cluster are one contiguous read for the per-cluster work (FPS, kNN). In-memory arrays and
     runs without a work folder need none."""
-    from curation.checkpoint import partitions_dir
-
     if not isinstance(X, Features) or inp.work is None:
         return
     done = [0]

@@ -259,6 +259,23 @@ def category_codes(values, colors: dict):
     return codes, rgb
 
 
+def map_image(x, y, values, *, categorical: bool, view, colors: dict | None = None):
+    """The image of every row for the map (:func:`curation.raster.render`) and how it was coloured:
+    (raster, {level: colour} or None, numeric value range or None). Categorical levels get
+    :func:`category_colors` unless ``colors`` is given."""
+    from curation import raster
+
+    if categorical:
+        colors = colors if colors is not None else category_colors(values)
+        codes, rgb = category_codes(values, colors)
+        return raster.render(x, y, codes=codes, colors=rgb, x_range=view[0], y_range=view[1]), colors, None
+    v = np.asarray(values, float)
+    finite = np.isfinite(v)
+    value_range = (float(np.min(v[finite])), float(np.max(v[finite]))) if finite.any() else (0.0, 1.0)
+    img = raster.render(x, y, values=v, value_range=value_range, x_range=view[0], y_range=view[1])
+    return img, None, value_range
+
+
 def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = True, labels=None,
                hover=None, highlight=None, density=None, height: int = 620, uirevision: str = "map",
                colors: dict | None = None, image=None, names=None, value_range=None):

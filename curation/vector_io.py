@@ -426,7 +426,7 @@ def write_partition(source: VectorSource, kinds, assign: np.ndarray, folder: Pat
     """
     assign = np.asarray(assign)
     m = len(assign)
-    rows = np.arange(source.n) if rows is None else np.asarray(rows, np.int64)
+    listed = np.arange(source.n) if rows is None else np.asarray(rows, np.int64)
     k = int(assign.max()) + 1 if m else 0
     order = np.argsort(assign, kind="stable")
     where = np.empty(m, np.int64)
@@ -446,12 +446,12 @@ def write_partition(source: VectorSource, kinds, assign: np.ndarray, folder: Pat
             step = 1 << 16
             for a in range(0, source.n, step):
                 b = min(source.n, a + step)
-                lo, hi = np.searchsorted(rows, [a, b])
+                lo, hi = np.searchsorted(listed, [a, b])
                 if hi > lo:
                     block = source.read_range(kind, a, b).astype(dtype, copy=False)
                     pos = where[lo:hi]
                     srt = np.argsort(pos, kind="stable")
-                    pos_s, src_s = pos[srt], rows[lo:hi][srt] - a
+                    pos_s, src_s = pos[srt], listed[lo:hi][srt] - a
                     cuts = np.flatnonzero(np.diff(pos_s) != 1) + 1
                     for s_, e_ in zip(np.r_[0, cuts], np.r_[cuts, len(pos_s)]):
                         os.pwrite(fd, np.ascontiguousarray(block[src_s[s_:e_]]).tobytes(),
@@ -460,7 +460,7 @@ def write_partition(source: VectorSource, kinds, assign: np.ndarray, folder: Pat
                     progress(b - a)
         files.append({"kind": kind, "name": name, "start": 0, "rows": m, "dim": int(d), "sha256": ""})
     src = ShardSource(folder, {"dtype": dtype, "files": files}, m)
-    return Partition(src, order, where if rows is None or len(rows) == source.n else None, offsets)
+    return Partition(src, order, where if rows is None else None, offsets)  # a query copy has no row -> place
 
 
 # ----------------------------------------------------------------------------------------------

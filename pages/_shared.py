@@ -192,10 +192,12 @@ def search_rows(path: str, fingerprint: str, text: str, limit: int = 5000):
         return s.search_captions(text, limit)
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def level_colors(path: str, run_id: str, column: str, _values) -> dict:
-    """{level: colour} of a categorical map colouring over every row (the largest levels coloured)."""
-    return charts.category_colors(_values)
+@st.cache_data(max_entries=16, show_spinner=False)
+def map_image(path: str, run_id: str, reward_key, column: str, view, is_cat: bool, as_text: bool, _x, _y, _values):
+    """The map's image of every row coloured by a stored column (:func:`curation.charts.map_image`),
+    kept per run, column and view: a rerun for a click, a region or a rule name draws nothing again."""
+    values = _values.astype(str) if as_text else _values
+    return charts.map_image(_x, _y, values, categorical=is_cat, view=view)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

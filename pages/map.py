@@ -72,24 +72,18 @@ pick = charts.sample_points(df[["map_x"]].iloc[view_rows], max_points,
                             always=None if always is None else always[view_rows]).index.to_numpy()
 sampled = pick  # dataset rows (the frame's index is row_idx order)
 x, y = all_x[sampled], all_y[sampled]
-colors = value_range = None
-if color == "selection":
+if color == "selection":  # per session and knob: drawn each time
     every = np.where(_views.selected_mask(n_rows, res.selected), "selected", "not selected")
     is_cat = True
-else:
+    image, colors, value_range = charts.map_image(all_x, all_y, every, categorical=True, view=view)
+    values = every[sampled]
+else:  # a stored column: the image is cached per run, column and view
     is_cat = color in categorical
-    every = df[color].to_numpy()
-    every = every.astype(str) if is_cat and color not in ("prototype", "hdbscan_label") else every
-values = every[sampled]
-if is_cat:
-    colors = _shared.level_colors(path, run_id, color, every) if color != "selection" else charts.category_colors(every)
-    codes, rgb = charts.category_codes(every, colors)
-    image = raster.render(all_x, all_y, codes=codes, colors=rgb, x_range=view[0], y_range=view[1])
-else:
-    finite = np.isfinite(np.asarray(every, float))
-    value_range = (float(np.min(every[finite])), float(np.max(every[finite]))) if finite.any() else (0.0, 1.0)
-    image = raster.render(all_x, all_y, values=np.asarray(every, float), value_range=value_range,
-                          x_range=view[0], y_range=view[1])
+    as_text = is_cat and color not in ("prototype", "hdbscan_label")
+    image, colors, value_range = _shared.map_image(path, run_id, info.reward_key, color, view, is_cat, as_text,
+                                                   all_x, all_y, df[color].to_numpy())
+    values = df[color].to_numpy()[sampled]
+    values = values.astype(str) if as_text else values
 labels = ({c: l for c, l in (info.cluster_labels or {}).items()} if color == "prototype" else None)
 names = None
 if color == "prototype" and labels:  # the largest clusters in view, named where they sit

@@ -116,7 +116,7 @@ def test_knn_recall_against_exact(analyzed_db, result):
         F.source.close()
         run = runs_mod.latest_run(s)
         pt = analysis.load_table(s, run, "prototypes")
-    cent = np.stack([np.frombuffer(b, np.float32) for b in pt.centroid])
+    cent = analysis.centroids_of(pt)
     q = np.random.default_rng(0).choice(len(X), 300, replace=False)
     exact, exact_sim = density.exact_knn(X, 10, q)
     recalls = []
