@@ -125,7 +125,8 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
     fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog)
     inp.centroids = protos.centroids
 
-    labels = (cluster_labels(inp.captions, protos.assign, inp.k) if inp.captions is not None
+    labels = (cluster_labels(inp.captions, protos.assign, inp.k, centroids=protos.centroids)
+              if inp.captions is not None
               else [""] * inp.k)
     prog("prototypes", n, n)
     return StepResult(

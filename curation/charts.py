@@ -278,7 +278,7 @@ def map_image(x, y, values, *, categorical: bool, view, colors: dict | None = No
 
 def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = True, labels=None,
                hover=None, highlight=None, density=None, height: int = 620, uirevision: str = "map",
-               colors: dict | None = None, image=None, names=None, value_range=None):
+               colors: dict | None = None, image=None, names=None, value_range=None, ring=None):
     """The map as a Plotly figure: an optional density heatmap (``density`` = (xc, yc, z)) under a
     scattergl of the drawn sample.
 
@@ -298,6 +298,7 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
         show its range
     names : list of (x, y, text), optional: cluster names written on the map
     value_range : (lo, hi), optional: the numeric colour scale's range (the image's)
+    ring : (x, y, row), optional: the inspected point, ringed (drawn whether or not it is sampled)
     """
     import plotly.graph_objects as go
 
@@ -365,6 +366,10 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
         h = np.asarray(highlight, bool)
         fig.add_trace(go.Scattergl(x=x[h], y=y[h], customdata=rows[h], mode="markers", name="search hits",
                                    marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(width=2, color="#000"))))
+    if ring is not None:
+        fig.add_trace(go.Scattergl(x=[ring[0]], y=[ring[1]], customdata=[ring[2]], mode="markers",
+                                   name="inspected", hoverinfo="skip",
+                                   marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color="#d62728"))))
     xaxis, yaxis = dict(title="UMAP 1", showgrid=False), dict(title="UMAP 2", showgrid=False)
     if image is not None:
         (x0, x1), (y0, y1) = image.x_range, image.y_range
@@ -379,6 +384,54 @@ def map_figure(x, y, rows, *, color_name: str, values=None, categorical: bool = 
                       uirevision=uirevision, legend=dict(itemsizing="constant"),
                       xaxis=xaxis, yaxis=yaxis, plot_bgcolor="white")
     return fig
+
+
+def map_names(x, y, prototype, labels: dict, view, limit: int = 12, min_gap=(0.16, 0.05)):
+    """Where the map writes cluster names: ``[(x, y, name), ...]`` for the ``limit`` largest named
+    groups with rows inside ``view``, each at the median of its rows in view, largest first; a name
+    that would overlap one already placed (closer than ``min_gap`` of the view's width and height on
+    both axes) is left out, so zooming in brings out the names that did not fit.
+
+    Prototypes that share a name up to the size rank (``labels.family``: k-means splits a large
+    finding into many prototypes, "normal chest x-ray", "normal chest x-ray #2", ...) are one group
+    with one name, written once where its rows are, not once per piece.
+
+    Parameters
+    ----------
+    x, y : ndarray (n,), every row's map coordinates; prototype : ndarray (n,) int, its cluster
+    labels : {cluster: name}; view : ((x0, x1), (y0, y1))
+    """
+    from curation.labels import family
+
+    (x0, x1), (y0, y1) = view
+    prototype = np.asarray(prototype)
+    if not labels or not len(prototype):
+        return []
+    k = int(prototype.max()) + 1
+    fam_names = sorted({family(t) for t in labels.values() if t})
+    code_of = {t: i for i, t in enumerate(fam_names)}
+    fam = np.full(k, -1, np.int64)
+    for c, t in labels.items():
+        if t and 0 <= int(c) < k:
+            fam[int(c)] = code_of[family(t)]
+    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    f = fam[prototype[inside]]
+    keep = f >= 0
+    f, px, py = f[keep], np.asarray(x)[inside][keep], np.asarray(y)[inside][keep]
+    if not len(f):
+        return []
+    sizes = np.bincount(f, minlength=len(fam_names))
+    top = [int(g) for g in np.lexsort((np.arange(len(sizes)), -sizes))[:limit] if sizes[g]]
+    order = np.argsort(f, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    out = []
+    wx, wy = (x1 - x0) * min_gap[0], (y1 - y0) * min_gap[1]
+    for g in top:
+        members = order[starts[g]:starts[g + 1]]
+        cx, cy = float(np.median(px[members])), float(np.median(py[members]))
+        if all(abs(cx - nx) > wx or abs(cy - ny) > wy for nx, ny, _ in out):
+            out.append((cx, cy, fam_names[g]))
+    return out
 
 
 def density_grid(x: np.ndarray, y: np.ndarray, bins: int = 120):

@@ -201,11 +201,6 @@ def map_image(path: str, run_id: str, reward_key, column: str, view, is_cat: boo
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def cluster_centres(path: str, run_id: str, _prototype, _x, _y):
-    """Per prototype: its median map position and size (where the map writes cluster names)."""
-    import pandas as pd
-
-    g = pd.DataFrame({"c": _prototype, "x": _x, "y": _y}).groupby("c")
-    out = g.median()
-    out["size"] = g.size()
-    return out
+def map_names(path: str, run_id: str, view, _prototype, _x, _y, _labels):
+    """Cluster names to write on the map for this run and view (:func:`curation.charts.map_names`)."""
+    return charts.map_names(_x, _y, _prototype, _labels, view)

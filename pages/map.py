@@ -38,6 +38,34 @@ else:
     c2.text(f"All {n_rows:,} points drawn")
 query = c3.text_input("Search captions (every word must appear)", key="map_search")
 
+def _picked_rows(event) -> list[int]:
+    """Dataset rows of the points a Plotly selection event holds."""
+    out = []
+    for p in ((event or {}).get("selection") or {}).get("points", []):
+        cd = p.get("customdata")
+        if isinstance(cd, (list, tuple)):
+            cd = cd[0] if cd else None
+        if cd is not None:
+            out.append(int(cd))
+    return sorted(set(out))
+
+
+# a click opens the inspector and rings the point; read before the figure is drawn, so the ring is
+# in this run's figure (a figure that changes on the next run, a lasso's, would lose that lasso)
+def _open_clicked(event) -> None:
+    """A click (one point, no region) opens the inspector on it, once: closing the inspector keeps
+    it closed while the same click is still the chart's selection."""
+    rows = _picked_rows(event)
+    if len(rows) == 1 and not regions.selection_regions((event or {}).get("selection")):
+        if st.session_state.get("map_click_seen") != rows[0]:
+            st.session_state["inspect_row"] = rows[0]
+        st.session_state["map_click_seen"] = rows[0]
+    else:
+        st.session_state.pop("map_click_seen", None)
+
+
+_open_clicked(st.session_state.get("map_plot"))
+
 always = None
 res = inp = cfg = None
 if can_select and (color == "selection" or st.session_state.get("inspect_row") is not None):
@@ -86,22 +114,18 @@ else:  # a stored column: the image is cached per run, column and view
     values = values.astype(str) if as_text else values
 labels = ({c: l for c, l in (info.cluster_labels or {}).items()} if color == "prototype" else None)
 names = None
-if color == "prototype" and labels:  # the largest clusters in view, named where they sit
-    centres = _shared.cluster_centres(path, run_id, df.prototype.to_numpy(), all_x, all_y)
-    vis = centres[(centres.x >= view[0][0]) & (centres.x <= view[0][1]) & (centres.y >= view[1][0])
-                  & (centres.y <= view[1][1])].nlargest(12, "size")
-    names, wx, wy = [], view[0][1] - view[0][0], view[1][1] - view[1][0]
-    for r in vis.itertuples():  # largest first; a name that would overlap a placed one is left out
-        text = labels.get(int(r.Index))
-        if text and all(abs(r.x - nx) > 0.16 * wx or abs(r.y - ny) > 0.05 * wy for nx, ny, _ in names):
-            names.append((r.x, r.y, text))
+if color == "prototype" and labels:  # the largest named groups in view, written where their rows are
+    names = _shared.map_names(path, run_id, view, df.prototype.to_numpy(), all_x, all_y, labels)
 hover = None
 if len(sampled) <= 20_000:
     cap = df["caption"].to_numpy()[sampled] if "caption" in df else [""] * len(sampled)
     hover = [f"{i} · {str(c)[:80]}" for i, c in zip(df["id"].to_numpy()[sampled], cap)]
+ring = st.session_state.get("inspect_row")
+ring = (ring if ring is not None and 0 <= int(ring) < n_rows and in_view[int(ring)] else None)
 fig = charts.map_figure(x, y, sampled, color_name=color, values=values, categorical=is_cat, labels=labels,
                         hover=hover, highlight=None if hits is None else hits[sampled], colors=colors,
-                        image=image, names=names, value_range=value_range, uirevision=f"{run_id}:{view}")
+                        image=image, names=names, value_range=value_range, uirevision=f"{run_id}:{view}",
+                        ring=None if ring is None else (float(all_x[ring]), float(all_y[ring]), int(ring)))
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="map_plot",
                         config={"scrollZoom": True, "displaylogo": False})
 zoomed = view != full_view
@@ -114,17 +138,7 @@ if zoomed and st.button("Show the whole map", key="map_unzoom"):
     st.session_state.pop(view_key, None)
     st.rerun()
 
-picked = []
-if event and event.get("selection"):
-    for p in event["selection"].get("points", []):
-        cd = p.get("customdata")
-        if isinstance(cd, (list, tuple)):
-            cd = cd[0] if cd else None
-        if cd is not None:
-            picked.append(int(cd))
-picked = sorted(set(picked))
-if len(picked) == 1 and not regions.selection_regions(event.get("selection") if event else None):
-    st.session_state["inspect_row"] = picked[0]
+picked = sorted(set(_picked_rows(event)) & set(sampled.tolist()))  # drawn points (not the ring)
 
 row = st.session_state.get("inspect_row")
 if row is not None and res is None and can_select:  # a click just opened the inspector: its reason

@@ -274,8 +274,25 @@ def test_map_zoom_click_inspect_lasso_exclude_in_chromium(map_page):
     page.mouse.click(x, y)
     page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
     page.get_by_text("cosine 0.").nth(4).wait_for(timeout=60_000)  # five neighbours at least
+    # the clicked point is ringed on the map, and the ring is the row the inspector shows
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot').data"
+                           ".some(t => t.name === 'inspected')", timeout=60_000, polling=200)
+    ringed = page.evaluate("() => document.querySelector('.js-plotly-plot').data"
+                           ".find(t => t.name === 'inspected').customdata[0]")
+    from curation import store as _store
+
+    with _store.open_store(app_url.data_dir / "demo.duckdb") as s:
+        ringed_id = s.samples(["id"])["id"].iloc[int(ringed)]
+    page.get_by_text(ringed_id).first.wait_for(timeout=30_000)
     settle(page)
     page.screenshot(path=str(ARTIFACTS / "map_inspector.png"), full_page=True)
+    # closed, it stays closed (the click is still the chart's selection) and the ring goes
+    page.get_by_role("button", name="Close the inspector").click()
+    page.get_by_text("Nearest neighbours").first.wait_for(state="detached", timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('.js-plotly-plot').data"
+                           ".some(t => t.name === 'inspected')", timeout=60_000, polling=200)
+    settle(page)
+    assert page.get_by_text("Nearest neighbours").count() == 0
     # lasso around the middle of the plot, with the toolbar's lasso tool
     page.locator(".js-plotly-plot").first.hover()
     page.locator('.modebar-btn[data-title="Lasso Select"]').first.click()

@@ -148,3 +148,47 @@ def test_distinct_clusters_get_distinct_names(analyzed_db):
     import scipy.sparse as sp
 
     assert _distinct(["a", "a", "b"], sp.csr_matrix(np.ones((3, 2))), np.array(["x", "y"])) == ["a", "a #2", "b"]
+
+
+def test_names_are_weighed_against_the_neighbouring_clusters():
+    """Clusters 0 and 1 sit side by side (both "knee"); "effusion" is common in the pool but, near
+    cluster 1, only cluster 1 has it: against its neighbour it is cluster 1's name, where contrast
+    with the whole pool names it "knee" (what both neighbours share)."""
+    from curation.labels import cluster_labels
+
+    caps = ["knee knee fracture", "knee knee effusion"] + ["lung lung effusion"] * 3
+    assign = np.arange(5)
+    cents = np.array([[1, 0.1, 0], [1, 0, 0.1], [0, 1, 0], [0.1, 1, 0], [0, 1, 0.1]], np.float32)
+    assert cluster_labels(caps, assign, 5, words=1)[:2] == ["fracture", "knee"]
+    assert cluster_labels(caps, assign, 5, words=1, centroids=cents, neighbours=1)[:2] == ["fracture", "effusion"]
+    # with too few clusters for a neighbourhood, the whole pool is the contrast
+    assert cluster_labels(caps[:2], assign[:2], 2, words=1, centroids=cents[:2]) == ["fracture", "effusion"]
+
+
+def test_the_demo_planted_clusters_get_distinct_names_on_the_map(analyzed_db):
+    """Every planted (region, finding) cluster of the demo is named on the map by its region and
+    its finding, no two alike; the prototypes k-means splits one finding into carry one name."""
+    from curation import charts, demo, raster
+    from curation.labels import family
+
+    with store.open_store(analyzed_db) as s:
+        run = runs.latest_run(s)
+        labels = analysis.cluster_label_map(s, run)
+        df, _ = analysis.load(s, run)
+        truth = s.read_table("demo_truth").sort_values("row_idx")
+    x, y, proto = df.map_x.to_numpy(), df.map_y.to_numpy(), df.prototype.to_numpy()
+    names = charts.map_names(x, y, proto, labels, raster.view_of(x, y), limit=1000, min_gap=(0, 0))
+    texts = [t for _, _, t in names]
+    assert len(texts) == len(set(texts)) == len({family(t) for t in labels.values()})
+    fam = pd.Series(np.array([family(labels[c]) for c in range(len(labels))])[proto])
+    major = fam.groupby(truth.true_cluster.to_numpy()).agg(lambda v: v.value_counts().index[0])
+    assert len(major) == 20 and major.nunique() == 20, major
+    n_regions = len(demo.REGIONS)
+    for t, name in major.items():  # the generator's (region, finding) of planted cluster t
+        region = demo.REGIONS[t % n_regions]
+        finding = demo.FINDINGS[(13 * (t // n_regions) + t) % len(demo.FINDINGS)]
+        words = name.split()
+        assert region in words and any(w in words for w in finding.split()), (t, region, finding, name)
+    # the default: the 12 largest in the view, none overlapping, the largest planted cluster first
+    shown = charts.map_names(x, y, proto, labels, raster.view_of(x, y))
+    assert 1 <= len(shown) <= 12 and shown[0][2] == major[0]
