@@ -54,6 +54,8 @@ PLAIN_COLUMNS = {
     "fidelity_score": "caption matches the image (fidelity)", "consistency_score": "caption agrees with similar "
     "images' captions (consistency)", "caption_score": "caption quality (placeholders, content words)",
 }
+PLAIN_BANDS = {"core": "typical of its cluster", "tail": "at its cluster's rare edge",
+               "outlier": "far from its cluster's centre"}
 PLAIN_REASONS = {
     "kept_tail": "kept: rare in the pool", "kept_core_fps": "kept: covers its cluster (farthest-point order)",
     "kept_outlier": "kept: far from any cluster", "kept_by_rule": "kept: included by a rule",

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from curation import CurationError, id_sets, images, store
-from pages import _shared
+from pages import _shared, _text
 from pages._knobs import get, put
 from pages._text import error, esc
 
@@ -101,8 +101,11 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
             st.text(str(r["caption"]))
         if res is not None and inp is not None:
             detail = res.details(inp, cfg, _shared.session_cache(), rows=[row])[0] if cfg is not None else ""
-            st.text(f"selection: {res.reason[row]}" + (f" ({detail})" if detail else ""))
-        st.text(f"cluster {cluster_name(info, r['prototype'])}, band {r.get('band')}")
+            reason = res.reason[row]
+            st.text(f"selection: {_text.plain(reason, _text.PLAIN_REASONS)} ({reason}"
+                    + (f"; {detail})" if detail else ")"))
+        band = r.get("band")
+        st.text(f"cluster {cluster_name(info, r['prototype'])}: {_text.plain(band, _text.PLAIN_BANDS)} (band {band})")
     fields = {k: r[k] for k in df.columns if k not in ("image", "caption", "map_x", "map_y", "map_fitted")}
     st.dataframe({"field": [str(k) for k in fields], "value": [str(v) for v in fields.values()]},
                  hide_index=True, key=f"insp_fields_{row}")

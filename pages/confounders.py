@@ -13,9 +13,10 @@ conf = info.confounders
 if conf is None:
     st.warning("The analysis has no confounder statistics: run the `confounders` step.")
     st.stop()
-st.write("Bias-corrected Cramér's V and mutual information against the prototype clusters, and a "
-         "cross-validated linear probe from the embeddings (balanced accuracy against chance). "
-         "Flagged: predictable from the embeddings, or tied to the clusters.")
+st.write("Which metadata columns the data gives away: a column tied to the clusters (bias-corrected "
+         "Cramér's V and mutual information against the k-means clusters), or one a simple model guesses from "
+         "the embeddings better than chance (a cross-validated linear probe, balanced accuracy). Flagged: "
+         "either. A flagged column is worth balancing the subset over (stratify below).")
 if "majority_accuracy" in conf.columns:  # runs stored before the rename held chance under this name
     conf = conf.rename(columns={"majority_accuracy": "chance_accuracy"})
 show = conf[["column", "role", "kind", "levels", "cramers_v", "nmi", "probe_accuracy", "chance_accuracy",

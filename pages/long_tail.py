@@ -15,12 +15,12 @@ sizes = np.bincount(df.prototype.to_numpy())
 order = np.argsort(sizes, kind="stable")
 rare = prototypes.rare_clusters(sizes)
 c1, c2, c3 = st.columns(3)
-c1.metric("Prototype clusters", f"{len(sizes):,}")
+c1.metric("Clusters (k-means prototypes)", f"{len(sizes):,}")
 c2.metric("Rare clusters (hold 10% of samples)", f"{rare.sum():,}")
 c3.metric("Largest / smallest cluster", f"{sizes.max():,} / {sizes.min():,}")
 st.altair_chart(charts.rank_size_chart(sizes, rare), width="stretch")
 if "knn_density" in df:
-    st.subheader("kNN density")
+    st.subheader("How crowded each sample's neighbourhood is (kNN density)")
     st.altair_chart(charts.histogram(df.knn_density.to_numpy(), "mean cosine to the 10 nearest neighbours",
                                      {"10% sparsest": float(np.quantile(df.knn_density, 0.1))}),
                     width="stretch")
@@ -32,7 +32,7 @@ excluded = set(_knobs.get("exclude_clusters"))
 for c in order[:n_show]:
     members = df[df.prototype == c]
     title = (f"cluster {_views.cluster_name(info, c)}: {len(members)} samples"
-             + (f", mean tail score {members.tail_score.mean():.2f}" if "tail_score" in members else "")
+             + (f", mean rarity (tail score) {members.tail_score.mean():.2f}" if "tail_score" in members else "")
              + (" (excluded)" if int(c) in excluded else ""))
     with st.expander(_text.esc(title)):
         if int(c) in excluded:

@@ -29,8 +29,8 @@ elif info.image_dim and info.text_dim:
 st.subheader("Analysis")
 if info.run_id:
     run = info.run
-    st.markdown(_text.esc(f"Run {info.run_id}: k = {run['outputs'].get('k')} prototypes in the "
-                            f"{run['config'].get('space')} space; steps {', '.join(run['steps'])}."))
+    st.markdown(_text.esc(f"Run {info.run_id}: {run['outputs'].get('k')} clusters (k-means prototypes) in the "
+                            f"{run['config'].get('space')} space (steps: {', '.join(run['steps'])})."))
     report = (_shared.analysis_report(path, info.fingerprint, info.run_id)
               if set(run["steps"]) >= {"prototypes", "density"} else None)
     if report:

@@ -54,7 +54,7 @@ for axis, title, value_col in (("fidelity", "Image-text fidelity (cosine)", "fid
 # ---------------------------------------------------------------------------------------------
 st.header("Reward model (RefineNet)")
 rw = info.reward
-st.caption("An MLLM (or experts) rates a subset of pairs on fidelity and consistency; a small model on the "
+st.caption("A multimodal language model, or experts, rates a subset of pairs on fidelity and consistency; a small model on the "
            "embeddings learns those ratings and scores every pair. Its scores become two more gates.")
 c1, c2, c3 = st.columns(3)
 c1.metric("Stored ratings", f"{rw['n_ok']:,}", help=f"{rw['n_ratings'] - rw['n_ok']:,} malformed or without image")
@@ -63,8 +63,8 @@ newest = rw["models"][-1]["model_id"] if rw["models"] else None
 c3.metric("Pool scored", "no" if not rw["scored_by"] else "by the newest model" if rw["scored_by"] == newest
           else "by an older model", help=_text.esc(rw["scored_by"]) if rw["scored_by"] else "Train a model, then score the pool.")
 if not rw["n_ratings"] and not rw["models"]:
-    st.info("No ratings yet. Rate pairs with a local MLLM server (command below), or upload a ratings CSV "
-            "(`id` plus one numeric column per axis, any scale, from an MLLM or from experts).")
+    st.info("No ratings yet. Rate pairs with a local multimodal model server (command below), or upload a ratings CSV "
+            "(`id` plus one numeric column per axis, any scale, from a model or from experts).")
     st.code(f"python -m curation reward annotate {path} --endpoint http://localhost:8000/v1 "
             "--model MODEL --sample 2000", language="bash")
 
@@ -119,12 +119,13 @@ for gate_axis in info.gate_axes:  # every reward axis the scored model has, not 
 
 # ---------------------------------------------------------------------------------------------
 if "dup_group" in df and (df["dup_group"] >= 0).any():
-    st.header("Near-duplicate groups")
+    st.header("Near-copies (near-duplicate groups)")
     st.caption("Decided on the image embedding (text when a dataset has no images): each dropped sample is "
-               "within cosine 1 - eps of the kept sample it is dropped for. Identical captions on different "
+               "a near-copy of the kept sample it is dropped for (cosine above 1 - eps). Identical captions on different "
                "images are a caption signal (Caption quality above), never a drop.")
     groups = df[df["is_dup"]].groupby("dup_group").size().sort_values(ascending=False)
-    st.text(f"{len(groups):,} groups, {int(df['is_dup'].sum()):,} samples dropped at the analysis eps")
+    st.text(f"{len(groups):,} groups, {int(df['is_dup'].sum()):,} samples dropped as near-copies "
+            f"(at the analysis threshold, eps {info.run['config'].get('dedup_eps', 0.05):g})")
     page = st.number_input(f"Group (of {len(groups)})", 1, len(groups), 1, key="dup_page")
     rep = int(groups.index[page - 1])
     members = df[(df["dup_group"] == rep)]

@@ -43,7 +43,7 @@ def knobs_panel() -> None:
                      "drop; keep_last / keep_first: only after / before all others")
     _knobs.knob(st.checkbox, "dedup", "Drop near-duplicates")
     if _knobs.get("dedup"):
-        _knobs.knob(st.number_input, "dedup_eps", "Duplicate if cosine > 1 - eps; eps =", 0.0001, 0.999,
+        _knobs.knob(st.number_input, "dedup_eps", "Near-copy threshold (eps: a near-copy has cosine above 1 - eps)", 0.0001, 0.999,
                      step=0.005, format="%.4f")
     _knobs.knob(st.number_input, "caption_guard", "Caption guard: drop the lowest caption-quality fraction "
                 "(0 = off)", 0.0, _knobs.GUARD_MAX, step=0.05, disabled="caption" in inp0.unavailable,
@@ -105,8 +105,8 @@ def results_panel() -> None:
                                                                  subset=impact["subset"].to_dict())
         for w in warns:
             st.warning(_text.esc(w))
-        st.caption(f"duplicate_rate: share of samples that are near-duplicates at the selection's eps "
-                   f"({ctx.dedup_eps:g}: cosine > {1 - ctx.dedup_eps:g} to a kept sample of their group).")
+        st.caption(f"Near-copy rate (duplicate_rate): share of samples that are near-copies of a kept sample of "
+                   f"their group (cosine above {1 - ctx.dedup_eps:g}, eps {ctx.dedup_eps:g}).")
     with right:
         st.subheader("Reasons")
         st.dataframe({"why": [_text.plain(r, _text.PLAIN_REASONS) for r in sm["reasons"]],
