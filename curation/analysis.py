@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation import checkpoint, runs
+from curation import checkpoint, parallel, runs
 from curation import runs as R
 from curation import schema as S
 from curation.analysis_steps import MAP_MIN_ROWS, STEP_FUNCS, StepResult, _Inputs, _space
@@ -232,7 +232,8 @@ def resolve_space(config: AnalysisConfig, kinds) -> AnalysisConfig:
 
 
 def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=STEPS,
-            progress: Progress | None = None, force: bool = False) -> str:
+            progress: Progress | None = None, force: bool = False, backend: str = "local",
+            address: str | None = None) -> str:
     """Run the analysis ``steps`` on dataset ``db`` and store the results. Returns the run id.
 
     The run id is a hash of the (resolved) config and the dataset fingerprint. When that run has
@@ -250,6 +251,11 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     progress : callable(step, done, total), optional
     force : bool
         Recompute the requested steps even when the run has them.
+    backend : ``local`` or ``ray``
+        Where the per-block and per-cluster tasks run (:mod:`curation.parallel`): here, or on a Ray
+        cluster (``address``; default ``RAY_ADDRESS``, else Ray started on this machine). The same
+        run id and the same tables either way; the dataset's folder must be on a file system every
+        node sees.
     """
     import pandas as pd
 
@@ -311,6 +317,11 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         prev_outputs = dict(prev.outputs) if prev and done_steps else {}
         prev_timings = dict(prev.timings) if prev and done_steps else {}
     inp.X = _space(inp.F, inp.slices, config.space)
+    try:
+        inp.runner = parallel.runner(backend, address)
+    except BaseException:
+        inp.F.source.close()
+        raise
     timings["load"] = time.perf_counter() - t
     peaks = {"load": _peak_rss_gb()}
     prog("load", 1, 1)
@@ -339,6 +350,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
             timings[step] = timings_step if timings_step is not None else time.perf_counter() - t
             peaks[step] = _peak_rss_gb()
     finally:
+        inp.runner.close()
         inp.F.source.close()
         checkpoint.drop_partitions(inp.work)  # as large as the vectors; rebuilt from them when needed
 
@@ -349,7 +361,8 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     all_steps = [s for s in STEPS if s in set(done_steps) | set(steps)]
     # the process's peak resident memory after each step (it only grows: the step where it jumps
     # is the one that set the peak); `info` and the benchmarks report it
-    outputs.update({"tables": names, "k": int(inp.k), "steps": all_steps, "n": n, "peak_rss_gb": peaks})
+    outputs.update({"tables": names, "k": int(inp.k), "steps": all_steps, "n": n, "peak_rss_gb": peaks,
+                    "backend": {"name": inp.runner.backend, "workers": inp.runner.workers}})
     with open_store(db, read_only=False) as store:
         if store.fingerprint != fingerprint:
             checkpoint.clear(inp.work)  # kept steps of data that is gone

@@ -83,6 +83,7 @@ class _Inputs:
     centroids: np.ndarray | None = None  # from a previous prototypes step of this run
     captions: object = None         # caption texts (quality), None without a caption column
     work: object = None             # the run's work folder (Path): by-cluster partitions, finished steps
+    runner: object = None           # where per-block and per-cluster tasks run (curation.parallel)
 
 
 def _query_folder(inp: _Inputs, name: str):
@@ -112,7 +113,8 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
 
     cfg, n, X = inp.config, inp.n, inp.X
     prog("prototypes", 0, n)
-    protos = P.fit_prototypes(X, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters, max_train=cfg.kmeans_train_max)
+    protos = P.fit_prototypes(X, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters, max_train=cfg.kmeans_train_max,
+                              runner=inp.runner)
     pct = P.cluster_percentiles(protos.assign, protos.dist)
     band = P.bands(pct, cfg.core_pct, cfg.tail_pct)
     done = [0]
@@ -122,7 +124,8 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
         prog("prototypes", done[0], n)
 
     _by_cluster(inp, X, protos.assign, "prototypes", prog, "prototypes")
-    fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog)
+    fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog,
+                      runner=inp.runner)
     inp.centroids = protos.centroids
 
     labels = (cluster_labels(inp.captions, protos.assign, inp.k, centroids=protos.centroids)
@@ -159,10 +162,10 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         done[0] += m
         prog("density", done[0], total)
 
-    probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes)
+    probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes, runner=inp.runner)
     _by_cluster(inp, X, inp.out["prototype"].to_numpy(), "prototypes", prog, "density")
     nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog,
-                                     query_folder=_query_folder(inp, "prototype-queries"))
+                                     query_folder=_query_folder(inp, "prototype-queries"), runner=inp.runner)
     dens = D.knn_density(sim)
     cols = dict(knn_density=dens, tail_score=D.tail_score(dens))
     tables = {"knn": _knn_table(nbr, sim)}
@@ -176,11 +179,11 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         # these clusters only cut the search into lists (4 probed per sample): a k-means on 64
         # samples per cluster and 10 iterations partitions as well, at a tenth of the cost
         pd_ = P.fit_prototypes(Xd, inp.k, seed=cfg.seed, niter=min(cfg.kmeans_iters, 10),
-                               max_train=min(cfg.kmeans_train_max, 64 * inp.k))
-        dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes)
+                               max_train=min(cfg.kmeans_train_max, 64 * inp.k), runner=inp.runner)
+        dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes, runner=inp.runner)
         _by_cluster(inp, Xd, pd_.assign, f"{kind}-clusters", prog, "density")
         dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog,
-                                           query_folder=_query_folder(inp, f"{kind}-queries"))
+                                           query_folder=_query_folder(inp, f"{kind}-queries"), runner=inp.runner)
         dsim = np.where(np.isfinite(dsim), dsim * scale, dsim).astype(np.float32)
         tables["dedup_knn"] = _knn_table(dnbr, dsim)
         if kind == "image":
@@ -229,7 +232,7 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
             outputs["consistency_clusters"] = f"image-space k-means, k={inp.k} (column image_prototype)"
         else:
             img_assign = P.fit_prototypes(img, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters,
-                                          max_train=cfg.kmeans_train_max).assign
+                                          max_train=cfg.kmeans_train_max, runner=inp.runner).assign
             cols["image_prototype"] = img_assign
             outputs["consistency_clusters"] = f"image-space k-means, k={inp.k} (column image_prototype)"
         cons = Q.consistency(txt, img_assign)

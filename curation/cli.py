@@ -160,8 +160,9 @@ def cmd_analyze(a) -> int:
     from tqdm import tqdm
 
 
+    if a.address and a.backend != "ray":
+        raise CurationError("--address goes with --backend ray. Fix: add --backend ray, or drop --address.")
     if a.label_columns is not None:
-
         if not workflows.declare_label_columns(a.db, _split_list(a.label_columns)):
             print("note: no label columns declared now (an empty --label-columns clears them).", file=sys.stderr)
     cfg = analysis.AnalysisConfig(space=a.space, k=a.k, seed=a.seed, core_pct=a.core_pct,
@@ -181,7 +182,7 @@ def cmd_analyze(a) -> int:
     t = time.perf_counter()
     try:
         run_id = analysis.analyze(a.db, cfg, steps=[s.strip() for s in a.steps.split(",") if s.strip()],
-                                  progress=progress, force=a.force)
+                                  progress=progress, force=a.force, backend=a.backend, address=a.address)
     finally:
         for bar in bars.values():
             bar.close()

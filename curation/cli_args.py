@@ -185,6 +185,12 @@ def add_analyze(sub):
                    help="declare the dataset's label columns (stored with it; default: those declared at ingest): "
                    + LABEL_HELP)
     p.add_argument("--force", action="store_true", help="recompute even when this run is already stored")
+    p.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="where the per-block and per-cluster tasks run: here, or on a Ray cluster; the same "
+                        "run and tables either way (default: %(default)s)")
+    p.add_argument("--address", help="with --backend ray: the cluster's address, HEAD:PORT (default: RAY_ADDRESS, "
+                                     "else Ray started on this machine); the dataset must be on a file system "
+                                     "every node sees")
     p.set_defaults(handler="analyze")
 
 

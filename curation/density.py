@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 
+from curation.parallel import LocalRunner
 from curation.prototypes import _members
 from curation.quality import rank_score
 
@@ -31,7 +32,7 @@ HDBSCAN_JOBS = 2
 
 
 def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k: int = 10,
-                        progress=None, query_folder=None) -> tuple[np.ndarray, np.ndarray]:
+                        progress=None, query_folder=None, runner=None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate kNN (cosine): each sample searches the members of its ``probes`` clusters.
 
     Like an IVF index with the prototypes as its lists, but the search inside the lists is exact
@@ -51,6 +52,8 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
         per cluster it searches, grouped by cluster, so each cluster's queries are one contiguous
         read (p times the vectors on disk, removed with the run's partitions). Without it, queries
         are gathered row set by row set.
+    runner : :mod:`curation.parallel` runner, optional
+        Where each list's search runs (one task per list; default here).
 
     Returns
     -------
@@ -74,26 +77,31 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
     qpart = None
     if query_folder is not None and hasattr(X, "query_partition"):
         qpart = X.query_partition(flat_rows, flat_probe[ok], query_folder)
-    for c, db_rows in members.items():
-        q_rows = flat_rows[queries[c]] if c in queries else db_rows
-        qv = X.cluster_block(qpart, c) if qpart is not None and c in queries else None
-        _search_block(X, q_rows, db_rows, k, nbr, sim, q_vectors=qv)
+    run = runner if runner is not None else LocalRunner()
+    tasks = [(c, flat_rows[queries[c]] if c in queries else db_rows, db_rows) for c, db_rows in members.items()]
+    shared = (run.put(X), run.put(qpart), k) if len(tasks) > 1 else (X, qpart, k)
+    for i, (q, cand_idx, cand_sim) in run.map(cluster_candidates, tasks, shared=shared):
+        merge_candidates(nbr, sim, q, cand_idx, cand_sim)
         if progress:
-            progress(len(db_rows))
+            progress(len(tasks[i][2]))
     return nbr, sim
 
 
-def _search_block(X, q_rows, db_rows, k, nbr, sim, q_vectors=None) -> None:
-    """Exact top-k of X[q_rows] against X[db_rows], merged into nbr/sim (self excluded).
+def cluster_candidates(X, qpart, k: int, c: int, q_rows: np.ndarray, db_rows: np.ndarray):
+    """The kNN candidates one prototype list gives its queries: the exact top-(k+1) of
+    ``X[q_rows]`` against ``X[db_rows]`` (cluster ``c``'s members), self excluded. Reads only that
+    cluster's rows (and its queries' copy ``qpart`` when there is one). Returns (q_rows, cand_idx
+    (m, <=k+1), cand_sim) for :func:`merge_candidates`.
 
     faiss' brute-force search (BLAS products + a top-k heap) asked for one extra neighbour, so a
-    query's own row can be dropped: 1.7x faster than a product + argpartition in numpy. Equal
-    similarities are ordered by the neighbour's row, so the result does not depend on the order
-    in which clusters are searched."""
+    query's own row can be dropped: 1.7x faster than a product + argpartition in numpy."""
     import faiss
 
+    q_vectors = X.cluster_block(qpart, c) if qpart is not None else None
     db = np.ascontiguousarray(X[db_rows], dtype=np.float32)
     want = min(k + 1, len(db_rows))
+    idx_out = np.empty((len(q_rows), want), np.int64)
+    sim_out = np.empty((len(q_rows), want), np.float32)
     step = max(1, (1 << 23) // max(len(db_rows), 1))  # bounded similarity blocks inside faiss
     for i in range(0, len(q_rows), step):
         q = q_rows[i:i + step]
@@ -101,14 +109,21 @@ def _search_block(X, q_rows, db_rows, k, nbr, sim, q_vectors=None) -> None:
         cand_sim, pos = faiss.knn(np.ascontiguousarray(qv, dtype=np.float32), db, want,
                                   metric=faiss.METRIC_INNER_PRODUCT)
         cand_idx = np.where(pos >= 0, db_rows[np.maximum(pos, 0)], -1)
-        cand_sim = np.where((cand_idx == q[:, None]) | (pos < 0), -np.inf, cand_sim).astype(np.float32)
-        # merge with what earlier clusters found for these queries, keep the best k (ties: lower row)
-        all_sim = np.concatenate([sim[q], cand_sim], axis=1)
-        all_idx = np.concatenate([nbr[q], cand_idx], axis=1)
-        top = np.lexsort((np.where(all_idx < 0, np.iinfo(np.int64).max, all_idx), -all_sim))[:, : nbr.shape[1]]
-        sv, nb = np.take_along_axis(all_sim, top, axis=1), np.take_along_axis(all_idx, top, axis=1)
-        nb[np.isneginf(sv)] = -1
-        sim[q], nbr[q] = sv, nb
+        idx_out[i:i + step] = cand_idx
+        sim_out[i:i + step] = np.where((cand_idx == q[:, None]) | (pos < 0), -np.inf, cand_sim)
+    return q_rows, idx_out, sim_out
+
+
+def merge_candidates(nbr, sim, q, cand_idx, cand_sim) -> None:
+    """Merge candidates into what other lists found for the queries ``q``, keeping the best k
+    under one total order (similarity, then the lower row): the result does not depend on the
+    order in which lists are searched or their tasks finish."""
+    all_sim = np.concatenate([sim[q], cand_sim], axis=1)
+    all_idx = np.concatenate([nbr[q], cand_idx], axis=1)
+    top = np.lexsort((np.where(all_idx < 0, np.iinfo(np.int64).max, all_idx), -all_sim))[:, : nbr.shape[1]]
+    sv, nb = np.take_along_axis(all_sim, top, axis=1), np.take_along_axis(all_idx, top, axis=1)
+    nb[np.isneginf(sv)] = -1
+    sim[q], nbr[q] = sv, nb
 
 
 def exact_knn(X: np.ndarray, k: int = 10, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curation.parallel import LocalRunner
+
 log = logging.getLogger(__name__)
 
 BAND_CORE, BAND_TAIL, BAND_OUTLIER = "core", "tail", "outlier"
@@ -45,7 +47,7 @@ class Prototypes:
 
 
 def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
-                   max_train: int = 200_000) -> Prototypes:
+                   max_train: int = 200_000, runner=None) -> Prototypes:
     """Spherical k-means with faiss, trained on at most ``max_train`` samples, then assigning all.
 
     Parameters
@@ -55,6 +57,8 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
         Number of prototypes (``1 <= k <= n``).
     seed : int
         Seeds the training sample and faiss' initialisation: same seed, same result.
+    runner : :mod:`curation.parallel` runner, optional
+        Where the assignment's blocks run (the fit runs here).
     """
     import faiss
 
@@ -73,16 +77,8 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     km.train(train)
     cent = km.centroids.astype(np.float32)
     cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-    index = faiss.IndexFlatIP(d)
-    index.add(cent)
     kk = min(2, k)
-    sims = np.empty((n, kk), np.float32)
-    ids = np.empty((n, kk), np.int64)
-    step = 1 << 16
-    for i in range(0, n, step):
-        chunk = np.ascontiguousarray(X[i:i + step], dtype=np.float32)
-        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
-        sims[i:i + step], ids[i:i + step] = index.search(chunk, kk)
+    sims, ids = _nearest_all(X, cent, kk, runner, normalise=True)
     assign = ids[:, 0].astype(np.int32)
     sizes = np.bincount(assign, minlength=k)
     second = ids[:, 1].astype(np.int32) if kk == 2 else np.full(n, -1, np.int32)
@@ -91,18 +87,39 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
                       second_dist.astype(np.float32), sizes)
 
 
-def nearest_prototypes(X: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
+def nearest_prototypes(X: np.ndarray, centroids: np.ndarray, p: int, runner=None) -> np.ndarray:
     """The ``p`` nearest prototypes of each row (n, p) int64, nearest first (exact, faiss)."""
+    return _nearest_all(X, centroids, min(p, len(centroids)), runner, normalise=False)[1]
+
+
+BLOCK_ROWS = 1 << 16  # rows per assignment task
+
+
+def _nearest_all(X, centroids, p: int, runner, normalise: bool):
+    """(sims, ids) (n, p) of every row's ``p`` nearest centroids, block by block (one task each)."""
+    n = len(X)
+    sims = np.empty((n, p), np.float32)
+    ids = np.empty((n, p), np.int64)
+    run = runner if runner is not None else LocalRunner()
+    tasks = [(a, min(n, a + BLOCK_ROWS)) for a in range(0, n, BLOCK_ROWS)]
+    shared = (run.put(X), np.ascontiguousarray(centroids, dtype=np.float32), p, normalise)
+    for i, (s_, i_) in run.map(nearest_block, tasks, shared=shared):
+        a, b = tasks[i]
+        sims[a:b], ids[a:b] = s_, i_
+    return sims, ids
+
+
+def nearest_block(X, centroids: np.ndarray, p: int, normalise: bool, a: int, b: int):
+    """Rows ``a:b`` of ``X`` (normalised first when ``normalise``): their ``p`` nearest centroids by
+    inner product, (sims, ids), exact (faiss flat index)."""
     import faiss
 
-    p = min(p, len(centroids))
     index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    out = np.empty((len(X), p), np.int64)
-    step = 1 << 16
-    for i in range(0, len(X), step):
-        out[i:i + step] = index.search(X[i:i + step], p)[1]
-    return out
+    index.add(centroids)
+    chunk = np.ascontiguousarray(X[a:b], dtype=np.float32)
+    if normalise:
+        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
+    return index.search(chunk, p)
 
 
 def rare_clusters(sizes: np.ndarray, frac: float = 0.1) -> np.ndarray:
@@ -179,20 +196,26 @@ def fps_order(X: np.ndarray, start: int, exact_max: int = 2000,
 
 
 def fps_ranks(X: np.ndarray, assign: np.ndarray, dist: np.ndarray, eligible: np.ndarray,
-              exact_max: int = 2000, progress=None) -> np.ndarray:
+              exact_max: int = 2000, progress=None, runner=None) -> np.ndarray:
     """Within each cluster, the FPS rank of every eligible (core) sample; -1 elsewhere.
 
     FPS starts at the member nearest the prototype (the most typical sample), then spreads out.
     """
     rank = np.full(len(assign), -1, np.int32)
     members = _members(assign, eligible)
-    for c, rows in members.items():
-        start = int(np.argmin(dist[rows]))
-        order = fps_order(X[rows], start, exact_max)
+    run = runner if runner is not None else LocalRunner()
+    tasks = [(rows, int(np.argmin(dist[rows]))) for rows in members.values()]
+    for i, order in run.map(fps_cluster, tasks, shared=(run.put(X), exact_max)):
+        rows = tasks[i][0]
         rank[rows[order]] = np.arange(len(rows), dtype=np.int32)
         if progress:
             progress(len(rows))
     return rank
+
+
+def fps_cluster(X, exact_max: int, rows: np.ndarray, start: int) -> np.ndarray:
+    """One cluster's FPS order (:func:`fps_order`), reading only its ``rows``."""
+    return fps_order(X[rows], start, exact_max)
 
 
 def _members(assign: np.ndarray, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:

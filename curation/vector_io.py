@@ -321,6 +321,11 @@ class ShardSource(VectorSource):
             pos = hi
         return out
 
+    def __getstate__(self):  # a task on another process or node opens its own files
+        state = dict(self.__dict__)
+        state["_fds"] = {}
+        return state
+
     def close(self) -> None:
         for fd, _ in self._fds.values():
             try:
@@ -376,6 +381,12 @@ class InlineSource(VectorSource):
         if pos != stop - start:
             raise StateError(f"{self.path}: the embeddings table lacks rows {start}..{stop - 1}. Fix: re-ingest.")
         return out
+
+    def __getstate__(self):  # a task on another process opens its own read-only connection
+        return {"path": self.path, "n": self.n, "dims": self.dims}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["dims"], state["n"])
 
     def close(self):
         try:
