@@ -33,7 +33,7 @@ from curation.analysis_steps import MAP_MIN_ROWS, STEP_FUNCS, StepResult, _Input
 from curation.errors import CurationError, StateError
 from curation.prototypes import default_k
 from curation.runs import REQUIRES, STEPS
-from curation.spaces import SPACES, normalize
+from curation.spaces import SPACES
 from curation.store import open_store
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from curation.errors import CurationError
 
@@ -137,9 +138,13 @@ class RayRunner:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
-            if isinstance(cause, ModuleNotFoundError):
-                raise CurationError(f"a Ray worker lacks the package {cause.name!r} ({cause}). Fix: install the "
-                                    "pinned requirements (requirements.txt) on every node of the cluster.") from None
+            missing = cause.name if isinstance(cause, ModuleNotFoundError) else None
+            if missing is None and "failed to import on the worker" in str(e):  # the task's own module
+                found = re.search(r"No module named '([^']+)'", str(e))
+                missing = found.group(1) if found else "?"
+            if missing is not None:
+                raise CurationError(f"a Ray worker lacks the package {missing!r}. Fix: install the pinned "
+                                    "requirements (requirements.txt) on every node of the cluster.") from None
             if isinstance(cause, CurationError):
                 raise cause from None
             raise

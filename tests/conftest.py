@@ -17,6 +17,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # before numpy, faiss or torch is imp
 
 import pytest  # noqa: E402
 
+from ray_cluster import cluster  # noqa: E402,F401  (the two-node Ray cluster fixture)
+
 MEDPIX = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "medpix"
 
 

@@ -1,0 +1,129 @@
+"""`analyze --backend ray` (issue 27) on the session's two-node Ray cluster (tests/ray_cluster.py):
+the same run id and tables as the analysis here, so `select` writes byte-identical manifests; a
+driver killed after the first step resumes to the same tables; an unreachable cluster, a missing
+package on the workers and a flag without its backend are one clear error each."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from curation import analysis, demo, parallel, store, vector_io
+from curation.errors import CurationError
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # the worker that holds the session's cluster
+
+SPEC = demo.DemoSpec(n_rows=2400, dim=32, n_clusters=12, min_cluster=15)
+
+
+def _build(path: Path) -> Path:
+    mp = pytest.MonkeyPatch()
+    mp.setattr(vector_io, "SHARD_ROWS", 700)  # four shards, the last one short
+    try:
+        demo.build(path, SPEC, images=False, vector_layout="shards")
+    finally:
+        mp.undo()
+    return path
+
+
+def _tables(db: Path, run_id: str) -> dict:
+    with store.open_store(db) as s:
+        names = analysis.table_names(run_id)
+        return {k: s.read_table(v) for k, v in names.items() if s.has_table(v)}
+
+
+def _assert_same_tables(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].equals(b[k]), k  # every column, every row, exactly
+
+
+def _sha(p) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pools(cluster, tmp_path_factory):
+    """The same pool analysed here and on the cluster (its own copy: the run would be cached)."""
+    address, _ = cluster
+    if ray.is_initialized():  # analyze connects with its own runtime_env, as a user's driver would
+        ray.shutdown()
+    d = tmp_path_factory.mktemp("ray-analysis")
+    here, there = _build(d / "here.duckdb"), d / "there.duckdb"
+    store.copy_dataset(here, there)
+    with store.open_store(there) as s:
+        assert len(s.meta["vectors"]["files"]) == 8  # 4 shards x (image, text)
+    run_here = analysis.analyze(here)
+    run_there = analysis.analyze(there, backend="ray", address=address)
+    return here, there, run_here, run_there
+
+
+def test_the_analysis_on_two_nodes_equals_the_one_here(pools, run_cli, tmp_path):
+    here, there, run_here, run_there = pools
+    assert run_here == run_there
+    _assert_same_tables(_tables(here, run_here), _tables(there, run_there))
+    with store.open_store(there) as s:
+        rec = analysis.runs.best_analysis(s)
+    assert rec.outputs["backend"] == {"name": "ray", "workers": 2}
+    assert not Path(str(there) + ".work").exists()  # nothing of the run left beside the dataset
+    # the default selection and a stratified one: the same manifest bytes
+    for name, extra in (("default", []), ("balanced", ["--confounders", "site", "--mode", "balanced"])):
+        outs = []
+        for db in (here, there):
+            out = tmp_path / f"{db.stem}-{name}.parquet"
+            code, _, err = run_cli("select", db, "--budget", "0.3", *extra, "--out", out)
+            assert code == 0, err
+            outs.append(out)
+        assert _sha(outs[0]) == _sha(outs[1]), name
+
+
+def test_a_killed_driver_resumes_on_the_cluster(pools, cluster, tmp_path):
+    """kill -9 the driver once the first step is kept; a new driver reads it back and ends with the
+    tables of the uninterrupted analysis."""
+    here, _, run_here, _ = pools
+    address, _ = cluster
+    db = _build(tmp_path / "k.duckdb")  # the same pool, not analysed yet
+    work = analysis.work_folder(db, run_here)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    p = subprocess.Popen([sys.executable, "-m", "curation", "analyze", str(db), "--backend", "ray",
+                          "--address", address], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (work / "step-prototypes" / "step.json").exists():
+        assert p.poll() is None and time.monotonic() < deadline, "the analysis ended before its first step was kept"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (work / "step-prototypes").is_dir() and not (work / "step-map").exists()
+    seen = []
+    run = analysis.analyze(db, backend="ray", address=address, progress=lambda step, done, total: seen.append(step))
+    assert run == run_here
+    assert "prototypes: partition" not in seen  # the kept step was read back, not recomputed
+    assert not work.exists()
+    _assert_same_tables(_tables(here, run_here), _tables(db, run))
+
+
+def test_cluster_errors_are_one_clear_message(cluster, pools, run_cli):
+    address, _ = cluster
+    here = pools[0]
+    with pytest.raises(CurationError, match="could not reach the Ray cluster at 127.0.0.1:1"):
+        parallel.RayRunner("127.0.0.1:1")
+    code, _, err = run_cli("analyze", here, "--address", address)
+    assert code == 2 and "--address goes with --backend ray" in err
+    def needs_a_missing_package():  # (a local function: Ray ships it by value)
+        import curation_not_installed_anywhere  # noqa: F401
+
+    r = parallel.RayRunner(address)
+    try:
+        with pytest.raises(CurationError, match="lacks the package 'curation_not_installed_anywhere'"):
+            list(r.map(needs_a_missing_package, [()]))
+    finally:
+        r.close()
