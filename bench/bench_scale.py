@@ -1,6 +1,7 @@
 """Ingest and the full default analysis at growing pool sizes: time and peak memory per step.
 
     python bench/bench_scale.py --rows 250000,1000000 [--dim 512] [--dtype auto] [--dir /tmp/curation-scale]
+    python bench/bench_scale.py --rows 50000 --shard-rows 12500 --backend local,ray --address HEAD:PORT
 
 For each size: a Zipf-clustered pool (demo-like: site signature, shared image-text space) is generated
 block by block into .npy inputs (never the whole matrix in memory; float16 inputs from 5M rows so 10M
@@ -9,12 +10,18 @@ processes under `/usr/bin/time -f %M` (the peak resident memory the issue measur
 and peaks come from the run's record. Printed at the end: one line per size and step, and the ratios
 peak(largest)/peak(smallest) and time(largest)/time(smallest).
 
+With ``--backend local,ray`` the same dataset is analysed once per backend (``--force``), the per-step
+times are printed side by side, and the default and a site-balanced selection are exported after each
+run: the manifests' sha256 must match (printed). ``--address`` is a running Ray cluster (without it
+Ray starts on this machine).
+
 Inputs and datasets are kept under --dir (reused when the same size is asked again; --fresh rebuilds).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -98,18 +105,32 @@ def run_size(n: int, args) -> dict:
         print(f"[{n:,}] generated inputs in {time.perf_counter() - t:.0f} s", flush=True)
     db = folder / "pool.duckdb"
     py = sys.executable
+    shards = ["--vector-layout", "shards", "--shard-rows", str(args.shard_rows)] if args.shard_rows else []
     ingest_s, ingest_gb, _ = timed([py, "-m", "curation", "ingest", str(db), "--metadata", str(folder / "meta.parquet"),
                                     "--image-emb", str(folder / "image.npy"), "--text-emb", str(folder / "text.npy"),
-                                    "--shared-space", "--vector-dtype", args.dtype, "--replace"])
+                                    "--shared-space", "--vector-dtype", args.dtype, "--replace", *shards])
     print(f"[{n:,}] ingest {ingest_s:.0f} s, peak {ingest_gb:.2f} GB", flush=True)
-    an_s, an_gb, _ = timed([py, "-m", "curation", "analyze", str(db), "--force"])
-    print(f"[{n:,}] analyze {an_s:.0f} s, peak {an_gb:.2f} GB", flush=True)
-    with store.open_store(db) as s:
-        rec = s.runs("analysis").iloc[-1]
-        timings, outputs = json.loads(rec["timings"]), json.loads(rec["outputs"])
-        layout = s.meta.get("vectors", {}).get("dtype", "inline float32")
-    return {"n": n, "ingest_s": ingest_s, "ingest_gb": ingest_gb, "analyze_s": an_s, "analyze_gb": an_gb,
-            "steps": timings, "peaks": outputs.get("peak_rss_gb", {}), "vectors": layout}
+    out = {"n": n, "ingest_s": ingest_s, "ingest_gb": ingest_gb, "backends": {}}
+    for backend in args.backend.split(","):
+        extra = ["--backend", backend] + (["--address", args.address] if backend == "ray" and args.address else [])
+        an_s, an_gb, _ = timed([py, "-m", "curation", "analyze", str(db), "--force", *extra])
+        print(f"[{n:,}] analyze ({backend}) {an_s:.0f} s, peak {an_gb:.2f} GB (driver)", flush=True)
+        with store.open_store(db) as s:
+            rec = s.runs("analysis").iloc[-1]
+            timings, outputs = json.loads(rec["timings"]), json.loads(rec["outputs"])
+            out["vectors"] = s.meta.get("vectors", {}).get("dtype", "inline float32")
+            out["shards"] = len(s.meta.get("vectors", {}).get("files", [])) // 2
+        shas = []
+        for name, sel in (("default", []), ("balanced", ["--confounders", "site", "--mode", "balanced"])):
+            m = folder / f"manifest-{backend}-{name}.parquet"
+            timed([py, "-m", "curation", "select", str(db), "--budget", "0.3", *sel, "--out", str(m), "--overwrite"])
+            shas.append(hashlib.sha256(m.read_bytes()).hexdigest())
+        out["backends"][backend] = {"analyze_s": an_s, "analyze_gb": an_gb, "steps": timings,
+                                    "peaks": outputs.get("peak_rss_gb", {}), "workers": outputs.get("backend", {}),
+                                    "manifests": shas}
+    first = next(iter(out["backends"].values()))
+    out.update(analyze_s=first["analyze_s"], analyze_gb=first["analyze_gb"], steps=first["steps"], peaks=first["peaks"])
+    return out
 
 
 def main() -> None:
@@ -119,6 +140,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=("auto", "float16", "float32"), help="ingest --vector-dtype")
     ap.add_argument("--dir", default="/tmp/curation-scale")
     ap.add_argument("--fresh", action="store_true", help="regenerate the inputs")
+    ap.add_argument("--backend", default="local", help="analysis backends, comma-separated: local, ray")
+    ap.add_argument("--address", help="with ray: a running cluster's HEAD:PORT (default: Ray started here)")
+    ap.add_argument("--shard-rows", type=int, help="ingest --shard-rows (with --vector-layout shards)")
     args = ap.parse_args()
     sizes = [int(float(x)) for x in args.rows.split(",")]
     res = [run_size(n, args) for n in sizes]
@@ -128,6 +152,17 @@ def main() -> None:
                           if k not in ("total",) and isinstance(v, (int, float)))
         print(f"{r['n']:>10,}  {r['vectors']:>8}  {r['ingest_s']:>8.0f}  {r['ingest_gb']:>9.2f}  {r['analyze_s']:>9.0f}  "
               f"{r['analyze_gb']:>10.2f}   {steps}")
+    backends = list(res[0]["backends"])
+    if len(backends) > 1:
+        print("\nper step, seconds: " + " vs ".join(backends))
+        for r in res:
+            b = r["backends"]
+            steps = [k for k in b[backends[0]]["steps"] if isinstance(b[backends[0]]["steps"][k], (int, float))]
+            print(f"{r['n']:>10,} rows, {r['shards']} shards: " + ", ".join(
+                f"{k} " + " / ".join(f"{b[x]['steps'].get(k, float('nan')):.1f}" for x in backends) for k in steps))
+            print(f"{'':>10}  workers: " + ", ".join(f"{x} {b[x]['workers']}" for x in backends))
+            same = all(b[x]["manifests"] == b[backends[0]]["manifests"] for x in backends)
+            print(f"{'':>10}  manifests (default, site-balanced) byte-identical across backends: {'yes' if same else 'NO'}")
     if len(res) > 1:
         a, b = res[0], res[-1]
         print(f"\npeak({b['n']:,}) / peak({a['n']:,}): ingest {b['ingest_gb'] / a['ingest_gb']:.2f}x, "

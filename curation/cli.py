@@ -59,7 +59,7 @@ def cmd_ingest(a) -> int:
     fp = ingest.ingest(a.db, inp, replace=a.replace, image_model=a.image_model, text_model=a.text_model,
                        shared_space=a.shared_space, case_column=a.case_column, label_column=a.label_column,
                        column_types=column_types, label_columns=_split_list(a.label_columns),
-                       vector_layout=a.vector_layout, vector_dtype=a.vector_dtype)
+                       vector_layout=a.vector_layout, vector_dtype=a.vector_dtype, shard_rows=a.shard_rows)
     dims = {k: (v.shape[1] if v is not None else None) for k, v in inp.vectors.items()}
     with store.open_store(a.db) as s:
         where = vector_io.describe(s.meta.get("vectors"))

@@ -66,6 +66,8 @@ def add_ingest(sub):
                         "100k rows in DB.vectors/ beside it (auto: shards from 200k rows)")
     p.add_argument("--vector-dtype", choices=("auto", "float16", "float32"), default="auto",
                    help="shards' number type (auto: float32 up to 2 GiB of vectors, float16 above)")
+    p.add_argument("--shard-rows", type=int, default=None, metavar="N",
+                   help="rows per vector shard (default 100,000)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
     p.set_defaults(handler="ingest")
 

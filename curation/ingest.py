@@ -512,7 +512,7 @@ def check_label_columns(names, labels) -> list[str]:
 
 def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=None,
            shared_space=None, extra_meta=None, case_column=None, label_column=None, column_types=None,
-           label_columns=(), vector_layout="auto", vector_dtype="auto") -> str:
+           label_columns=(), vector_layout="auto", vector_dtype="auto", shard_rows=None) -> str:
     """Validate ``inp`` and write it as the dataset ``db`` atomically. Returns the fingerprint.
 
     Parameters
@@ -527,7 +527,8 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
         :data:`curation.schema.CASE_CANDIDATES` when not given.
     vector_layout, vector_dtype : str
         Where the vectors are kept (:func:`curation.vector_io.resolve_layout`; "auto": inside the
-        file under 200k rows, float16/float32 shards beside it from there).
+        file under 200k rows, float16/float32 shards beside it from there); ``shard_rows`` rows per
+        shard (default :data:`curation.vector_io.SHARD_ROWS`).
     label_column, label_columns : str, iterable of str, optional
         Label columns (answers, not inputs): never flagged as confounders, reported by the impact
         table; must exist.
@@ -573,4 +574,4 @@ def ingest(db, inp: IngestInput, *, replace=False, image_model=None, text_model=
             "shared_space": bool(shared_space), "source": inp.source,
             "image_root": str(root) if root is not None else None, **(extra_meta or {})}
     return store.create_dataset(db, inp.samples, vectors, meta=meta, replace=replace, vector_layout=vector_layout,
-                                vector_dtype=vector_dtype)
+                                vector_dtype=vector_dtype, shard_rows=shard_rows)

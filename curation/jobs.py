@@ -79,8 +79,10 @@ def job_for(db) -> AnalysisJob | None:
         return _JOBS.get(_key(db))
 
 
-def start_analysis(db, config=None, steps=None, force: bool = False) -> AnalysisJob:
-    """Start :func:`curation.analysis.analyze` on ``db`` in a daemon thread and return its job.
+def start_analysis(db, config=None, steps=None, force: bool = False, backend: str = "local",
+                   address: str | None = None) -> AnalysisJob:
+    """Start :func:`curation.analysis.analyze` on ``db`` in a daemon thread and return its job
+    (``backend``/``address``: where its tasks run, as ``analyze --backend ray --address``).
 
     Raises :class:`CurationError` when an analysis of ``db`` is already running in this process.
     """
@@ -100,7 +102,8 @@ def start_analysis(db, config=None, steps=None, force: bool = False) -> Analysis
 
     def work():
         try:
-            run_id = analysis.analyze(db, config, steps=steps, progress=job._progress, force=force)
+            run_id = analysis.analyze(db, config, steps=steps, progress=job._progress, force=force,
+                                      backend=backend, address=address)
         except CurationError as e:
             with job._lock:
                 job.status, job.error = "failed", str(e)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from curation import density as D
+from curation.parallel import LocalRunner
 from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
@@ -163,13 +164,15 @@ def sample_knn(Z: np.ndarray, k: int, assign: np.ndarray | None = None, probes: 
 
 
 def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp_k: int = 10,
-             n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, assign: np.ndarray | None = None):
+             n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, assign: np.ndarray | None = None,
+             runner=None):
     """2-D map of all rows of ``X`` (n, d).
 
     The UMAP fit gets its kNN graph precomputed (:func:`sample_knn`, exact within each sample row's
     nearest prototype clusters when ``assign`` is given) instead of building one with NN-descent, and
     its epochs sized to the sample (:func:`umap_epochs`); numba's compiled code is cached across
-    processes (:func:`numba_cache_dir`).
+    processes (:func:`numba_cache_dir`). The PCA and the UMAP fit run here; projecting and placing
+    the rows runs block by block, one task per block on ``runner`` (:mod:`curation.parallel`).
 
     Returns
     -------
@@ -189,9 +192,13 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     # the projection of the fitted rows, computed in the same blocks as every other row's (so a row's
     # coordinates never depend on which rows share its block); the rest is projected block by block
     # after the fit, so no (n, pca_dims) array is ever held
+    run = runner if runner is not None else LocalRunner()
     step = 1 << 16
-    Z_fit = np.concatenate([((X[i:i + step] - mean) @ comp.T)[fitted[i:i + step]] for i in range(0, n, step)
-                            if fitted[i:i + step].any()]).astype(np.float32)
+    blocks = [(i, min(n, i + step)) for i in range(0, n, step)]
+    Xr = run.put(X)
+    got = dict(run.map(project_block, [b for b in blocks if fitted[b[0]:b[1]].any()],
+                       shared=(Xr, mean, comp, fitted)))
+    Z_fit = np.concatenate([got[i] for i in sorted(got)]).astype(np.float32)
     k = min(n_neighbors, len(fit_rows) - 1)
     knn = sample_knn(Z_fit, k, None if assign is None else assign[fit_rows]) if len(fit_rows) > 2 * k else None
     reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric="cosine", random_state=seed,
@@ -207,13 +214,24 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     xy = np.empty((n, 2), np.float32)
     xy[fit_rows] = xy_fit
     if len(fit_rows) < n:
-        index = _unit_index(Z_fit)
-        for i in range(0, n, step):
-            rest = np.flatnonzero(~fitted[i:i + step])
-            if len(rest):
-                Z_blk = ((X[i:i + step] - mean) @ comp.T)[rest]
-                xy[i + rest] = interpolate(Z_fit, xy_fit, Z_blk, k=interp_k, index=index)
+        todo = [b for b in blocks if not fitted[b[0]:b[1]].all()]
+        shared = (Xr, mean, comp, fitted, run.put(Z_fit), run.put(xy_fit), interp_k)
+        for j, (rest, placed) in run.map(place_block, todo, shared=shared):
+            xy[rest] = placed
     return xy, fitted
+
+
+def project_block(X, mean, comp, fitted, a: int, b: int) -> np.ndarray:
+    """The PCA projection of the fitted rows among rows ``a:b`` (in the blocks every row is
+    projected in, so a row's coordinates never depend on which rows share its block)."""
+    return ((X[a:b] - mean) @ comp.T)[fitted[a:b]]
+
+
+def place_block(X, mean, comp, fitted, Z_fit, xy_fit, interp_k: int, a: int, b: int):
+    """(rows, 2-D positions) of the rows among ``a:b`` UMAP was not fitted on (:func:`interpolate`)."""
+    rest = np.flatnonzero(~fitted[a:b])
+    Z_blk = ((X[a:b] - mean) @ comp.T)[rest]
+    return a + rest, interpolate(Z_fit, xy_fit, Z_blk, k=interp_k, index=_unit_index(Z_fit))
 
 
 def _unit(a):

@@ -501,7 +501,7 @@ def now() -> str:
 def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.ndarray | None],
                    meta: Mapping | None = None, replace: bool = False,
                    extra_tables: Mapping[str, object] | None = None, *, vector_layout: str = "auto",
-                   vector_dtype: str = "auto", progress=None) -> str:
+                   vector_dtype: str = "auto", progress=None, shard_rows: int | None = None) -> str:
     """Write a whole dataset file atomically and return its fingerprint.
 
     Parameters
@@ -526,6 +526,8 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         Shards are written block by block from ``vectors`` (a memory-mapped input is never read whole).
     progress : callable(rows), optional
         Called as shards are written.
+    shard_rows : int, optional
+        Rows per shard (default :data:`curation.vector_io.SHARD_ROWS`).
 
     The file is built at a temporary path beside the target and moved over it only when complete;
     shards go to a temporary folder first and into ``<file>.vectors/<fingerprint>/`` before it.
@@ -555,6 +557,10 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
     n = samples.num_rows
     dims = {k: (None if vectors.get(k) is None else int(vectors[k].shape[1])) for k in S.EMB_KINDS}
     layout, vdtype = V.resolve_layout(vector_layout, vector_dtype, n, dims)
+    if shard_rows is not None and (shard_rows < 1 or layout != "shards"):
+        raise CurationError(f"--shard-rows {shard_rows}: " + ("give at least 1 row per shard." if shard_rows < 1 else
+                            f"this dataset's vectors go inside the file ({n:,} rows). Fix: add --vector-layout "
+                            "shards, or leave --shard-rows out."))
     samples = samples.add_column(0, S.ROW, pa.array(np.arange(n, dtype=np.int64)))
     m = dict(meta or {})
     m.pop("vectors", None)
@@ -566,7 +572,8 @@ def create_dataset(path: str | os.PathLike, samples, vectors: Mapping[str, np.nd
         hasher = fingerprint_hasher(samples)
         tmp_dir = V.tmp_shard_folder(path)
         try:
-            records = V.write_shards(tmp_dir, vectors, vdtype, hasher=hasher, progress=progress)
+            records = V.write_shards(tmp_dir, vectors, vdtype, rows_per_shard=shard_rows, hasher=hasher,
+                                      progress=progress)
             fingerprint = hasher.hexdigest()
             created_dir = not (V.vectors_folder(path) / fingerprint).exists()
             shard_dir = V.install_shards(path, fingerprint, tmp_dir)

@@ -76,11 +76,18 @@ label = "Run analysis" if not info.run_id else "Run analysis (cached when nothin
 c1, c2 = st.columns([1, 3])
 go = c1.button(label, key="ov_run", disabled=running)
 force = c2.checkbox("Recompute even when this run is stored", key="ov_force")
+with st.expander("Run on a Ray cluster (optional)"):
+    st.caption("The same run and the same results as on this machine, its tasks spread over the cluster's "
+               "CPUs. The dataset's folder must be on a file system every node sees.")
+    backend = st.radio("Where", ["local", "ray"], key="ov_backend", horizontal=True,
+                       format_func={"local": "this machine", "ray": "Ray"}.get)
+    address = st.text_input("Cluster address (HEAD:PORT; empty: Ray started on this machine)", key="ov_address",
+                            disabled=backend != "ray").strip() or None
 if go:
     try:
         if list(labels) != list(info.label_columns):
             workflows.declare_label_columns(path, labels)
-        jobs.start_analysis(path, cfg, force=force)
+        jobs.start_analysis(path, cfg, force=force, backend=backend, address=address if backend == "ray" else None)
     except CurationError as e:
         _text.error(str(e))
     else:

@@ -127,3 +127,19 @@ def test_cluster_errors_are_one_clear_message(cluster, pools, run_cli):
             list(r.map(needs_a_missing_package, [()]))
     finally:
         r.close()
+
+
+def test_the_app_job_runs_on_the_cluster(pools, cluster, tmp_path):
+    """The Overview page's background job (a thread of the app's server) with backend ray: the
+    same run as here."""
+    from curation import jobs
+
+    here, _, run_here, _ = pools
+    db = tmp_path / "app.duckdb"
+    store.copy_dataset(here, db)
+    job = jobs.start_analysis(db, force=True, steps=("prototypes", "density"), backend="ray", address=cluster[0])
+    snap = job.wait(timeout=300)
+    assert snap["status"] == "done", snap
+    assert snap["run_id"] == run_here
+    a, b = _tables(here, run_here), _tables(db, run_here)
+    assert a["knn"].equals(b["knn"]) and a["prototypes"].equals(b["prototypes"])
