@@ -21,12 +21,12 @@ from curation.errors import CurationError
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.xdist_group("ray")  # the worker that holds the session's cluster
 
-SPEC = demo.DemoSpec(n_rows=2400, dim=32, n_clusters=12, min_cluster=15)
+SPEC = demo.DemoSpec(n_rows=1200, dim=32, n_clusters=10, min_cluster=15)
 
 
 def _build(path: Path) -> Path:
     mp = pytest.MonkeyPatch()
-    mp.setattr(vector_io, "SHARD_ROWS", 700)  # four shards, the last one short
+    mp.setattr(vector_io, "SHARD_ROWS", 350)  # four shards, the last one short
     try:
         demo.build(path, SPEC, images=False, vector_layout="shards")
     finally:
