@@ -271,6 +271,13 @@ def main():
         t_budget = timed(at.slider(key="sel_budget").set_value(0.1).run)
         t_knob = timed(at.selectbox(key="sel_mode").set_value("balanced").run)
         sel_payload = payload_bytes(at)
+        firsts = {}  # every other page, first render in a fresh session (its caches cold for this session)
+        for page in ("long_tail", "confounders", "quality"):
+            fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+            fresh.session_state["dataset"] = db.stem
+            fresh.run()
+            firsts[page] = timed(fresh.switch_page(f"pages/{page}.py").run)
+            assert not fresh.exception, (page, fresh.exception)
         server = server_map_figures(db)
         paint = (browser_first_paint(Path(tmp), sorted({min(5_000, a.rows), min(20_000, a.rows)}))
                  if not a.no_browser else None)
@@ -281,7 +288,8 @@ def main():
                      (f"map, {min(200_000, a.rows):,} points drawn (server side)", t_map200),
                      ("select & export, first (loads selection arrays)", t_sel),
                      ("select & export, budget change", t_budget),
-                     ("select & export, mode change (new order)", t_knob)]:
+                     ("select & export, mode change (new order)", t_knob),
+                     *[(f"{page.replace('_', ' ')}, first", v) for page, v in firsts.items()]]:
         print(f"{label:<54}{v:>9.2f}")
     print(f"\nchart payload: map page {map_payload / 2**20:.2f} MB (default 5,000 points and the image), "
           f"{map200_payload / 2**20:.2f} MB at {min(200_000, a.rows):,} points; select page {sel_payload / 2**20:.2f} MB "

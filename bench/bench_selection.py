@@ -3,7 +3,8 @@ beside a random subset, against a straightforward pandas group-by implementation
 
     python bench/bench_selection.py [--rows 1000000]
 
-Targets (DESIGN section 7): budget change < 100 ms, other knobs < 500 ms (2 cores).
+Targets (DESIGN section 7): budget change < 100 ms, other knobs < 500 ms (2 cores); at 10M
+(issue 26): budget < 250 ms, other knobs < 3 s.
 The analysis arrays are synthetic (1,000 prototypes with Zipf sizes, bands by percentile, FPS
 ranks, a kNN graph with planted duplicates, 4 sites x 2 scanners, sex with missing values).
 """
@@ -107,20 +108,36 @@ def main():
              replace(cfg, gates=(Gate("fidelity", top_q=0.8),)), replace(cfg, outliers="keep_last")]
     it = iter(knobs * 3)
 
-    def knob_change():
+    def knob_change():  # a one-shot `select`: nothing cached
         r = select(inp, next(it), cache=SelectionCache())
         ctx.compare(r.selected, 0)
 
+    it_warm = iter(knobs * 3)
+
+    def knob_change_warm():  # the app: the session's cache keeps duplicates, strata, guards, ranks
+        r = select(inp, next(it_warm), cache=cache)
+        ctx.compare(r.selected, 0)
+
+    big = a.rows > 1_000_000
     t_budget = timeit(budget_change, 20)
+    t_knob_warm = timeit(knob_change_warm, len(knobs))
     t_knob = timeit(knob_change, len(knobs))
-    df = pd.DataFrame({"prototype": inp.prototype, "band": inp.band, "proto_dist": inp.proto_dist,
-                       "fps_rank": inp.fps_rank, "is_dup": inp.duplicates(0.05)[1]}).join(inp.meta)
-    t_pd = timeit(lambda: pandas_select(df, int(0.25 * a.rows), ("site", "scanner")), 3)
-    print(f"\n{'operation at ' + format(a.rows, ','):<52}{'ms':>9}")
-    print(f"{'budget change + impact vs random (curation)':<52}{t_budget * 1000:>9.1f}   target < 100 ms")
-    print(f"{'other knob change + impact vs random (curation)':<52}{t_knob * 1000:>9.1f}   target < 500 ms")
-    print(f"{'pandas group-by selection (no impact numbers)':<52}{t_pd * 1000:>9.1f}")
-    print(f"\nratios: pandas / budget change = {t_pd / t_budget:.0f}x, pandas / knob change = {t_pd / t_knob:.1f}x")
+    t_pd = None
+    if a.rows <= 2_000_000:  # at 10M the pandas group-by needs more than this machine's 24 GB (killed)
+        df = pd.DataFrame({"prototype": inp.prototype, "band": inp.band, "proto_dist": inp.proto_dist,
+                           "fps_rank": inp.fps_rank, "is_dup": inp.duplicates(0.05)[1]}).join(inp.meta)
+        t_pd = timeit(lambda: pandas_select(df, int(0.25 * a.rows), ("site", "scanner")), 3)
+    print(f"\n{'operation at ' + format(a.rows, ','):<56}{'ms':>9}")
+    print(f"{'budget change + impact vs random (curation)':<56}{t_budget * 1000:>9.1f}   target < "
+          f"{250 if big else 100} ms")
+    print(f"{'other knob change + impact (the app: session cache)':<56}{t_knob_warm * 1000:>9.1f}   target < "
+          f"{3000 if big else 500} ms")
+    print(f"{'other knob change + impact (one-shot select, no cache)':<56}{t_knob * 1000:>9.1f}")
+    if t_pd is not None:
+        print(f"{'pandas group-by selection (no impact numbers)':<56}{t_pd * 1000:>9.1f}")
+        print(f"\nratios: pandas / budget change = {t_pd / t_budget:.0f}x, pandas / knob change = {t_pd / t_knob:.1f}x")
+    else:
+        print("pandas group-by baseline: not run above 2M rows (at 10M it was killed for memory on 24 GB)")
 
 
 if __name__ == "__main__":

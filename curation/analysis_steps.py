@@ -204,10 +204,11 @@ def _step_map(inp: _Inputs, prog) -> StepResult:
                             assign=inp.out["prototype"].to_numpy() if "prototype" in inp.out.columns else None,
                             runner=inp.runner)
     prog("map", 1, 2)
-    labels, glosh = D.hdbscan_glosh(xy, cfg.hdbscan_min_cluster_size)
+    labels, glosh = D.hdbscan_glosh(xy, cfg.hdbscan_min_cluster_size, seed=cfg.seed)
     prog("map", 2, 2)
     return StepResult(columns=dict(map_x=xy[:, 0], map_y=xy[:, 1], map_fitted=fitted, hdbscan_label=labels,
-                                   glosh_score=glosh))
+                                   glosh_score=glosh),
+                      outputs={"hdbscan_fitted": int(min(inp.n, D.HDBSCAN_FIT_MAX))})
 
 
 def _step_quality(inp: _Inputs, prog) -> StepResult:

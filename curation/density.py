@@ -215,14 +215,23 @@ def duplicate_groups(nbr: np.ndarray, sim: np.ndarray, eps: float = 0.05, *,
     return group, is_dup
 
 
-def hdbscan_glosh(xy: np.ndarray, min_cluster_size: int | None = None, min_samples: int | None = None):
+HDBSCAN_FIT_MAX = 1_000_000  # HDBSCAN fits every 2-D point up to this many, a seeded sample above
+
+
+def hdbscan_glosh(xy: np.ndarray, min_cluster_size: int | None = None, min_samples: int | None = None,
+                  fit_max: int = HDBSCAN_FIT_MAX, seed: int = 0):
     """HDBSCAN (the hdbscan package) on a low-dimensional layout, with GLOSH outlier scores.
+
+    Up to ``fit_max`` points it is fitted on all of them. Above, it is fitted on a seeded sample of
+    ``fit_max`` points (with its prediction data) and every other point gets the sample's cluster
+    and outlier score by ``approximate_predict`` / ``approximate_predict_scores``, in blocks: the
+    memory and time of the condensed tree stay those of the sample (DESIGN section 9).
 
     Parameters
     ----------
     xy : ndarray (n, 2 or a few)
     min_cluster_size : int, optional
-        Default max(10, n // 1000).
+        Default max(10, m // 1000), m the points fitted; a given size is scaled to the sample.
 
     Returns
     -------
@@ -231,9 +240,23 @@ def hdbscan_glosh(xy: np.ndarray, min_cluster_size: int | None = None, min_sampl
     import hdbscan
 
     n = len(xy)
-    mcs = min_cluster_size or max(10, n // 1000)
+    xy = np.ascontiguousarray(xy, dtype=np.float64)
+    sampled = n > fit_max
+    fit_rows = np.sort(np.random.default_rng(seed).choice(n, fit_max, replace=False)) if sampled else None
+    m = fit_max if sampled else n
+    mcs = (max(2, round(min_cluster_size * m / n)) if min_cluster_size else max(10, m // 1000))
     model = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min_samples or min(10, mcs),
-                            core_dist_n_jobs=HDBSCAN_JOBS)
-    labels = model.fit_predict(np.ascontiguousarray(xy, dtype=np.float64))
+                            core_dist_n_jobs=HDBSCAN_JOBS, prediction_data=sampled)
+    labels = model.fit_predict(xy[fit_rows] if sampled else xy)
     scores = np.nan_to_num(model.outlier_scores_, nan=0.0, posinf=1.0).astype(np.float32)
-    return labels.astype(np.int32), scores
+    if not sampled:
+        return labels.astype(np.int32), scores
+    out_l, out_s = np.empty(n, np.int32), np.empty(n, np.float32)
+    out_l[fit_rows], out_s[fit_rows] = labels, scores
+    rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
+    step = 1 << 18
+    for i in range(0, len(rest), step):
+        r = rest[i:i + step]
+        out_l[r] = hdbscan.approximate_predict(model, xy[r])[0]
+        out_s[r] = np.nan_to_num(hdbscan.approximate_predict_scores(model, xy[r]), nan=0.0, posinf=1.0)
+    return out_l, out_s

@@ -351,7 +351,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     if cfg.tail == "distance":
         within, took_tail = _distance_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier)
     else:
-        within, took_tail = _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r)
+        within, took_tail = _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, cache)
     tier[is_out] = 0 if cfg.outliers == "keep_first" else 3
     # within < 2^40 for any pool below 10^9 rows and ratio above 10^-3: the tier dominates exactly
     seq_key = tier * 2.0**42 + within
@@ -405,7 +405,16 @@ def _distance_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier):
     return within, is_tail
 
 
-def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r):
+def _tail_rank(inp: SelectionInputs) -> np.ndarray:
+    """Every row's rank by rarity in the whole pool (highest ``tail_score`` first, ties by row).
+    Ordering any subset of rows by it is ordering them by rarity: computed once per pool, not per
+    knob (two float sorts of the eligible rows were a third of a knob change at 2M rows)."""
+    r = np.empty(inp.n, np.int64)
+    r[np.argsort(-inp.tail_score.astype(np.float64), kind="stable")] = np.arange(inp.n)
+    return r
+
+
+def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, cache=None):
     """The default queues (``tail="density"``): every non-outlier row stands in both.
 
     - the **tail queue** takes the stratum's rows by global rarity, the kNN ``tail_score`` (lowest
@@ -419,8 +428,8 @@ def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r):
     kind2 = np.where(kind == 2, 1, 0)  # outliers (kept by a policy) get their own tier; queue them apart
     prio = np.where(kind == 0, inp.fps_rank[rows], inp.n + inp.far_rank[rows]).astype(np.int64)
     core_pos = _round_robin(inp, rows, st, cl, kind2, prio, n_st, n_cl)
-    rarity = np.argsort(np.argsort(-inp.tail_score[rows].astype(np.float64), kind="stable"), kind="stable")
-    tail_pos = _rank_within(kind2 * n_st + st, rarity.astype(np.int64), len(rows)).astype(np.float64)
+    rank = _tail_rank(inp) if cache is None else cache.get((inp.key, "tail_rank"), lambda: _tail_rank(inp))
+    tail_pos = _rank_within(kind2 * n_st + st, rank[rows], max(inp.n, 1)).astype(np.float64)
     core_key = (core_pos + 0.5) * (1.0 + r)
     if r > 0:
         tail_key = (tail_pos + 0.5) * (1.0 + r) / r

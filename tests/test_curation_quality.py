@@ -210,3 +210,28 @@ def test_default_raises_no_warning_but_planted_mismatches_still_do(demo):
     assert any(w.startswith("consistency_score_mean is") for w in warns), warns
     exp = ctx.density_matched(worse)["consistency_score_mean"]
     assert ctx.impact(worse)["consistency_score_mean"] < exp[0] - 3 * exp[1]
+
+
+def test_hdbscan_on_a_sample_predicts_the_rest():
+    """Above fit_max points HDBSCAN is fitted on a seeded sample and the rest predicted: three planted
+    blobs are found in the unfitted points as in the fitted ones, and uniform background points
+    score as outliers (GLOSH) there too."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from curation.density import hdbscan_glosh
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10]], float)
+    truth = np.repeat(np.arange(3), 2000)
+    xy = np.concatenate([centres[truth] + rng.normal(0, 0.5, (6000, 2)), rng.uniform(-5, 15, (300, 2))])
+    truth = np.concatenate([truth, np.full(300, -1)])
+    full_l, full_s = hdbscan_glosh(xy, min_cluster_size=100)
+    part_l, part_s = hdbscan_glosh(xy, min_cluster_size=100, fit_max=2000, seed=1)
+    blob = truth >= 0
+    assert adjusted_rand_score(truth[blob], part_l[blob]) > 0.95
+    assert adjusted_rand_score(full_l[blob], part_l[blob]) > 0.95
+    assert np.median(part_s[~blob]) > 2 * np.median(part_s[blob])
+    assert part_l.dtype == np.int32 and part_s.dtype == np.float32 and len(part_l) == len(xy)
+    # the same seed, the same sample and the same answer
+    again_l, again_s = hdbscan_glosh(xy, min_cluster_size=100, fit_max=2000, seed=1)
+    assert np.array_equal(again_l, part_l) and np.array_equal(again_s, part_s)

@@ -25,9 +25,9 @@ def test_cache_gives_the_same_result(inp):
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
     a = select(inp, cfg, cache=cache)
     b = select(inp, replace(cfg, budget=900), cache=cache)
-    # one order, one duplicate table (eps 0.05), one column's strata codes and the two quality guards'
-    # masks: the second budget reused them all
-    assert len(cache) == 5 and np.array_equal(b.selected[:300], a.selected)
+    # one order, one duplicate table (eps 0.05), one column's strata codes, the two quality guards'
+    # masks and the pool's rarity ranks: the second budget reused them all
+    assert len(cache) == 6 and np.array_equal(b.selected[:300], a.selected)
     assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
     assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
 
