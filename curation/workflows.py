@@ -145,21 +145,19 @@ def analysis_report(db, run_id) -> str:
     why fidelity is unavailable, likely confounders, timings (the CLI prints it, Overview shows it)."""
     with store.open_store(db) as s:
         rec = runs.get(s, run_id, "analysis")
-        df, _ = analysis.load(s, run_id)
+        c = analysis.report_counts(s, run_id)
         cfg, out = rec.config, rec.outputs
-        lines = [f"analysis run {run_id} on {s.name} ({len(df):,} samples, space {cfg.get('space')}, "
+        lines = [f"analysis run {run_id} on {s.name} ({c['n']:,} samples, space {cfg.get('space')}, "
                  f"k={out.get('k')}; steps: {', '.join(rec.steps)})"]
-        if "band" in df:
-            b = df["band"].value_counts()
-            lines.append(f"  bands: core {b.get('core', 0):,}, tail {b.get('tail', 0):,}, "
-                         f"outlier {b.get('outlier', 0):,}")
-        if "dup_group" in df:
-            groups = df.loc[df["dup_group"] >= 0, "dup_group"].nunique()
-            lines.append(f"  near-duplicate groups: {groups:,} ({int(df['is_dup'].sum()):,} samples "
+        if "band_core" in c:
+            lines.append(f"  bands: core {c['band_core']:,}, tail {c['band_tail']:,}, "
+                         f"outlier {c['band_outlier']:,}")
+        if "dup_groups" in c:
+            lines.append(f"  near-duplicate groups: {c['dup_groups']:,} ({int(c['dups']):,} samples "
                          f"would be dropped at eps={cfg.get('dedup_eps')})")
-        if "hdbscan_label" in df:
-            lines.append(f"  HDBSCAN clusters: {df['hdbscan_label'].max() + 1:,}, noise "
-                         f"{(df['hdbscan_label'] < 0).mean():.1%}")
+        if "hdbscan_clusters" in c:
+            lines.append(f"  HDBSCAN clusters: {int(c['hdbscan_clusters']):,}, noise "
+                         f"{(c['hdbscan_noise'] or 0.0):.1%}")
         if "fidelity_reason" in out:
             lines.append(f"  fidelity: {out['fidelity_reason']}")
         conf_table = rec.table("confounders")
