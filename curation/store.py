@@ -400,7 +400,16 @@ class Store:
         if not self.has_table(name):
             raise StateError(f"dataset {self.name} has no table {name!r}.")
         sel = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
-        return self.con.sql(f"SELECT {sel} FROM {quote_ident(name)} ORDER BY {S.ROW}").to_arrow_table()
+        cur = self.con.cursor()  # stored order, checked (see _arrow_frame)
+        try:
+            t = cur.sql(f"SELECT {sel} FROM {quote_ident(name)}").to_arrow_table()
+        finally:
+            cur.close()
+        if S.ROW in t.column_names and t.num_rows > 1:
+            rows = t.column(S.ROW).to_numpy()
+            if not (rows[1:] > rows[:-1]).all():
+                t = t.take(np.argsort(rows, kind="stable"))
+        return t
 
     # -- writes ----------------------------------------------------------------------------
     def _check_writable(self) -> None:
