@@ -93,8 +93,12 @@ def render(x: np.ndarray, y: np.ndarray, *, codes: np.ndarray | None = None, col
         c = np.asarray(codes)[keep].astype(np.int64)
         K = len(colors)
         c = np.where((c < 0) | (c >= K), K, c)  # K = "other" (grey)
-        # per occupied pixel only (most of the image is empty): a compact index, then one bincount
-        occ, inv = np.unique(pix, return_inverse=True)
+        # per occupied pixel only (most of the image is empty): a compact index, then one bincount;
+        # the index comes from the counts (no sort: np.unique's took 1.5 s of 3.7 at 10M rows)
+        occ = np.flatnonzero(count)
+        where = np.zeros(P, np.int64)
+        where[occ] = np.arange(len(occ))
+        inv = where[pix]
         table = np.bincount(inv * (K + 1) + c, minlength=len(occ) * (K + 1)).reshape(len(occ), K + 1)
         lut = np.array([*[tuple(col) for col in colors], GREY], np.uint8)
         rgba[occ, :3] = lut[table.argmax(axis=1)]

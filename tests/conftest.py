@@ -273,3 +273,23 @@ def medpix_db(tmp_path_factory) -> Path:
         analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density", "quality", "confounders"])
 
     return built_once(tmp_path_factory, "medpix", build) / "medpix.duckdb"
+
+
+def kill_analysis_after_first_step(args, work: Path, timeout: float = 180) -> None:
+    """Run ``python -m curation analyze ARGS`` in a process of its own and ``kill -9`` it as soon
+    as its first step is kept in ``work`` (the run's work folder)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    p = subprocess.Popen([sys.executable, "-m", "curation", "analyze", *map(str, args)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not (work / "step-prototypes" / "step.json").exists():
+        assert p.poll() is None and time.monotonic() < deadline, "the analysis ended before its first step was kept"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()

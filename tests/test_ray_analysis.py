@@ -6,15 +6,11 @@ package on the workers and a flag without its backend are one clear error each."
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import kill_analysis_after_first_step
 from curation import analysis, demo, parallel, store, vector_io
 from curation.errors import CurationError
 
@@ -92,16 +88,7 @@ def test_a_killed_driver_resumes_on_the_cluster(pools, cluster, tmp_path):
     address, _ = cluster
     db = _build(tmp_path / "k.duckdb")  # the same pool, not analysed yet
     work = analysis.work_folder(db, run_here)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(Path(__file__).parents[1])
-    p = subprocess.Popen([sys.executable, "-m", "curation", "analyze", str(db), "--backend", "ray",
-                          "--address", address], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not (work / "step-prototypes" / "step.json").exists():
-        assert p.poll() is None and time.monotonic() < deadline, "the analysis ended before its first step was kept"
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_analysis_after_first_step([db, "--backend", "ray", "--address", address], work)
     assert (work / "step-prototypes").is_dir() and not (work / "step-map").exists()
     seen = []
     run = analysis.analyze(db, backend="ray", address=address, progress=lambda step, done, total: seen.append(step))

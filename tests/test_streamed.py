@@ -4,16 +4,12 @@ resuming at the step where they stopped, and datasets whose shards went missing 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import kill_analysis_after_first_step
 from curation import analysis, demo, store, vector_io
 from curation.errors import CurationError, StateError
 
@@ -106,15 +102,7 @@ def test_a_killed_analysis_resumes_where_it_stopped(layouts, tmp_path, monkeypat
             cfg = analysis.replace(cfg, label_columns=tuple(s.label_columns()))
         run_id = analysis.run_id_for(cfg, s.fingerprint)
     work = analysis.work_folder(db, run_id)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    p = subprocess.Popen([sys.executable, "-m", "curation", "analyze", str(db), "--steps", steps],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (work / "step-prototypes" / "step.json").exists():
-        assert p.poll() is None and time.monotonic() < deadline, "the analysis ended before its first step was kept"
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_analysis_after_first_step([db, "--steps", steps], work, timeout=120)
     assert (work / "step-prototypes").is_dir()
     seen = []
     analysis.analyze(db, steps=NO_MAP, progress=lambda step, done, total: seen.append(step))
