@@ -82,12 +82,13 @@ def _p_hit(n: int, sizes: np.ndarray, b: int) -> np.ndarray:
     return np.where(n - sizes < b, 1.0, 1.0 - np.exp(log_miss))
 
 
-def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray, k: int) -> float:
-    """Total variation distance between the subset's and the pool's category distributions."""
+def tvd(sub_codes: np.ndarray, pool_codes: np.ndarray | None, k: int, pool_dist: np.ndarray | None = None) -> float:
+    """Total variation distance between the subset's and the pool's category distributions
+    (``pool_dist``: the pool's, computed once by a caller that compares many subsets)."""
     if len(sub_codes) == 0:
         return float("nan")
     p = np.bincount(sub_codes, minlength=k) / len(sub_codes)
-    q = np.bincount(pool_codes, minlength=k) / len(pool_codes)
+    q = pool_dist if pool_dist is not None else np.bincount(pool_codes, minlength=k) / len(pool_codes)
     return float(0.5 * np.abs(p - q).sum())
 
 
@@ -152,6 +153,8 @@ class ImpactContext:
         self.is_dup = inp.duplicates(self.dedup_eps, cache)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
         self.cols = {c: _codes(inp.meta[c]) for c in columns}
+        # each column's pool distribution, once (every compare took two 10M-row bincounts per column)
+        self._pool_dist = {c: np.bincount(codes, minlength=k) / len(codes) for c, (codes, k) in self.cols.items()}
         names = list(dict.fromkeys([*(labels or ()), *([label] if label else [])]))
         self.labels = [LabelColumn(c, inp.meta[c]) for c in names if c in inp.meta.columns]
         self.seed = int(seed)
@@ -170,7 +173,7 @@ class ImpactContext:
         for a, v in self.scores.items():
             out[f"{a}_score_mean"] = float(np.nanmean(v[rows])) if len(rows) else float("nan")
         for c, (codes, k) in self.cols.items():
-            out[f"tvd_{c}"] = tvd(codes[rows], codes, k)
+            out[f"tvd_{c}"] = tvd(codes[rows], None, k, pool_dist=self._pool_dist[c])
         if self.labels:
             mask = np.zeros(self.n, bool)
             mask[rows] = True
@@ -220,8 +223,8 @@ class ImpactContext:
                     out[name] = (float(q.mean()), float(np.sqrt((q * (1 - q)).sum()) / mask.sum()))
         cols = [c for c in tvd_columns if c in self.cols]
         if cols:
-            sims = [[tvd(self.cols[c][0][o[:b]], self.cols[c][0], self.cols[c][1]) for o in self.noise_orders]
-                    for c in cols]
+            sims = [[tvd(self.cols[c][0][o[:b]], None, self.cols[c][1], pool_dist=self._pool_dist[c])
+                     for o in self.noise_orders] for c in cols]
             for c, vals in zip(cols, sims):
                 out[f"tvd_{c}"] = (float(np.mean(vals)), float(np.std(vals, ddof=1)))
         return out
