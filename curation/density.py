@@ -79,7 +79,7 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
         qpart = X.query_partition(flat_rows, flat_probe[ok], query_folder)
     run = runner if runner is not None else LocalRunner()
     tasks = [(c, flat_rows[queries[c]] if c in queries else db_rows, db_rows) for c, db_rows in members.items()]
-    shared = (run.put(X), run.put(qpart), k) if len(tasks) > 1 else (X, qpart, k)
+    shared = (run.put(X), run.put(qpart), k)
     for i, (q, cand_idx, cand_sim) in run.map(cluster_candidates, tasks, shared=shared):
         merge_candidates(nbr, sim, q, cand_idx, cand_sim)
         if progress:
