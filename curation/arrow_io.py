@@ -39,11 +39,33 @@ def fingerprint_hasher(samples):
 
     h = hashlib.blake2b(digest_size=16)
     h.update(f"schema{S.SCHEMA_VERSION}".encode())
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, samples.schema) as w:
+    # the IPC bytes go straight into the hash as they are written (the same bytes as writing the
+    # stream to a buffer first, without the buffer: a copy of the whole samples table at ingest)
+    with pa.ipc.new_stream(pa.PythonFile(_HashWriter(h), mode="w"), samples.schema) as w:
         w.write_table(samples)
-    h.update(sink.getvalue())
     return h
+
+
+class _HashWriter:
+    """A write-only file object that feeds a hasher."""
+
+    closed = False
+
+    def __init__(self, h):
+        self.h = h
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        return len(data) if not isinstance(data, memoryview) else data.nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
 
 
 def compute_fingerprint(samples, vectors: Mapping[str, np.ndarray | None]) -> str:
