@@ -168,6 +168,9 @@ def analysis_report(db, run_id) -> str:
             lines.append(f"  likely confounders: {', '.join(f) if f else 'none'}")
         lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec.timings.items()
                                                if isinstance(v, (int, float))))
+        ran = out.get("backend") or {}
+        if ran.get("name") == "ray":
+            lines.append(f"  ran on: a Ray cluster of {ran.get('workers')} CPUs (the same results as on one machine)")
     return "\n".join(lines)
 
 

@@ -69,6 +69,10 @@ def test_the_analysis_on_two_nodes_equals_the_one_here(pools, run_cli, tmp_path)
     with store.open_store(there) as s:
         rec = analysis.runs.best_analysis(s)
     assert rec.outputs["backend"] == {"name": "ray", "workers": 2}
+    from curation import workflows
+
+    assert "ran on: a Ray cluster of 2 CPUs" in workflows.analysis_report(there, run_there)
+    assert "ran on" not in workflows.analysis_report(here, run_here)
     assert not Path(str(there) + ".work").exists()  # nothing of the run left beside the dataset
     # the default selection and a stratified one: the same manifest bytes
     for name, extra in (("default", []), ("balanced", ["--confounders", "site", "--mode", "balanced"])):
