@@ -45,13 +45,6 @@ log = logging.getLogger(__name__)
 SUFFIX = ".duckdb"
 
 
-def pd_empty(n: int):
-    """A frame of ``n`` rows and no columns (what ``samples([])`` returns)."""
-    import pandas as pd
-
-    return pd.DataFrame(index=pd.RangeIndex(n))
-
-
 def quote_ident(name: str) -> str:
     """Quote a column or table name for SQL. Values are never pasted into SQL: they are bound."""
     return '"' + str(name).replace('"', '""') + '"'
@@ -294,7 +287,9 @@ class Store:
                 f"unknown column(s) {unknown} in dataset {self.name}; it has: {', '.join(known)}"
             )
         if not cols:
-            return pd_empty(self.n_rows)
+            import pandas as pd
+
+            return pd.DataFrame(index=pd.RangeIndex(self.n_rows))
         sel = ", ".join(quote_ident(c) for c in [S.ROW, *cols])
         df = self._arrow_frame(f"SELECT {sel} FROM {S.SAMPLES}")
         return df.drop(columns=[S.ROW])

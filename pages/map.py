@@ -38,6 +38,7 @@ else:
     c2.text(f"All {n_rows:,} points drawn")
 query = c3.text_input("Search captions (every word must appear)", key="map_search")
 
+
 def _picked_rows(event) -> list[int]:
     """Dataset rows of the points a Plotly selection event holds."""
     out = []
@@ -50,8 +51,6 @@ def _picked_rows(event) -> list[int]:
     return sorted(set(out))
 
 
-# a click opens the inspector and rings the point; read before the figure is drawn, so the ring is
-# in this run's figure (a figure that changes on the next run, a lasso's, would lose that lasso)
 def _open_clicked(event) -> None:
     """A click (one point, no region) opens the inspector on it, once: closing the inspector keeps
     it closed while the same click is still the chart's selection."""
@@ -64,6 +63,9 @@ def _open_clicked(event) -> None:
         st.session_state.pop("map_click_seen", None)
 
 
+# a click opens the inspector and rings the point: read from the chart's state before anything is
+# drawn, so this run computes the inspector's selection and draws the ring (a figure that changed on
+# the next run, a lasso's, would lose that lasso)
 _open_clicked(st.session_state.get("map_plot"))
 
 always = None
@@ -141,8 +143,6 @@ if zoomed and st.button("Show the whole map", key="map_unzoom"):
 picked = sorted(set(_picked_rows(event)) & set(sampled.tolist()))  # drawn points (not the ring)
 
 row = st.session_state.get("inspect_row")
-if row is not None and res is None and can_select:  # a click just opened the inspector: its reason
-    inp, cfg, res = _shared.run_selection(path, info)
 if row is not None and 0 <= int(row) < n_rows:
     with st.container(border=True):
         _views.inspector(path, info, df, int(row), res, inp, cfg)
