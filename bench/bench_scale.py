@@ -105,15 +105,28 @@ def run_size(n: int, args) -> dict:
         print(f"[{n:,}] generated inputs in {time.perf_counter() - t:.0f} s", flush=True)
     db = folder / "pool.duckdb"
     py = sys.executable
+    stages = set(args.stages.split(","))
     shards = ["--vector-layout", "shards", "--shard-rows", str(args.shard_rows)] if args.shard_rows else []
-    ingest_s, ingest_gb, _ = timed([py, "-m", "curation", "ingest", str(db), "--metadata", str(folder / "meta.parquet"),
-                                    "--image-emb", str(folder / "image.npy"), "--text-emb", str(folder / "text.npy"),
-                                    "--shared-space", "--vector-dtype", args.dtype, "--replace", *shards])
-    print(f"[{n:,}] ingest {ingest_s:.0f} s, peak {ingest_gb:.2f} GB", flush=True)
-    out = {"n": n, "ingest_s": ingest_s, "ingest_gb": ingest_gb, "backends": {}}
+    out = {"n": n, "ingest_s": float("nan"), "ingest_gb": float("nan"), "backends": {}}
+    if "ingest" in stages:
+        if not (folder / "image.npy").exists():
+            sys.exit(f"{folder}: the inputs were removed (--drop-inputs); rerun with --fresh to make them again")
+        ingest_s, ingest_gb, _ = timed([py, "-m", "curation", "ingest", str(db), "--metadata",
+                                        str(folder / "meta.parquet"), "--image-emb", str(folder / "image.npy"),
+                                        "--text-emb", str(folder / "text.npy"), "--shared-space", "--vector-dtype",
+                                        args.dtype, "--replace", *shards])
+        print(f"[{n:,}] ingest {ingest_s:.0f} s, peak {ingest_gb:.2f} GB", flush=True)
+        out.update(ingest_s=ingest_s, ingest_gb=ingest_gb)
+        if args.drop_inputs:  # 10M x 1024 float16 inputs are 20 GB beside the 20 GB of shards
+            for name in ("image.npy", "text.npy"):
+                (folder / name).unlink()
+    if "analyze" not in stages:
+        return out
     for backend in args.backend.split(","):
         extra = ["--backend", backend] + (["--address", args.address] if backend == "ray" and args.address else [])
-        an_s, an_gb, _ = timed([py, "-m", "curation", "analyze", str(db), "--force", *extra])
+        # --resume: no --force, so an interrupted analysis goes on from the step and block it reached
+        an_s, an_gb, _ = timed([py, "-m", "curation", "analyze", str(db), *([] if args.resume else ["--force"]),
+                                *extra])
         print(f"[{n:,}] analyze ({backend}) {an_s:.0f} s, peak {an_gb:.2f} GB (driver)", flush=True)
         with store.open_store(db) as s:
             rec = s.runs("analysis").iloc[-1]
@@ -143,9 +156,16 @@ def main() -> None:
     ap.add_argument("--backend", default="local", help="analysis backends, comma-separated: local, ray")
     ap.add_argument("--address", help="with ray: a running cluster's HEAD:PORT (default: Ray started here)")
     ap.add_argument("--shard-rows", type=int, help="ingest --shard-rows (with --vector-layout shards)")
+    ap.add_argument("--stages", default="ingest,analyze", help="ingest, analyze or both (analyze reuses the dataset)")
+    ap.add_argument("--drop-inputs", action="store_true", help="remove the .npy inputs after ingest (disk at 10M)")
+    ap.add_argument("--resume", action="store_true", help="analyze without --force: resume an interrupted run")
     args = ap.parse_args()
     sizes = [int(float(x)) for x in args.rows.split(",")]
     res = [run_size(n, args) for n in sizes]
+    if "analyze" not in args.stages.split(","):
+        for r in res:
+            print(f"{r['n']:>10,} rows: ingest {r['ingest_s']:.0f} s, peak {r['ingest_gb']:.2f} GB")
+        return
     print("\nrows        vectors   ingest s  ingest GB  analyze s  analyze GB   per step (s, peak GB after it)")
     for r in res:
         steps = ", ".join(f"{k} {v:.0f} s/{r['peaks'].get(k, float('nan')):.2f}" for k, v in r["steps"].items()

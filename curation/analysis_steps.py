@@ -165,7 +165,8 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
     probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes, runner=inp.runner)
     _by_cluster(inp, X, inp.out["prototype"].to_numpy(), "prototypes", prog, "density")
     nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog,
-                                     query_folder=_query_folder(inp, "prototype-queries"), runner=inp.runner)
+                                     query_folder=_query_folder(inp, "prototype-queries"), runner=inp.runner,
+                                     centroids=inp.centroids, seed=cfg.seed)
     dens = D.knn_density(sim)
     cols = dict(knn_density=dens, tail_score=D.tail_score(dens))
     tables = {"knn": _knn_table(nbr, sim)}
@@ -183,7 +184,8 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes, runner=inp.runner)
         _by_cluster(inp, Xd, pd_.assign, f"{kind}-clusters", prog, "density")
         dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog,
-                                           query_folder=_query_folder(inp, f"{kind}-queries"), runner=inp.runner)
+                                           query_folder=_query_folder(inp, f"{kind}-queries"), runner=inp.runner,
+                                           centroids=pd_.centroids, seed=cfg.seed)
         dsim = np.where(np.isfinite(dsim), dsim * scale, dsim).astype(np.float32)
         tables["dedup_knn"] = _knn_table(dnbr, dsim)
         if kind == "image":

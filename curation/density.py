@@ -31,13 +31,32 @@ log = logging.getLogger(__name__)
 HDBSCAN_JOBS = 2
 
 
+# kNN lists (prototypes) of more rows than this are split into fine lists of about this size or
+# fewer by a k-means inside the list, so the search costs N x probes x ~FINE_MAX x d at any N (a
+# 10M pool has 2,000 prototypes of 5,000 rows on average, and Zipf-sized ones of 50,000+). Up to
+# this size nothing changes: no prototype of the demo or MedPix is split.
+FINE_MAX = 2000
+# at most this much disk (and at most half of what is free) for one batch of query copies: at 10M x
+# 1024 float16 the copies of 4 probes are 80 GB, so they are written, searched and removed in batches
+QUERY_COPY_MAX_BYTES = 16 << 30
+
+
 def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k: int = 10,
-                        progress=None, query_folder=None, runner=None) -> tuple[np.ndarray, np.ndarray]:
+                        progress=None, query_folder=None, runner=None, centroids: np.ndarray | None = None,
+                        fine_max: int = FINE_MAX, seed: int = 0,
+                        copy_max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate kNN (cosine): each sample searches the members of its ``probes`` clusters.
 
     Like an IVF index with the prototypes as its lists, but the search inside the lists is exact
     (BLAS inner products), and clusters too small to hold k neighbours are merged into their
     neighbours' searches by the caller's probe lists.
+
+    With ``centroids``, a list of more than ``fine_max`` rows is split into fine lists
+    (:func:`split_list`: a seeded k-means inside it) and each sample searches the ``p`` fine lists
+    nearest to it among those of its ``p`` probed clusters (:func:`fine_probe_group`), so the cost
+    stays N x p x ~fine_max x d however large the clusters grow. Lists are searched parent by
+    parent: a parent's members are one contiguous read of the by-cluster partition, its fine
+    lists are cut from it in memory.
 
     Parameters
     ----------
@@ -49,56 +68,193 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
         Neighbours per sample (self excluded).
     query_folder : path, optional
         With X read on demand (:class:`curation.vector_io.Features`): where to copy every row once
-        per cluster it searches, grouped by cluster, so each cluster's queries are one contiguous
-        read (p times the vectors on disk, removed with the run's partitions). Without it, queries
-        are gathered row set by row set.
+        per list it searches, grouped by list, so each list's queries are one contiguous read. The
+        copies are written, searched and removed in batches of parents of at most
+        ``copy_max_bytes`` (default: :data:`QUERY_COPY_MAX_BYTES` or half the free disk, the
+        smaller). Without it, queries are gathered row set by row set.
     runner : :mod:`curation.parallel` runner, optional
-        Where each list's search runs (one task per list; default here).
+        Where each parent's search runs (one task per parent list; default here).
 
     Returns
     -------
     nbr : ndarray (n, k) int64, neighbour rows by decreasing similarity (-1 where fewer exist)
     sim : ndarray (n, k) float32, their cosine similarities (-inf where fewer exist)
     """
+    import shutil
+    from pathlib import Path
+
     n = len(X)
     nbr = np.full((n, k), -1, np.int64)
     sim = np.full((n, k), -np.inf, np.float32)
-    members = _members(assign)
+    run = runner if runner is not None else LocalRunner()
+    Xref = run.put(X)
+    fine, parent = np.asarray(assign), None
+    if centroids is not None:
+        fine, parent, fcent = split_lists(Xref, assign, centroids, fine_max, seed, run)
+        if parent is not None:
+            probes = fine_probes(Xref, assign, probes, fcent, parent, run)
+    if parent is None:  # every list is its own (a probed list may be empty)
+        parent = np.arange(max(int(fine.max()) if n else -1, int(probes.max()) if probes.size else -1) + 1)
     p = probes.shape[1]
     flat_rows = np.repeat(np.arange(n), p)
     flat_probe = probes.reshape(-1)
     ok = flat_probe >= 0
-    queries = _members(flat_probe[ok], None)  # cluster -> positions in flat arrays
-    flat_rows = flat_rows[ok]
-    # X read on demand (vector_io.Features with a by-cluster partition): a cluster's rows are one
+    flat_rows, flat_probe = flat_rows[ok], flat_probe[ok]
+    members = _members(np.asarray(assign))  # parent -> its rows (one contiguous partition read)
+    n_lists = len(parent)
+    q_count = np.bincount(flat_probe, minlength=n_lists)
+    q_of_parent = np.bincount(parent, weights=q_count[:n_lists])
+    parents = list(members)
+    # X read on demand (vector_io.Features with a by-cluster partition): a list's rows are one
     # contiguous read, and with query_folder its queries too. Measured at 1M x 1024: the queries of
     # one cluster come from ~120 other clusters, so gathering them costs ~900 reads a cluster, and
     # a cache of whole clusters read 12,138 clusters for 100 (both 3x slower than the faiss search)
-    qpart = None
-    if query_folder is not None and hasattr(X, "query_partition"):
-        qpart = X.query_partition(flat_rows, flat_probe[ok], query_folder)
-    run = runner if runner is not None else LocalRunner()
-    tasks = [(c, flat_rows[queries[c]] if c in queries else db_rows, db_rows) for c, db_rows in members.items()]
-    shared = (run.put(X), run.put(qpart), k)
-    for i, (q, cand_idx, cand_sim) in run.map(cluster_candidates, tasks, shared=shared):
-        merge_candidates(nbr, sim, q, cand_idx, cand_sim)
-        if progress:
-            progress(len(tasks[i][2]))
+    copies = query_folder is not None and hasattr(X, "query_partition")
+    batches = [parents]
+    if copies:
+        row_bytes = sum(X.dims) * np.dtype(getattr(X.source, "dtype", np.float32)).itemsize
+        Path(query_folder).mkdir(parents=True, exist_ok=True)
+        budget = copy_max_bytes or min(QUERY_COPY_MAX_BYTES, shutil.disk_usage(query_folder).free // 2)
+        batches, cur, used = [], [], 0
+        for c in parents:
+            b = int(q_of_parent[c]) * row_bytes
+            if cur and used + b > budget:
+                batches.append(cur)
+                cur, used = [], 0
+            cur.append(c)
+            used += b
+        batches.append(cur)
+    order = np.argsort(flat_probe, kind="stable")  # entries by list, rows ascending inside
+    cuts = np.r_[0, np.cumsum(q_count)]
+    kids = _members(parent)  # parent -> its fine lists
+    for bi, batch in enumerate(batches):
+        qpart = None
+        folder = Path(query_folder) / f"batch-{bi:04d}" if copies else None
+        if copies:
+            in_batch = np.zeros(n_lists, bool)
+            in_batch[np.concatenate([kids[c] for c in batch])] = True
+            sel = in_batch[flat_probe]
+            qpart = X.query_partition(flat_rows[sel], flat_probe[sel], folder)
+        tasks = []
+        for c in batch:
+            lists = [(int(f), flat_rows[order[cuts[f]:cuts[f + 1]]]) for f in kids[c]]
+            tasks.append((members[c], fine[members[c]], lists))
+        for i, found in run.map(list_candidates, tasks, shared=(Xref, run.put(qpart), k)):
+            for q, cand_idx, cand_sim in found:
+                merge_candidates(nbr, sim, q, cand_idx, cand_sim)
+            if progress:
+                progress(len(tasks[i][0]))
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return nbr, sim
 
 
-def cluster_candidates(X, qpart, k: int, c: int, q_rows: np.ndarray, db_rows: np.ndarray):
-    """The kNN candidates one prototype list gives its queries: the exact top-(k+1) of
-    ``X[q_rows]`` against ``X[db_rows]`` (cluster ``c``'s members), self excluded. Reads only that
-    cluster's rows (and its queries' copy ``qpart`` when there is one). Returns (q_rows, cand_idx
-    (m, <=k+1), cand_sim) for :func:`merge_candidates`.
+def split_lists(X, assign: np.ndarray, centroids: np.ndarray, fine_max: int, seed: int, runner):
+    """Fine lists: every list of more than ``fine_max`` rows split by :func:`split_list`.
+
+    Returns (fine (n,) int64, parent (m,) int64 or None when nothing was split, centroids (m, d)).
+    Fine list ids 0..k-1 are the lists themselves (a split list keeps its id for its first part);
+    the further parts are numbered from k on, list by list, so an unsplit pool is unchanged."""
+    assign = np.asarray(assign)
+    k = len(centroids)
+    sizes = np.bincount(assign, minlength=k)
+    big = np.flatnonzero(sizes > fine_max)
+    if not len(big):
+        return assign, None, centroids
+    members = _members(assign)
+    fine = assign.astype(np.int64)
+    parent, cents = list(range(k)), [np.asarray(centroids, np.float32)]
+    tasks = [(int(c), members[int(c)]) for c in big]
+    results: dict = {}
+    for i, res in runner.map(split_list, tasks, shared=(X, fine_max, seed)):
+        results[tasks[i][0]] = res
+    nxt = k
+    for c in big.tolist():  # numbered in list order, whatever order the tasks finished in
+        sub, sub_cent = results[c]
+        rows = members[c]
+        ids = np.r_[c, np.arange(nxt, nxt + len(sub_cent) - 1)]
+        fine[rows] = ids[sub]
+        cents[0][c] = sub_cent[0]
+        cents.append(sub_cent[1:])
+        parent.extend([c] * (len(sub_cent) - 1))
+        nxt += len(sub_cent) - 1
+    return fine, np.asarray(parent, np.int64), np.concatenate(cents)
+
+
+def split_list(X, fine_max: int, seed: int, c: int, rows: np.ndarray):
+    """List ``c`` (its ``rows``, one contiguous partition read) cut into ceil(size / fine_max) parts
+    by a seeded spherical k-means (faiss, 10 iterations, at most 256 rows per part trained on).
+    Returns (part of each row (len(rows),), unit part centroids (m, d)); every part is non-empty."""
+    import faiss
+
+    V = np.ascontiguousarray(X[rows], dtype=np.float32)
+    m = -(-len(rows) // fine_max)
+    km = faiss.Kmeans(V.shape[1], m, niter=10, seed=seed + c, spherical=True, verbose=False,
+                      max_points_per_centroid=256)
+    km.train(V)
+    cent = km.centroids.astype(np.float32)
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    _, part = km.index.search(V, 1)
+    part = part[:, 0]
+    used = np.unique(part)  # drop parts no row chose (the ids stay dense)
+    remap = np.full(m, -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return remap[part], cent[used]
+
+
+def fine_probes(X, assign: np.ndarray, probes: np.ndarray, fcent: np.ndarray, parent: np.ndarray,
+                runner) -> np.ndarray:
+    """Each row's ``p`` nearest fine lists among those of its ``p`` probed lists (nearest first;
+    ties to the lower id). Rows whose probed lists are all unsplit keep their probes. One task
+    per list of rows (their vectors one contiguous read)."""
+    p = probes.shape[1]
+    split = np.bincount(parent, minlength=int(probes.max()) + 1) > 1
+    need = (split[np.maximum(probes, 0)] & (probes >= 0)).any(axis=1)
+    out = probes.copy()
+    groups = _members(np.asarray(assign), need)
+    tasks = [(rows, probes[rows]) for rows in groups.values()]
+    for i, fp in runner.map(fine_probe_group, tasks, shared=(X, fcent, parent, p)):
+        out[tasks[i][0]] = fp
+    return out
+
+
+def fine_probe_group(X, fcent: np.ndarray, parent: np.ndarray, p: int, rows: np.ndarray,
+                     probes: np.ndarray) -> np.ndarray:
+    """(len(rows), p) fine list ids: for each row, the p fine lists with the most similar centroid
+    among the fine lists of its probed lists (``probes``, -1 ignored); -1 where fewer exist."""
+    cand = np.flatnonzero(np.isin(parent, probes[probes >= 0]))
+    S = np.ascontiguousarray(X[rows], dtype=np.float32) @ fcent[cand].T
+    allowed = (parent[cand][None, :, None] == probes[:, None, :]).any(axis=2)
+    S[~allowed] = -np.inf
+    top = np.lexsort((np.broadcast_to(cand, S.shape), -S))[:, :p]
+    fp = cand[top]
+    fp[~np.isfinite(np.take_along_axis(S, top, axis=1))] = -1
+    return fp
+
+
+def list_candidates(X, qpart, k: int, db_rows: np.ndarray, fine_of_db: np.ndarray, lists):
+    """The kNN candidates of one parent list: its members ``db_rows`` read once (one contiguous
+    partition read), then for each of its fine lists ``(f, q_rows)`` the exact top-(k+1) of the
+    queries ``X[q_rows]`` (or their copy, block f of ``qpart``) against the members in f, self
+    excluded. Returns [(q_rows, cand_idx (m, <=k+1), cand_sim)] for :func:`merge_candidates`.
 
     faiss' brute-force search (BLAS products + a top-k heap) asked for one extra neighbour, so a
     query's own row can be dropped: 1.7x faster than a product + argpartition in numpy."""
+    block = np.ascontiguousarray(X[db_rows], dtype=np.float32)
+    out = []
+    for f, q_rows in lists:
+        if not len(q_rows):
+            continue
+        inside = fine_of_db == f
+        db = block if inside.all() else np.ascontiguousarray(block[inside])
+        q_vectors = X.cluster_block(qpart, f) if qpart is not None else None
+        out.append(_search(X, q_vectors, k, q_rows, db_rows[inside], db))
+    return out
+
+
+def _search(X, q_vectors, k: int, q_rows: np.ndarray, db_rows: np.ndarray, db: np.ndarray):
     import faiss
 
-    q_vectors = X.cluster_block(qpart, c) if qpart is not None else None
-    db = np.ascontiguousarray(X[db_rows], dtype=np.float32)
     want = min(k + 1, len(db_rows))
     idx_out = np.empty((len(q_rows), want), np.int64)
     sim_out = np.empty((len(q_rows), want), np.float32)

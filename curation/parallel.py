@@ -9,7 +9,7 @@ and call the same module-level functions either way:
   (:func:`curation.prototypes.nearest_block`);
 - farthest-point order: one task per prototype (:func:`curation.prototypes.fps_cluster`);
 - kNN: one task per prototype list, its queries against its members
-  (:func:`curation.density.cluster_candidates`).
+  (:func:`curation.density.list_candidates`; lists above 2,000 rows cut into fine lists first).
 
 The driver keeps what needs the whole pool at once and is small: the k-means and UMAP fits on their
 seeded samples, writing the by-cluster partitions, merging the candidates, HDBSCAN on the 2-D

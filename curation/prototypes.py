@@ -161,13 +161,16 @@ def bands(pct: np.ndarray, core_pct: float = 85.0, tail_pct: float = 95.0) -> np
 
 
 def fps_order(X: np.ndarray, start: int, exact_max: int = 2000,
-              rest_key: np.ndarray | None = None) -> np.ndarray:
+              rest_key: np.ndarray | None = None, sq_norms: np.ndarray | None = None) -> np.ndarray:
     """Greedy farthest-point permutation of the rows of ``X`` (cosine distance).
 
     The first ``min(exact_max, n)`` entries are exact greedy FPS starting at ``start``: the
     first m of them are exactly FPS with m picks, for every m. Beyond ``exact_max`` the rest is
     ordered by ``rest_key`` descending (default: the distance to the picked set at that point),
     which costs nothing more: FPS over a whole huge cluster is n^2 d.
+
+    ``sq_norms`` (the squared norms of rows that are not unit, such as a projection's): the
+    distance is then half the squared Euclidean distance, which for unit rows is the cosine one.
 
     Returns
     -------
@@ -180,11 +183,12 @@ def fps_order(X: np.ndarray, start: int, exact_max: int = 2000,
     order = np.empty(n, np.int64)
     picked = np.zeros(n, bool)
     mind = np.full(n, np.inf, np.float32)
+    half = None if sq_norms is None else np.float32(0.5) * np.asarray(sq_norms, np.float32)
     cur = start
     for i in range(m):
         order[i] = cur
         picked[cur] = True
-        d = 1.0 - X @ X[cur]
+        d = 1.0 - X @ X[cur] if half is None else half + half[cur] - X @ X[cur]
         np.minimum(mind, d, out=mind)
         mind[picked] = -np.inf
         cur = int(np.argmax(mind))
@@ -213,9 +217,31 @@ def fps_ranks(X: np.ndarray, assign: np.ndarray, dist: np.ndarray, eligible: np.
     return rank
 
 
+# FPS reads every member once per pick: n x picks x d. Up to this many members the cluster's own
+# vectors are used (4,096 x 1024 float32 = 16 MB, about what stays in cache); above, the picks are
+# made in a seeded random projection to FPS_PROJ_DIMS dimensions (Johnson-Lindenstrauss: distances
+# kept within about 1/sqrt(dims)), 8x less to read per pick. Measured on a 6,825-row cluster of the
+# 1M bench pool: see bench/bench_fps.py. No cluster of the demo or MedPix is that large.
+FPS_FULL_MAX = 4096
+FPS_PROJ_DIMS = 128
+
+
 def fps_cluster(X, exact_max: int, rows: np.ndarray, start: int) -> np.ndarray:
-    """One cluster's FPS order (:func:`fps_order`), reading only its ``rows``."""
-    return fps_order(X[rows], start, exact_max)
+    """One cluster's FPS order (:func:`fps_order`), reading only its ``rows``; in a random
+    projection above :data:`FPS_FULL_MAX` rows (:func:`project_for_fps`)."""
+    V = X[rows]
+    if len(rows) <= FPS_FULL_MAX:
+        return fps_order(V, start, exact_max)
+    P = project_for_fps(V)
+    return fps_order(P, start, exact_max, sq_norms=np.einsum("ij,ij->i", P, P))
+
+
+def project_for_fps(V: np.ndarray, dims: int = FPS_PROJ_DIMS, seed: int = 0) -> np.ndarray:
+    """``V`` (n, d) times a seeded Gaussian (d, dims) / sqrt(dims): squared distances are kept in
+    expectation (the same matrix for every cluster of a dataset, so the order is reproducible)."""
+    R = np.random.default_rng(seed).standard_normal((V.shape[1], dims)).astype(np.float32)
+    R /= np.float32(np.sqrt(dims))
+    return np.ascontiguousarray(V, dtype=np.float32) @ R
 
 
 def _members(assign: np.ndarray, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:

@@ -206,3 +206,66 @@ def test_medpix_analysis_runs(medpix_db, tmp_path, run_cli):
     with store.open_store(db) as s:
         df, _ = analysis.load(s)
         assert df.fidelity.isna().all() and df.consistency.notna().all()
+
+
+def test_fine_lists_cut_large_lists_and_keep_the_search_exact_where_nothing_is_cut(analyzed_db, result):
+    """Lists above fine_max are split by a k-means inside them (issue 26: kNN cost N x list size at
+    any N); with no list above it the search is the one without fine lists, bit for bit; the
+    split search reads far fewer rows per query and its recall against exact kNN is measured."""
+    df, _, _, _ = result
+    from curation.analysis import features
+
+    with store.open_store(analyzed_db) as s:
+        F, _ = features(s)
+        X = np.asarray(F)
+        F.source.close()
+        pt = analysis.load_table(s, runs_mod.latest_run(s), "prototypes")
+    cent = analysis.centroids_of(pt)
+    assign = df.prototype.to_numpy()
+    probes = prototypes.nearest_prototypes(X, cent, 4)
+    base = density.knn_within_clusters(X, assign, probes, k=10)
+    uncut = density.knn_within_clusters(X, assign, probes, k=10, centroids=cent, fine_max=int(np.bincount(assign).max()))
+    np.testing.assert_array_equal(base[0], uncut[0])
+    np.testing.assert_array_equal(base[1], uncut[1])
+
+    fine, parent, fcent = density.split_lists(X, assign, cent, 40, 0, density.LocalRunner())
+    sizes = np.bincount(fine)
+    big = np.bincount(assign) > 40
+    assert parent is not None and len(parent) == len(fcent) == len(sizes)
+    assert (sizes > 0).all() and (parent[fine] == assign).all()  # dense ids, parts inside their list
+    assert (np.bincount(parent) == np.where(big, -(-np.bincount(assign) // 40), 1)).sum() >= big.size - 2
+    fp = density.fine_probes(X, assign, probes, fcent, parent, density.LocalRunner())
+    assert (np.isin(parent[fp], probes).reshape(fp.shape) | (fp < 0)).all()  # inside the probed lists
+    assert (fp[:, 0] >= 0).all()
+    cut_nbr, cut_sim = density.knn_within_clusters(X, assign, probes, k=10, centroids=cent, fine_max=40)
+    read_before = np.bincount(assign)[probes].sum()
+    read_after = sizes[fp[fp >= 0]].sum()
+    assert read_after < read_before / 2
+    q = np.random.default_rng(0).choice(len(X), 300, replace=False)
+    exact, _ = density.exact_knn(X, 10, q)
+    r_base, r_cut = density.recall_at_k(base[0][q], exact), density.recall_at_k(cut_nbr[q], exact)
+    print("recall@10 without / with fine lists:", r_base, r_cut, "rows read:", read_before, read_after)
+    assert r_cut >= 0.4 and r_cut <= r_base, (r_base, r_cut)
+    assert np.isfinite(cut_sim[:, 0]).all()
+
+
+def test_fps_of_a_large_cluster_runs_in_a_projection(monkeypatch):
+    """Above FPS_FULL_MAX members the picks are made in a seeded random projection: a permutation
+    starting at the given member, reproducible, covering the cluster about as well as exact FPS."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((12, 64)).astype(np.float32)
+    X = centres[rng.integers(0, 12, 900)] + 0.2 * rng.standard_normal((900, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    rows = np.arange(900)
+    monkeypatch.setattr(prototypes, "FPS_FULL_MAX", 100)
+    order = prototypes.fps_cluster(X, 40, rows, 5)
+    assert order[0] == 5 and np.array_equal(np.sort(order), rows)
+    np.testing.assert_array_equal(order, prototypes.fps_cluster(X, 40, rows, 5))
+    exact = prototypes.fps_order(X, 5, 40)
+
+    def radius(o, m):
+        return float((1 - (X @ X[o[:m]].T).max(axis=1)).max())
+
+    rnd = rng.permutation(900)
+    assert radius(order, 12) <= radius(exact, 12) + 0.05  # one pick per blob, as exact FPS
+    assert radius(order, 12) < radius(rnd, 12)

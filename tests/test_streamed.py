@@ -238,3 +238,31 @@ def test_features_read_on_demand_equal_the_space_built_in_memory(tmp_path):
     assert np.array_equal(F.half("text")[0:100], X[:100, 8:]) and np.array_equal(F[:, slice(0, 8)][0:5], X[:5, :8])
     F.partition(rng.integers(0, 7, 5000), tmp_path / "p", name="c")
     assert np.array_equal(F[rows], X[rows]) and np.array_equal(np.asarray(F), X)
+
+
+def test_query_copies_in_batches_give_the_same_neighbours(layouts, tmp_path):
+    """At 10M the query copies (80 GB) are written, searched and removed in batches of lists under
+    a disk budget: any budget gives the neighbours of one batch, with fine lists too, and no copy
+    is left behind."""
+    from curation import density, prototypes
+
+    with store.open_store(layouts["shards16"]) as s:
+        F, _ = analysis.features(s)
+        rec = analysis.runs.best_analysis(s)
+        assign = s.read_table(analysis.table_names(rec.run_id)["samples"], ["prototype"])["prototype"].to_numpy()
+        cent = analysis.centroids_of(s.read_table(analysis.table_names(rec.run_id)["prototypes"]))
+    try:
+        probes = prototypes.nearest_prototypes(F, cent, 4)
+        F.partition(assign, tmp_path / "part", name="prototypes")
+        ref = density.knn_within_clusters(F, assign, probes, k=10, query_folder=tmp_path / "q1", centroids=cent,
+                                          fine_max=50)
+        small = density.knn_within_clusters(F, assign, probes, k=10, query_folder=tmp_path / "q2", centroids=cent,
+                                            fine_max=50, copy_max_bytes=20_000)  # a batch per list or so
+        mem = density.knn_within_clusters(np.asarray(F), assign, probes, k=10, centroids=cent, fine_max=50)
+    finally:
+        F.source.close()
+    for a, b in ((ref, small), (ref, mem)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    assert list((tmp_path / "q2").iterdir()) == [] and list((tmp_path / "q1").iterdir()) == []
+    assert np.bincount(assign).max() > 50  # lists were cut
