@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,11 @@ class SelectionInputs:
     meta : pandas.DataFrame
         Metadata columns (for strata and filters).
     scores : dict {axis: ndarray of float in [0, 1] or all-NaN when not available}
-    knn_nbr, knn_sim : ndarray (n, k), the stored duplicate-space kNN graph (duplicates at any eps)
+    knn_nbr, knn_sim : ndarray (n, k), the stored duplicate-space kNN graph (duplicates at any eps);
+        None with ``knn_loader``, which reads them on first use (:meth:`knn`)
+    stored_dups : (eps, group, is_dup) or None, the analysis's own duplicate groups: at that eps
+        they are used as they are, so the graph is read only for another eps (at 10M: 6 s and
+        1.2 GB the default selection never needs)
     case : ndarray of int or None
     unavailable : dict {axis: reason} for score axes that cannot be used
     id_sets : dict {"NAME@SHA12": rows} the dataset's stored id sets (exclude / include rules)
@@ -91,9 +96,11 @@ class SelectionInputs:
     tail_score: np.ndarray
     meta: Any
     scores: dict
-    knn_nbr: np.ndarray
-    knn_sim: np.ndarray
+    knn_nbr: np.ndarray | None
+    knn_sim: np.ndarray | None
     case: np.ndarray | None = None
+    knn_loader: Any = None
+    stored_dups: tuple | None = None
     unavailable: dict = field(default_factory=dict)
     id_sets: dict = field(default_factory=dict)
     key: str = ""
@@ -101,8 +108,19 @@ class SelectionInputs:
     far_rank: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
-        for name in ("ids", "prototype", "band", "proto_dist", "fps_rank", "tail_score", "knn_nbr", "knn_sim"):
+        import threading
+
+        for name in ("ids", "prototype", "band", "proto_dist", "fps_rank", "tail_score"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
+        if (self.knn_nbr is None) != (self.knn_sim is None) or (self.knn_nbr is None and self.knn_loader is None):
+            raise ValueError("give knn_nbr and knn_sim, or a knn_loader")
+        if self.knn_nbr is not None:
+            object.__setattr__(self, "knn_nbr", _frozen(self.knn_nbr))
+            object.__setattr__(self, "knn_sim", _frozen(self.knn_sim))
+        if self.stored_dups is not None:
+            eps, group, is_dup = self.stored_dups
+            object.__setattr__(self, "stored_dups", (float(eps), _frozen(group), _frozen(is_dup)))
+        object.__setattr__(self, "_knn_lock", threading.Lock())
         if self.case is not None:
             object.__setattr__(self, "case", _frozen(self.case))
         object.__setattr__(self, "scores", {k: _frozen(v) for k, v in self.scores.items()})
@@ -119,12 +137,24 @@ class SelectionInputs:
     def n(self) -> int:
         return len(self.ids)
 
+    def knn(self) -> tuple[np.ndarray, np.ndarray]:
+        """The duplicate-space kNN graph (nbr, sim), read by ``knn_loader`` on first use."""
+        with self._knn_lock:
+            if self.knn_nbr is None:
+                nbr, sim = self.knn_loader()
+                object.__setattr__(self, "knn_sim", _frozen(sim))
+                object.__setattr__(self, "knn_nbr", _frozen(nbr))
+        return self.knn_nbr, self.knn_sim
+
     def duplicates(self, eps: float, cache: SelectionCache | None = None):
-        """(group, is_dup) at ``eps`` from the stored kNN graph (memoised in ``cache`` when given)."""
+        """(group, is_dup) at ``eps``: the analysis's own at its eps, else from the stored kNN graph
+        (memoised in ``cache`` when given)."""
+        if self.stored_dups is not None and float(eps) == self.stored_dups[0]:
+            return self.stored_dups[1], self.stored_dups[2]
 
         def build():
-            group, is_dup = duplicate_groups(self.knn_nbr, self.knn_sim, eps, case=self.case,
-                                             keep_key=self.proto_dist)
+            nbr, sim = self.knn()
+            group, is_dup = duplicate_groups(nbr, sim, eps, case=self.case, keep_key=self.proto_dist)
             return _frozen(group), _frozen(is_dup)
 
         return build() if cache is None else cache.get((self.key, "dup", float(eps)), build)
@@ -137,14 +167,22 @@ class SelectionInputs:
 
 
 
+def _read_dedup_knn(path, run_id: str):
+    """The duplicate-space kNN graph of ``run_id`` (image space; text without images), read when a
+    selection first needs duplicates at an eps other than the analysis's."""
+    from curation.store import open_store
+
+    with open_store(path) as s:
+        return analysis.load_knn(s, run_id, "dedup_knn")
+
+
 def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     """Read the arrays a selection needs from a dataset's analysis run."""
     import pandas as pd
 
     rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
     run_id = rec.run_id
-    df, _ = analysis.load(store, run_id)
-    nbr, sim = analysis.load_knn(store, run_id, "dedup_knn")  # duplicates: image space (text if no images)
+    df, cfg = analysis.load(store, run_id)
     meta = store.samples(store.metadata_columns())
     ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
     scores, unavailable = {}, {}
@@ -168,7 +206,12 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     return SelectionInputs(ids=ids, prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
                            proto_dist=df["proto_dist"].to_numpy(np.float64),
                            fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),
-                           meta=meta, scores=scores, knn_nbr=nbr, knn_sim=sim, case=case,
+                           meta=meta, scores=scores, knn_nbr=None, knn_sim=None, case=case,
+                           knn_loader=partial(_read_dedup_knn, store.path, run_id),
+                           stored_dups=((cfg["dedup_eps"], df["dup_group"].to_numpy(np.int64),
+                                         df["is_dup"].to_numpy(bool))
+                                        if {"dup_group", "is_dup"} <= set(df.columns) and cfg.get("dedup_eps")
+                                        else None),
                            unavailable=unavailable, id_sets=id_sets,
                            key=f"{store.fingerprint}:{run_id}:{reward_key}:{','.join(sorted(id_sets))}")
 

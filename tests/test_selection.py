@@ -25,9 +25,9 @@ def test_cache_gives_the_same_result(inp):
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
     a = select(inp, cfg, cache=cache)
     b = select(inp, replace(cfg, budget=900), cache=cache)
-    # one order, one duplicate table (eps 0.05), one column's strata codes, the two quality guards'
-    # masks and the pool's rarity ranks: the second budget reused them all
-    assert len(cache) == 6 and np.array_equal(b.selected[:300], a.selected)
+    # one order, one column's strata codes, the two quality guards' masks and the pool's rarity
+    # ranks: the second budget reused them all (duplicates at the analysis's eps are the run's own)
+    assert len(cache) == 5 and np.array_equal(b.selected[:300], a.selected)
     assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
     assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
 
@@ -290,3 +290,22 @@ def test_stable_argsort_equals_numpys_stable_sort():
         assert np.array_equal(stable_argsort(k), np.argsort(k, kind="stable")), t
     k = np.array([1.0, np.nan, 0.5, np.nan, 0.5])
     assert np.array_equal(stable_argsort(k), np.argsort(k, kind="stable"))
+
+
+def test_duplicates_at_the_analysis_eps_come_from_the_run_and_the_graph_is_read_only_for_another(analyzed_db):
+    """The analysis stored its duplicate groups: a selection at that eps uses them (the same groups
+    the stored kNN graph gives), and reads the graph (1.2 GB at 10M) only for another eps."""
+    from curation.density import duplicate_groups
+    from curation.selection_inputs import load_inputs
+
+    with store.open_store(analyzed_db) as s:
+        fresh = load_inputs(s)
+    assert fresh.knn_nbr is None
+    group, is_dup = fresh.duplicates(0.05)
+    assert fresh.knn_nbr is None and is_dup.any()
+    nbr, sim = fresh.knn()
+    g2, d2 = duplicate_groups(nbr, sim, 0.05, case=fresh.case, keep_key=fresh.proto_dist)
+    np.testing.assert_array_equal(group, g2)
+    np.testing.assert_array_equal(is_dup, d2)
+    other = load_inputs(store.open_store(analyzed_db))
+    assert other.duplicates(0.2)[1].sum() > is_dup.sum() and other.knn_nbr is not None
