@@ -146,8 +146,11 @@ def table_names(run_id: str) -> dict[str, str]:
             "dedup_knn": f"dedupknn_{h}", "confounders": f"confounders_{h}"}
 
 
-def load(store, run_id: str | None = None):
+def load(store, run_id: str | None = None, columns=None):
     """Per-sample analysis results as a DataFrame (row_idx order) and the run's config.
+
+    ``columns``: read only those the run has (and the row index); a selection at 10M reads a third
+    of the table's columns.
 
     Without ``run_id``: the run :func:`curation.runs.best_analysis` picks. Raises
     :class:`StateError` with the command to run when there is no analysis yet, or when the id is unknown.
@@ -157,7 +160,11 @@ def load(store, run_id: str | None = None):
     if rec is None:
         raise StateError(f"dataset {store.name} has no analysis yet. "
                          f"Fix: run `python -m curation analyze {store.path}`.")
-    df = store.read_table(table_names(rec.run_id)["samples"])
+    name = table_names(rec.run_id)["samples"]
+    if columns is not None:  # the ones the run has, and the row index (checked)
+        have = store.table_columns(name)
+        columns = [c for c in dict.fromkeys([S.ROW, *columns]) if c in have]
+    df = store.read_table(name, columns)
     check_run(store, rec.run_id, df)
     if store.has_table(S.REWARD_SCORES):  # reward-model scores are per sample too; gates read them
         rw = store.read_table(S.REWARD_SCORES)
@@ -181,7 +188,10 @@ def check_run(store, run_id: str, df) -> None:
         raise StateError(f"analysis run {run_id} of {store.name}: its rows are not 0..{n - 1} in order. {fix}")
     if "prototype" in df.columns:
         known = store.read_table(table_names(run_id)["prototypes"], ["prototype"])["prototype"].to_numpy()
-        bad = np.setdiff1d(df["prototype"].to_numpy(), known)
+        p = df["prototype"].to_numpy()
+        ok = np.zeros(int(max(known.max(initial=0), p.max(initial=0))) + 1, bool)
+        ok[known] = True
+        bad = np.unique(p[(p < 0) | ~ok[np.maximum(p, 0)]])  # O(n), no sort of the 10M ids
         if len(bad):
             raise StateError(f"analysis run {run_id} of {store.name}: prototype id(s) {bad[:5].tolist()} are not in "
                              f"its prototypes table (edited or damaged). {fix}")

