@@ -43,7 +43,7 @@ QUERY_COPY_MAX_BYTES = 16 << 30
 
 def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k: int = 10,
                         progress=None, query_folder=None, runner=None, centroids: np.ndarray | None = None,
-                        fine_max: int = FINE_MAX, seed: int = 0,
+                        fine_max: int | None = None, seed: int = 0,
                         copy_max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate kNN (cosine): each sample searches the members of its ``probes`` clusters.
 
@@ -51,7 +51,7 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
     (BLAS inner products), and clusters too small to hold k neighbours are merged into their
     neighbours' searches by the caller's probe lists.
 
-    With ``centroids``, a list of more than ``fine_max`` rows is split into fine lists
+    With ``centroids``, a list of more than ``fine_max`` rows (default :data:`FINE_MAX`) is split into fine lists
     (:func:`split_list`: a seeded k-means inside it) and each sample searches the ``p`` fine lists
     nearest to it among those of its ``p`` probed clusters (:func:`fine_probe_group`), so the cost
     stays N x p x ~fine_max x d however large the clusters grow. Lists are searched parent by
@@ -90,6 +90,7 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
     Xref = run.put(X)
     fine, parent = np.asarray(assign), None
     if centroids is not None:
+        fine_max = FINE_MAX if fine_max is None else fine_max
         fine, parent, fcent = split_lists(Xref, assign, centroids, fine_max, seed, run)
         if parent is not None:
             probes = fine_probes(Xref, assign, probes, fcent, parent, run)

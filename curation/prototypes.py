@@ -209,7 +209,8 @@ def fps_ranks(X: np.ndarray, assign: np.ndarray, dist: np.ndarray, eligible: np.
     members = _members(assign, eligible)
     run = runner if runner is not None else LocalRunner()
     tasks = [(rows, int(np.argmin(dist[rows]))) for rows in members.values()]
-    for i, order in run.map(fps_cluster, tasks, shared=(run.put(X), exact_max)):
+    # the threshold is read here, on the driver, and travels with the tasks
+    for i, order in run.map(fps_cluster, tasks, shared=(run.put(X), exact_max, FPS_FULL_MAX)):
         rows = tasks[i][0]
         rank[rows[order]] = np.arange(len(rows), dtype=np.int32)
         if progress:
@@ -226,11 +227,11 @@ FPS_FULL_MAX = 4096
 FPS_PROJ_DIMS = 128
 
 
-def fps_cluster(X, exact_max: int, rows: np.ndarray, start: int) -> np.ndarray:
+def fps_cluster(X, exact_max: int, full_max: int, rows: np.ndarray, start: int) -> np.ndarray:
     """One cluster's FPS order (:func:`fps_order`), reading only its ``rows``; in a random
-    projection above :data:`FPS_FULL_MAX` rows (:func:`project_for_fps`)."""
+    projection above ``full_max`` rows (:data:`FPS_FULL_MAX`, :func:`project_for_fps`)."""
     V = X[rows]
-    if len(rows) <= FPS_FULL_MAX:
+    if len(rows) <= full_max:
         return fps_order(V, start, exact_max)
     P = project_for_fps(V)
     return fps_order(P, start, exact_max, sq_norms=np.einsum("ij,ij->i", P, P))

@@ -258,9 +258,10 @@ def test_fps_of_a_large_cluster_runs_in_a_projection(monkeypatch):
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     rows = np.arange(900)
     monkeypatch.setattr(prototypes, "FPS_FULL_MAX", 100)
-    order = prototypes.fps_cluster(X, 40, rows, 5)
+    order = prototypes.fps_cluster(X, 40, prototypes.FPS_FULL_MAX, rows, 5)
     assert order[0] == 5 and np.array_equal(np.sort(order), rows)
-    np.testing.assert_array_equal(order, prototypes.fps_cluster(X, 40, rows, 5))
+    np.testing.assert_array_equal(order, prototypes.fps_cluster(X, 40, 100, rows, 5))
+    assert not np.array_equal(order, prototypes.fps_cluster(X, 40, 900, rows, 5))  # 900 members: exact
     exact = prototypes.fps_order(X, 5, 40)
 
     def radius(o, m):
