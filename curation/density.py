@@ -224,12 +224,26 @@ def fine_probe_group(X, fcent: np.ndarray, parent: np.ndarray, p: int, rows: np.
     """(len(rows), p) fine list ids: for each row, the p fine lists with the most similar centroid
     among the fine lists of its probed lists (``probes``, -1 ignored); -1 where fewer exist."""
     cand = np.flatnonzero(np.isin(parent, probes[probes >= 0]))
+    if not len(cand):
+        return np.full((len(rows), p), -1, np.int64)
     S = np.ascontiguousarray(X[rows], dtype=np.float32) @ fcent[cand].T
     allowed = (parent[cand][None, :, None] == probes[:, None, :]).any(axis=2)
     S[~allowed] = -np.inf
-    top = np.lexsort((np.broadcast_to(cand, S.shape), -S))[:, :p]
+    want, p = p, min(p, S.shape[1])
+    # the p best by (similarity, then lower id): a partition, then a sort of those p; rows with a
+    # tie at the p-th value (or too few candidates) are sorted whole, so the rule holds exactly
+    top = np.argpartition(-S, p - 1, axis=1)[:, :p] if p < S.shape[1] else np.broadcast_to(
+        np.arange(S.shape[1]), S.shape).copy()
+    kth = np.take_along_axis(S, top, axis=1).min(axis=1)
+    tie = (S >= kth[:, None]).sum(axis=1) > p
+    if tie.any():
+        top[tie] = np.lexsort((np.broadcast_to(cand, (int(tie.sum()), len(cand))), -S[tie]))[:, :p]
+    o = np.lexsort((cand[top], -np.take_along_axis(S, top, axis=1)))
+    top = np.take_along_axis(top, o, axis=1)
     fp = cand[top]
     fp[~np.isfinite(np.take_along_axis(S, top, axis=1))] = -1
+    if p < want:
+        fp = np.concatenate([fp, np.full((len(fp), want - p), -1, fp.dtype)], axis=1)
     return fp
 
 

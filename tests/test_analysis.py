@@ -270,3 +270,26 @@ def test_fps_of_a_large_cluster_runs_in_a_projection(monkeypatch):
     rnd = rng.permutation(900)
     assert radius(order, 12) <= radius(exact, 12) + 0.05  # one pick per blob, as exact FPS
     assert radius(order, 12) < radius(rnd, 12)
+
+
+def test_fine_probes_pick_the_best_lists_with_ties_to_the_lower_id():
+    """The partition-then-sort of fine_probe_group gives what sorting every candidate gives, ties
+    and rows with too few candidates included (random small cases, many exact ties)."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        m, c, p, k = rng.integers(1, 50), rng.integers(1, 30), rng.integers(1, 6), rng.integers(1, 8)
+        parent = rng.integers(0, k, c)
+        parent[:min(c, k)] = np.arange(min(c, k))
+        fcent = rng.standard_normal((c, 8)).astype(np.float32)
+        if trial % 3 == 0:
+            fcent = np.round(fcent)
+        X = np.round(rng.standard_normal((m, 8))).astype(np.float32)
+        probes = rng.integers(-1, k, (m, p))
+        got = density.fine_probe_group(X, fcent, parent, p, np.arange(m), probes)
+        cand = np.flatnonzero(np.isin(parent, probes[probes >= 0]))
+        S = X @ fcent[cand].T
+        S[~(parent[cand][None, :, None] == probes[:, None, :]).any(axis=2)] = -np.inf
+        top = np.lexsort((np.broadcast_to(cand, S.shape), -S))[:, :p]
+        ref = np.full((m, p), -1)
+        ref[:, :top.shape[1]] = np.where(np.isfinite(np.take_along_axis(S, top, axis=1)), cand[top], -1)
+        assert np.array_equal(got, ref), trial
