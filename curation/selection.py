@@ -31,7 +31,7 @@ from curation.filters import _filter_mask, check_filter, factorize_column, strat
 from curation.selection_config import (CONFIG_VERSION, MISSING, MODES, OPERATORS, OUTLIER_POLICIES, QUALITY_AXES,
                                        TAILS, V2_DEFAULTS, Filter, Gate, SelectionConfig, make_filter,
                                        parse_budget, parse_cluster_list, parse_filter, parse_gate)
-from curation.selection_inputs import SelectionCache, SelectionInputs, _frozen, load_inputs
+from curation.selection_inputs import SelectionCache, SelectionInputs, _frozen, load_inputs, stable_argsort
 
 __all__ = ["CONFIG_VERSION", "MISSING", "MODES", "OPERATORS", "OUTLIER_POLICIES", "QUALITY_AXES", "TAILS",
            "V2_DEFAULTS", "Filter", "Gate", "SelectionConfig", "SelectionCache", "SelectionInputs", "SelectionResult",
@@ -204,29 +204,6 @@ def _strata_cached(inp: SelectionInputs, columns: list, cache: SelectionCache | 
         return strata(inp.meta, columns)
     col_codes = {c: cache.get((inp.key, "column", c), lambda c=c: factorize_column(inp.meta[c])) for c in columns}
     return strata(inp.meta, columns, col_codes)
-
-
-def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")``, computed faster: numpy's quicksort argsort (SIMD on
-    AVX-512 CPUs: 0.74 s against 1.53 s for 10M int64 or float64 keys here), then each run of
-    equal keys put back in position order. Identical output; falls back to the stable sort when
-    the keys hold NaN."""
-    o = np.argsort(keys, kind="quicksort")
-    if len(o) < 2:
-        return o
-    ks = keys[o]
-    if ks.dtype.kind == "f" and np.isnan(ks[-1]):
-        return np.argsort(keys, kind="stable")
-    eq = ks[1:] == ks[:-1]
-    if eq.any():
-        tied = np.zeros(len(o), bool)
-        tied[1:] |= eq
-        tied[:-1] |= eq
-        idx = np.flatnonzero(tied)
-        run = np.cumsum(np.r_[True, ~eq])[idx]
-        sub = o[idx]
-        o[idx] = sub[np.lexsort((sub, run))]
-    return o
 
 
 def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarray:

@@ -16,6 +16,29 @@ from curation.density import duplicate_groups
 from curation.quality import NOT_SHARED
 from curation.selection_config import QUALITY_AXES
 
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, computed faster: numpy's quicksort argsort (SIMD on
+    AVX-512 CPUs: 0.74 s against 1.53 s for 10M int64 or float64 keys here), then each run of
+    equal keys put back in position order. Identical output; falls back to the stable sort when
+    the keys hold NaN."""
+    o = np.argsort(keys, kind="quicksort")
+    if len(o) < 2:
+        return o
+    ks = keys[o]
+    if ks.dtype.kind == "f" and np.isnan(ks[-1]):
+        return np.argsort(keys, kind="stable")
+    eq = ks[1:] == ks[:-1]
+    if eq.any():
+        tied = np.zeros(len(o), bool)
+        tied[1:] |= eq
+        tied[:-1] |= eq
+        idx = np.flatnonzero(tied)
+        run = np.cumsum(np.r_[True, ~eq])[idx]
+        sub = o[idx]
+        o[idx] = sub[np.lexsort((sub, run))]
+    return o
+
+
 class SelectionCache:
     """Memoised work of one caller (a CLI run, an app session): priority orders per config-without-
     budget, duplicate groups per eps, per-column strata codes.
@@ -127,8 +150,6 @@ class SelectionInputs:
         object.__setattr__(self, "id_sets", {k: _frozen(v) for k, v in self.id_sets.items()})
         band_code = np.select([self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
         far = np.empty(len(self.ids), np.int64)
-        from curation.selection import stable_argsort  # numpy's stable order, 2x faster at 10M
-
         far[stable_argsort(-np.asarray(self.proto_dist, np.float64))] = np.arange(len(self.ids))
         object.__setattr__(self, "band_code", _frozen(band_code))
         object.__setattr__(self, "far_rank", _frozen(far))
