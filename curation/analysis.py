@@ -16,6 +16,8 @@ outlier), ``fps_rank`` (farthest-point rank within the cluster's core, -1 outsid
 
 from __future__ import annotations
 
+from functools import partial
+
 import hashlib
 import json
 import logging
@@ -335,7 +337,9 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
         inp = _Inputs(config=config, n=n, k=config.k or _default_k(n), F=None, slices={}, X=None, out=out,
                       shared_space=bool(store.meta.get("shared_space")), centroids=centroids,
                       case=_case_codes(store) if {"density", "quality"} & set(steps) else None,
-                      captions=(store.samples([S.CAPTION])[S.CAPTION].tolist()
+                      # read by the step that needs them, not held through the run (10M Python
+                      # strings are about 0.8 GB)
+                      captions=(partial(_read_captions, Path(db))
                                 if {"quality", "prototypes"} & set(steps)
                                 and S.CAPTION in [c for c, _ in store.columns()] else None),
                       meta=store.samples(store.metadata_columns()) if "confounders" in steps else None,
@@ -403,6 +407,12 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     checkpoint.clear(inp.work)
     log.info("analysis %s done in %.1f s", run_id, timings["total"])
     return run_id
+
+
+def _read_captions(db: Path) -> list:
+    """The caption of every row (a step's own read: see ``_Inputs.captions``)."""
+    with open_store(db) as s:
+        return s.samples([S.CAPTION])[S.CAPTION].tolist()
 
 
 def work_folder(db, run_id: str) -> Path:

@@ -81,7 +81,7 @@ class _Inputs:
     case_column: str | None = None
     label_columns: tuple = ()
     centroids: np.ndarray | None = None  # from a previous prototypes step of this run
-    captions: object = None         # caption texts (quality), None without a caption column
+    captions: object = None         # reads the caption texts (a callable), None without a caption column
     work: object = None             # the run's work folder (Path): by-cluster partitions, finished steps
     runner: object = None           # where per-block and per-cluster tasks run (curation.parallel)
 
@@ -128,7 +128,7 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
                       runner=inp.runner)
     inp.centroids = protos.centroids
 
-    labels = (cluster_labels(inp.captions, protos.assign, inp.k, centroids=protos.centroids)
+    labels = (cluster_labels(inp.captions(), protos.assign, inp.k, centroids=protos.centroids)
               if inp.captions is not None
               else [""] * inp.k)
     prog("prototypes", n, n)
@@ -251,7 +251,7 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
         cols.update(fidelity=fid, fidelity_score=Q.rank_score(fid))
     outputs["fidelity_reason"] = reason or "available"
     if inp.captions is not None:
-        cq = Q.caption_quality(inp.captions, inp.case)
+        cq = Q.caption_quality(inp.captions(), inp.case)
         cols.update(cq, caption_score=Q.tied_rank_score(cq["caption_quality"]))
         outputs["caption_placeholders"] = int(cq["is_placeholder"].sum())
     else:

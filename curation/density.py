@@ -97,8 +97,9 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
     if parent is None:  # every list is its own (a probed list may be empty)
         parent = np.arange(max(int(fine.max()) if n else -1, int(probes.max()) if probes.size else -1) + 1)
     p = probes.shape[1]
-    flat_rows = np.repeat(np.arange(n), p)
-    flat_probe = probes.reshape(-1)
+    small = np.int32 if max(n, len(parent)) < 2**31 else np.int64  # 10M x 4 entries: 160 MB each, not 320
+    flat_rows = np.repeat(np.arange(n, dtype=small), p)
+    flat_probe = probes.reshape(-1).astype(small)
     ok = flat_probe >= 0
     flat_rows, flat_probe = flat_rows[ok], flat_probe[ok]
     members = _members(np.asarray(assign))  # parent -> its rows (one contiguous partition read)
@@ -223,10 +224,20 @@ def fine_probe_group(X, fcent: np.ndarray, parent: np.ndarray, p: int, rows: np.
                      probes: np.ndarray) -> np.ndarray:
     """(len(rows), p) fine list ids: for each row, the p fine lists with the most similar centroid
     among the fine lists of its probed lists (``probes``, -1 ignored); -1 where fewer exist."""
+    cand_all = np.flatnonzero(np.isin(parent, probes[probes >= 0]))
+    if not len(cand_all):
+        return np.full((len(rows), p), -1, np.int64)
+    V = np.ascontiguousarray(X[rows], dtype=np.float32)
+    step = max(1, (1 << 22) // len(cand_all))  # rows x candidates bounded (a 50k-row list probes 2k lists)
+    return np.concatenate([_fine_probe_chunk(V[i:i + step], fcent, parent, p, probes[i:i + step])
+                           for i in range(0, len(rows), step)])
+
+
+def _fine_probe_chunk(V, fcent, parent, p, probes):
     cand = np.flatnonzero(np.isin(parent, probes[probes >= 0]))
     if not len(cand):
-        return np.full((len(rows), p), -1, np.int64)
-    S = np.ascontiguousarray(X[rows], dtype=np.float32) @ fcent[cand].T
+        return np.full((len(V), p), -1, np.int64)
+    S = V @ fcent[cand].T
     allowed = (parent[cand][None, :, None] == probes[:, None, :]).any(axis=2)
     S[~allowed] = -np.inf
     want, p = p, min(p, S.shape[1])
