@@ -173,6 +173,11 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
     if same:
         dnbr, dsim = nbr, sim
     else:
+        # the density graph is in its table now: its arrays (1.2 GB at 10M) and the by-prototype
+        # copy of the vectors (20 GB of disk at 10M) are not needed by the duplicate search
+        del nbr, sim
+        if isinstance(X, Features):
+            X.drop_partition("prototypes")
         # a view of F (no copy): in the joint layout its rows have norm 1/sqrt(2), so every inner
         # product is half the cosine; k-means and the neighbour order are unaffected by the scale
         Xd = _half(inp.F, inp.slices, kind, copy=False)

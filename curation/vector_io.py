@@ -576,6 +576,16 @@ class Features:
         self.partitions.append(part)
         return part
 
+    def drop_partition(self, name: str) -> None:
+        """Forget the partition called ``name`` and remove its files (it is as large as the vectors:
+        20 GB at 10M x 1024 float16); later row-set reads come from another partition or the source."""
+        import shutil
+
+        for part in [q for q in self.partitions if q.name == name]:
+            self.partitions.remove(part)
+            part.source.close()
+            shutil.rmtree(part.source.folder, ignore_errors=True)
+
     def query_partition(self, rows: np.ndarray, clusters: np.ndarray, folder: Path, progress=None) -> Partition:
         """Copy ``rows`` (ascending, a row once per cluster it searches) grouped by ``clusters``: the
         queries of each cluster's kNN search as one contiguous read (not kept as a row-set source)."""
