@@ -437,8 +437,77 @@ def hdbscan_glosh(xy: np.ndarray, min_cluster_size: int | None = None, min_sampl
     out_l[fit_rows], out_s[fit_rows] = labels, scores
     rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
     step = 1 << 18
+    predict = _Predictor(model)
     for i in range(0, len(rest), step):
         r = rest[i:i + step]
-        out_l[r] = hdbscan.approximate_predict(model, xy[r])[0]
-        out_s[r] = np.nan_to_num(hdbscan.approximate_predict_scores(model, xy[r]), nan=0.0, posinf=1.0)
+        lab, sc = predict(xy[r])
+        out_l[r] = lab
+        out_s[r] = np.nan_to_num(sc, nan=0.0, posinf=1.0)
     return out_l, out_s
+
+
+class _Predictor:
+    """hdbscan's ``approximate_predict`` labels and ``approximate_predict_scores`` GLOSH for new
+    points, computed for a whole block at once. hdbscan loops over the points and finds each
+    point's row of the condensed tree by scanning the whole tree (``get_tree_row_with_child``):
+    about 0.6 ms a point against a 1M-point fit, hours for the 9M rows a 10M pool predicts. Here
+    the tree is indexed once (child -> row, cluster -> parent and lambda) and every step is an
+    array operation; the results are hdbscan's (tested against it)."""
+
+    def __init__(self, model):
+        pdata = model.prediction_data_
+        tree = model.condensed_tree_._raw_tree
+        self.model, self.pdata = model, pdata
+        self.min_samples = model.min_samples or model.min_cluster_size
+        self.empty = pdata.cluster_tree.shape[0] == 0
+        child, parent, lam = tree["child"].astype(np.int64), tree["parent"].astype(np.int64), tree["lambda_val"]
+        size = int(max(child.max(), parent.max())) + 1
+        self.row_of = np.full(size, -1, np.int64)
+        self.row_of[child] = np.arange(len(tree))
+        self.parent, self.lam = parent, lam.astype(np.float64)
+        # the largest lambda under each cluster, propagated up the tree as approximate_predict_scores does
+        ml = np.full(size, -np.inf)
+        np.maximum.at(ml, parent, self.lam)
+        has = np.isfinite(ml)
+        for n in range(len(tree) - 1, -1, -1):
+            c, par = child[n], parent[n]
+            if has[c] and ml[c] > ml[par]:
+                ml[par] = ml[c]
+        self.max_lambda = np.where(has, ml, 0.0)
+        ct = pdata.cluster_tree
+        self.up_parent = np.full(size, -1, np.int64)
+        self.up_lambda = np.full(size, -np.inf)
+        self.up_parent[ct["child"].astype(np.int64)] = ct["parent"]
+        self.up_lambda[ct["child"].astype(np.int64)] = ct["lambda_val"]
+        self.root = int(ct["parent"].min()) if len(ct) else 0
+        self.label_of = np.full(size, -1, np.int64)
+        for c, label in pdata.cluster_map.items():
+            self.label_of[int(c)] = label
+
+    def __call__(self, points: np.ndarray):
+        m = len(points)
+        if self.empty:
+            return np.full(m, -1, np.int32), np.ones(m)
+        ms = self.min_samples
+        dist, idx = self.pdata.tree.query(points, k=2 * ms)
+        mr = np.maximum(np.maximum(self.pdata.core_distances[idx], dist[:, ms:ms + 1]), dist)
+        j = mr.argmin(axis=1)
+        r = np.arange(m)
+        neigh, d = idx[r, j], mr[r, j]
+        lam = np.full(m, np.finfo(np.double).max)
+        lam[d > 0] = 1.0 / d[d > 0]
+        row = self.row_of[neigh]
+        cluster, nlam = self.parent[row], self.lam[row]
+        # GLOSH: a point in the fitted data (distance 0) takes its own lambda
+        lam_s = np.where(dist.min(axis=1) == 0, nlam, lam)
+        mx = self.max_lambda[cluster]
+        scores = np.where(mx > 0, (mx - lam_s) / np.where(mx > 0, mx, 1.0), 0.0)
+        # the label: walk up from the neighbour's cluster while the point joins above its lambda
+        pc = cluster.copy()
+        walk = np.flatnonzero(nlam > lam)
+        while len(walk):
+            cur = pc[walk]
+            ok = (cur > self.root) & (self.up_parent[cur] >= 0) & (self.up_lambda[cur] >= lam[walk])
+            walk = walk[ok]
+            pc[walk] = self.up_parent[pc[walk]]
+        return self.label_of[pc].astype(np.int32), scores

@@ -235,3 +235,13 @@ def test_hdbscan_on_a_sample_predicts_the_rest():
     # the same seed, the same sample and the same answer
     again_l, again_s = hdbscan_glosh(xy, min_cluster_size=100, fit_max=2000, seed=1)
     assert np.array_equal(again_l, part_l) and np.array_equal(again_s, part_s)
+    # the block-at-once prediction gives hdbscan's own per-point answers (labels and GLOSH)
+    import hdbscan
+
+    from curation.density import _Predictor
+
+    model = hdbscan.HDBSCAN(min_cluster_size=40, min_samples=10, prediction_data=True).fit(xy[::3])
+    new = np.concatenate([xy[1::3], xy[:50:3]])  # unseen points, and a few fitted ones (distance 0)
+    lab, sc = _Predictor(model)(new)
+    assert np.array_equal(lab, hdbscan.approximate_predict(model, new)[0])
+    np.testing.assert_allclose(sc, hdbscan.approximate_predict_scores(model, new), rtol=1e-12, atol=1e-12)
