@@ -1,8 +1,9 @@
 """Farthest-point order of large clusters: exact (every dimension) against the random projection
 that :func:`curation.prototypes.fps_cluster` uses above ``FPS_FULL_MAX`` members, and against a
-random order, on the largest prototype clusters of an analysed dataset.
+random order, on the largest prototype clusters of an analysed dataset (``--around SIZE``: the
+clusters whose core is nearest that size, such as the 1,024-4,096 range the projection took over).
 
-    python bench/bench_fps.py DATASET.duckdb [--clusters 3] [--picks 250,1000,2000]
+    python bench/bench_fps.py DATASET.duckdb [--clusters 3] [--picks 250,1000,2000] [--around SIZE]
 
 Printed per cluster and number of picks m: the covering radius (the largest cosine distance from a
 member to its nearest pick among the first m, in the full space: what FPS minimises) and the mean
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("db")
     ap.add_argument("--clusters", type=int, default=3)
     ap.add_argument("--picks", default="250,1000,2000")
+    ap.add_argument("--around", type=int, help="clusters whose core size is nearest this (default: the largest)")
     args = ap.parse_args()
     picks = [int(x) for x in args.picks.split(",")]
     with store.open_store(args.db) as s:
@@ -54,18 +56,20 @@ def main() -> None:
         print(f"{args.db}: {len(assign):,} rows; FPS_FULL_MAX {P.FPS_FULL_MAX}, projection {P.FPS_PROJ_DIMS} dims")
         print(f"{'cluster':>8} {'core':>6} {'m':>5}  {'exact max/mean':>16}  {'projected max/mean':>19}  "
               f"{'random max/mean':>16}")
-        for c in np.argsort(-sizes)[:args.clusters]:
+        pick = np.argsort(-sizes) if args.around is None else np.argsort(np.abs(sizes - args.around), kind="stable")
+        for c in pick[:args.clusters]:
             rows = np.flatnonzero((assign == c) & core)
             V = X[rows]
             start = int(np.argmin(t["proto_dist"].to_numpy()[rows]))
             t0 = time.perf_counter()
+            picks_c = [m for m in picks if m <= len(rows)]
             exact = P.fps_order(V, start, max(picks))
             t1 = time.perf_counter()
             Pv = P.project_for_fps(V)
             proj = P.fps_order(Pv, start, max(picks), sq_norms=np.einsum("ij,ij->i", Pv, Pv))
             t2 = time.perf_counter()
             rnd = np.random.default_rng(0).permutation(len(rows))
-            for m in picks:
+            for m in picks_c:
                 e, p, r = coverage(V, exact, m), coverage(V, proj, m), coverage(V, rnd, m)
                 print(f"{c:>8} {len(rows):>6} {m:>5}  {e[0]:.3f} / {e[1]:.3f}    {p[0]:.3f} / {p[1]:.3f}       "
                       f"{r[0]:.3f} / {r[1]:.3f}")

@@ -81,6 +81,7 @@ class _Inputs:
     case_column: str | None = None
     label_columns: tuple = ()
     centroids: np.ndarray | None = None  # from a previous prototypes step of this run
+    probes: np.ndarray | None = None     # (n, knn_probes) nearest prototypes, from the prototypes step in this process
     captions: object = None         # reads the caption texts (a callable), None without a caption column
     work: object = None             # the run's work folder (Path): by-cluster partitions, finished steps
     runner: object = None           # where per-block and per-cluster tasks run (curation.parallel)
@@ -114,7 +115,7 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
     cfg, n, X = inp.config, inp.n, inp.X
     prog("prototypes", 0, n)
     protos = P.fit_prototypes(X, inp.k, seed=cfg.seed, niter=cfg.kmeans_iters, max_train=cfg.kmeans_train_max,
-                              runner=inp.runner)
+                              runner=inp.runner, probes=cfg.knn_probes)
     pct = P.cluster_percentiles(protos.assign, protos.dist)
     band = P.bands(pct, cfg.core_pct, cfg.tail_pct)
     done = [0]
@@ -127,6 +128,7 @@ def _step_prototypes(inp: _Inputs, prog) -> StepResult:
     fps = P.fps_ranks(X, protos.assign, protos.dist, band == P.BAND_CORE, cfg.fps_exact_max, progress=fps_prog,
                       runner=inp.runner)
     inp.centroids = protos.centroids
+    inp.probes = protos.nearest  # the density step's probes: the same pass, not a second one
 
     labels = (cluster_labels(inp.captions(), protos.assign, inp.k, centroids=protos.centroids)
               if inp.captions is not None
@@ -162,7 +164,9 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         done[0] += m
         prog("density", done[0], total)
 
-    probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes, runner=inp.runner)
+    probes, inp.probes = inp.probes, None
+    if probes is None or len(probes) != n:  # a resumed run: the same search as the prototypes step's
+        probes = P.nearest_prototypes(X, inp.centroids, cfg.knn_probes, runner=inp.runner)
     _by_cluster(inp, X, inp.out["prototype"].to_numpy(), "prototypes", prog, "density")
     nbr, sim = D.knn_within_clusters(X, inp.out["prototype"].to_numpy(), probes, k=cfg.knn_k, progress=knn_prog,
                                      query_folder=_query_folder(inp, "prototype-queries"), runner=inp.runner,
@@ -185,8 +189,9 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         # these clusters only cut the search into lists (4 probed per sample): a k-means on 64
         # samples per cluster and 10 iterations partitions as well, at a tenth of the cost
         pd_ = P.fit_prototypes(Xd, inp.k, seed=cfg.seed, niter=min(cfg.kmeans_iters, 10),
-                               max_train=min(cfg.kmeans_train_max, 64 * inp.k), runner=inp.runner)
-        dprobes = P.nearest_prototypes(Xd, pd_.centroids, cfg.knn_probes, runner=inp.runner)
+                               max_train=min(cfg.kmeans_train_max, 64 * inp.k), runner=inp.runner,
+                               probes=cfg.knn_probes)
+        dprobes, pd_.nearest = pd_.nearest, None
         _by_cluster(inp, Xd, pd_.assign, f"{kind}-clusters", prog, "density")
         dnbr, dsim = D.knn_within_clusters(Xd, pd_.assign, dprobes, k=cfg.knn_k, progress=knn_prog,
                                            query_folder=_query_folder(inp, f"{kind}-queries"), runner=inp.runner,

@@ -36,6 +36,8 @@ class Prototypes:
     second : ndarray (n,) int32, the second-nearest prototype (-1 when k == 1)
     second_dist : ndarray (n,) float32
     sizes : ndarray (k,) int64
+    nearest : ndarray (n, p) int32, the ``probes`` nearest prototypes of each sample, nearest first
+        (the lists its kNN search probes: found in the same pass as ``assign``)
     """
 
     centroids: np.ndarray
@@ -44,10 +46,11 @@ class Prototypes:
     second: np.ndarray
     second_dist: np.ndarray
     sizes: np.ndarray
+    nearest: np.ndarray | None = None
 
 
 def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
-                   max_train: int = 200_000, runner=None) -> Prototypes:
+                   max_train: int = 200_000, runner=None, probes: int = 2) -> Prototypes:
     """Spherical k-means with faiss, trained on at most ``max_train`` samples, then assigning all.
 
     Parameters
@@ -59,6 +62,9 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
         Seeds the training sample and faiss' initialisation: same seed, same result.
     runner : :mod:`curation.parallel` runner, optional
         Where the assignment's blocks run (the fit runs here).
+    probes : int
+        How many nearest prototypes to keep per row (``Prototypes.nearest``): the kNN search's
+        probes come out of the assignment's pass (10M x 2,000 x 1024 is minutes; once, not twice).
     """
     import faiss
 
@@ -77,19 +83,25 @@ def fit_prototypes(X: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     km.train(train)
     cent = km.centroids.astype(np.float32)
     cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-    kk = min(2, k)
+    kk = min(max(2, probes), k)
     sims, ids = _nearest_all(X, cent, kk, runner, normalise=True)
     assign = ids[:, 0].astype(np.int32)
     sizes = np.bincount(assign, minlength=k)
-    second = ids[:, 1].astype(np.int32) if kk == 2 else np.full(n, -1, np.int32)
-    second_dist = (1 - sims[:, 1]) if kk == 2 else np.full(n, np.inf, np.float32)
-    return Prototypes(cent, assign, (1 - sims[:, 0]).astype(np.float32), second,
-                      second_dist.astype(np.float32), sizes)
+    second = ids[:, 1].astype(np.int32) if kk >= 2 else np.full(n, -1, np.int32)
+    second_dist = (1 - sims[:, 1]) if kk >= 2 else np.full(n, np.inf, np.float32)
+    nearest = ids[:, :min(probes, k)].astype(np.int32)
+    del ids
+    dist = (1 - sims[:, 0]).astype(np.float32)
+    second_dist = second_dist.astype(np.float32)
+    del sims
+    return Prototypes(cent, assign, dist, second, second_dist, sizes, nearest)
 
 
 def nearest_prototypes(X: np.ndarray, centroids: np.ndarray, p: int, runner=None) -> np.ndarray:
-    """The ``p`` nearest prototypes of each row (n, p) int64, nearest first (exact, faiss)."""
-    return _nearest_all(X, centroids, min(p, len(centroids)), runner, normalise=False)[1]
+    """The ``p`` nearest prototypes of each row (n, p) int32, nearest first (exact, faiss): the
+    same pass as :func:`fit_prototypes`' assignment (rows normalised first), so the two agree."""
+    kk = min(max(2, p), len(centroids))
+    return _nearest_all(X, centroids, kk, runner, normalise=True)[1][:, :min(p, len(centroids))].astype(np.int32)
 
 
 BLOCK_ROWS = 1 << 16  # rows per assignment task
@@ -219,11 +231,16 @@ def fps_ranks(X: np.ndarray, assign: np.ndarray, dist: np.ndarray, eligible: np.
 
 
 # FPS reads every member once per pick: n x picks x d. Up to this many members the cluster's own
-# vectors are used (4,096 x 1024 float32 = 16 MB, about what stays in cache); above, the picks are
-# made in a seeded random projection to FPS_PROJ_DIMS dimensions (Johnson-Lindenstrauss: distances
-# kept within about 1/sqrt(dims)), 8x less to read per pick. Measured on a 6,825-row cluster of the
-# 1M bench pool: see bench/bench_fps.py. No cluster of the demo or MedPix is that large.
-FPS_FULL_MAX = 4096
+# vectors are used (1,024 x 1024 float32 = 4 MB, which stays in cache: 0.05 s for 1,024 picks);
+# above, the picks are made in a seeded random projection to FPS_PROJ_DIMS dimensions
+# (Johnson-Lindenstrauss: distances kept within about 1/sqrt(dims)), 8x less to read per pick and
+# out of cache no more: a 4,096 x 1024 cluster took 0.56 s exact, 0.05 s projected. Was 4,096:
+# at 10M rows the 1,315 clusters of 1,024-4,096 core members were most of FPS's 17 minutes, and
+# FPS over the 1M bench pool went from 79 s to 27 s. bench/bench_fps.py measures the covering
+# radius: on PadChest's large clusters the projected picks equal the exact ones; on the bench
+# generator's isotropic clusters both are within 0.01 of a random order. No cluster of the demo
+# or MedPix is that large.
+FPS_FULL_MAX = 1024
 FPS_PROJ_DIMS = 128
 
 

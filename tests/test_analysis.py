@@ -293,3 +293,27 @@ def test_fine_probes_pick_the_best_lists_with_ties_to_the_lower_id():
         ref = np.full((m, p), -1)
         ref[:, :top.shape[1]] = np.where(np.isfinite(np.take_along_axis(S, top, axis=1)), cand[top], -1)
         assert np.array_equal(got, ref), trial
+
+
+def test_the_assignment_pass_gives_the_knn_probes(analyzed_db, result):
+    """The prototypes step keeps each row's 4 nearest prototypes from its assignment pass; a resumed
+    density step computes them again: the same arrays, whose first two columns are the assignment."""
+    df, _, _, _ = result
+    from curation.analysis import features
+
+    with store.open_store(analyzed_db) as s:
+        F, _ = features(s)
+        X = np.asarray(F)
+        F.source.close()
+    fit = prototypes.fit_prototypes(X, 12, seed=3, probes=4)
+    again = prototypes.nearest_prototypes(X, fit.centroids, 4)
+    assert fit.nearest.shape == (len(X), 4) and fit.nearest.dtype == np.int32
+    np.testing.assert_array_equal(fit.nearest, again)
+    np.testing.assert_array_equal(fit.nearest[:, 0], fit.assign)
+    np.testing.assert_array_equal(fit.nearest[:, 1], fit.second)
+    plain = prototypes.fit_prototypes(X, 12, seed=3)
+    np.testing.assert_array_equal(plain.assign, fit.assign)
+    np.testing.assert_array_equal(plain.second, fit.second)
+    np.testing.assert_array_equal(plain.nearest, fit.nearest[:, :2])
+    one = prototypes.fit_prototypes(X[:50], 1, probes=4)
+    assert one.nearest.shape == (50, 1) and (one.second == -1).all()
