@@ -8,6 +8,7 @@ recompute them on every knob change.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -162,6 +163,8 @@ class ImpactContext:
         self.seed = int(seed)
         self.random = random_order(self.n, self.seed)
         self.pool = self.impact(np.arange(self.n))
+        self._prefixes: list = []  # (order, PrefixImpact) of the last orders compared
+        self._prefix_lock = threading.Lock()
 
     @functools.cached_property
     def noise_orders(self) -> list:
@@ -189,15 +192,42 @@ class ImpactContext:
                 out.update(lab.impact(mask, len(rows)))
         return out
 
-    def compare(self, selected: np.ndarray, seed: int) -> "object":
-        """A DataFrame: one row per metric, columns ``subset``, ``random`` (same size), ``pool``."""
+    def compare(self, selected: np.ndarray, seed: int, order: np.ndarray | None = None) -> "object":
+        """A DataFrame: one row per metric, columns ``subset``, ``random`` (same size), ``pool``.
+
+        ``order``: the selection's priority order when ``selected`` is its first rows (a budget
+        change takes another prefix): the subset's metrics then come from running counts along
+        the order, built once per order, as the random baseline's come from its permutation's, so
+        a budget change costs O(clusters + categories), not two passes over the subset (at 10M
+        rows those were most of a budget change)."""
         import pandas as pd
 
-        rnd = _cached_random(self, seed)[: len(selected)]
-        a, b, p = self.impact(selected), self.impact(rnd), self.pool
-        out = pd.DataFrame({"subset": a, "random": b, "pool": p})
+        b = len(selected)
+        if order is not None and b <= len(order) and (b == 0 or (selected[0] == order[0] and selected[-1] == order[b - 1])):
+            a = self._prefix(order).impact(b)
+        else:
+            a = self.impact(selected)
+        rnd = self.random_prefix.impact(b) if seed == self.seed else self.impact(random_order(self.n, seed)[:b])
+        out = pd.DataFrame({"subset": a, "random": rnd, "pool": self.pool})
         out["better"] = [direction(m) for m in out.index]
         return out
+
+    @functools.cached_property
+    def random_prefix(self) -> "PrefixImpact":
+        """Running counts along the random baseline's permutation (:class:`PrefixImpact`)."""
+        return PrefixImpact(self, self.random)
+
+    def _prefix(self, order: np.ndarray) -> "PrefixImpact":
+        """The :class:`PrefixImpact` of ``order``, kept for the last two orders asked (an order is
+        held with its counts, so its id is not reused while it is kept)."""
+        with self._prefix_lock:
+            for o, pi in self._prefixes:
+                if o is order:
+                    return pi
+        pi = PrefixImpact(self, order)
+        with self._prefix_lock:
+            self._prefixes[:] = [*self._prefixes[-1:], (order, pi)]
+        return pi
 
     def expected_random(self, size: int, tvd_columns=()) -> dict:
         """{metric: (mean, sd)} of a uniformly random subset of ``size``, computed exactly where a
@@ -320,6 +350,87 @@ class ImpactContext:
                 cov = np.searchsorted(f, budgets, side="left") / mask.sum()
                 frames.append(pd.DataFrame({"budget": budgets, "coverage": cov, "which": name, "metric": metric}))
         return pd.concat(frames, ignore_index=True)
+
+
+class PrefixImpact:
+    """:meth:`ImpactContext.impact` of every prefix of one order, from running counts: the first
+    position of each cluster and label class in the order, running sums of the shares and scores,
+    and the positions of each category of the compared columns. ``impact(b)`` equals
+    ``ctx.impact(order[:b])`` (score means up to float rounding: running sums, not pairwise) in
+    O(clusters + classes + categories). Built in a few passes over the order (about 0.5 s at 10M
+    rows); int32 positions and counts."""
+
+    def __init__(self, ctx: ImpactContext, order: np.ndarray):
+        order = np.asarray(order, np.int64)
+        L = self.length = len(order)
+        idx = np.int32 if L < 2**31 - 1 else np.int64
+        self.k = ctx.k
+        self.first = np.sort(_first_positions(ctx.prototype[order], ctx.k, L))
+        self.first_rare = np.sort(_first_positions(ctx.prototype[order], ctx.k, L)[ctx.rare])
+        self.sparse = _running(ctx.sparse[order], idx)
+        self.dup = _running(ctx.is_dup[order], idx)
+        self.scores = {}
+        for a, v in ctx.scores.items():
+            vo = np.asarray(v, np.float64)[order]
+            fin = np.isfinite(vo)
+            cnt = None if fin.all() else _running(fin, idx)
+            self.scores[a] = (np.concatenate([[0.0], np.cumsum(np.where(fin, vo, 0.0))]), cnt)
+        self.cols = {}
+        for c, (codes, kc) in ctx.cols.items():
+            co = codes[order]
+            srt = np.argsort(co, kind="stable")  # positions of each category, ascending within it
+            cuts = np.r_[0, np.cumsum(np.bincount(co, minlength=kc))]
+            self.cols[c] = (srt.astype(idx), cuts, kc, ctx._pool_dist[c])
+        self.labels = []
+        if ctx.labels:
+            where = np.full(ctx.n, L, np.int64)
+            where[order] = np.arange(L)
+            for lab in ctx.labels:
+                first = np.full(len(lab.names), L, np.int64)
+                pos = where[lab.rows]
+                o = np.argsort(pos, kind="stable")[::-1]  # the last write is the earliest position
+                first[lab.classes[o]] = pos[o]
+                self.labels.append((lab, np.sort(first), np.sort(first[lab.rare]), _running(lab.holds_head[order], idx)))
+
+    def impact(self, b: int) -> dict:
+        b = int(min(max(b, 0), self.length))
+        nan = float("nan")
+        out = {"size": b}
+        out["cluster_coverage"] = float(np.searchsorted(self.first, b) / self.k)
+        out["rare_cluster_coverage"] = float(np.searchsorted(self.first_rare, b) / len(self.first_rare)) \
+            if len(self.first_rare) else nan
+        out["sparse_share"] = float(self.sparse[b] / b) if b else nan
+        out["duplicate_rate"] = float(self.dup[b] / b) if b else nan
+        for a, (cs, cnt) in self.scores.items():
+            m = b if cnt is None else int(cnt[b])
+            out[f"{a}_score_mean"] = float(cs[b] / m) if m else nan
+        for c, (srt, cuts, kc, q) in self.cols.items():
+            if not b:
+                out[f"tvd_{c}"] = nan
+                continue
+            counts = np.array([np.searchsorted(srt[cuts[j]:cuts[j + 1]], b) for j in range(kc)], np.float64)
+            out[f"tvd_{c}"] = float(0.5 * np.abs(counts / b - q).sum())
+        for lab, first, first_rare, head in self.labels:
+            p = f"label_{lab.name}"
+            out[f"{p}_head_share"] = float(head[b] / b) if b else nan
+            out[f"{p}_class_coverage"] = float(np.searchsorted(first, b) / len(first)) if len(first) else nan
+            out[f"{p}_rare_class_coverage"] = float(np.searchsorted(first_rare, b) / len(first_rare)) \
+                if len(first_rare) else nan
+        return out
+
+
+def _first_positions(codes: np.ndarray, k: int, length: int) -> np.ndarray:
+    """(k,) the first position of each code in ``codes`` (``length`` where it never occurs)."""
+    first = np.full(k, length, np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write is the first position
+    return first
+
+
+def _running(mask: np.ndarray, dtype) -> np.ndarray:
+    """(len + 1,) running count of ``mask``: entry b counts mask[:b]."""
+    out = np.zeros(len(mask) + 1, dtype)
+    np.cumsum(mask, dtype=dtype, out=out[1:])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

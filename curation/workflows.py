@@ -295,7 +295,7 @@ def select_and_export(db, cfg: SelectionConfig, out, fmt: str | None = None, *, 
         eps = cfg.dedup_eps if cfg.dedup_eps is not None else 0.05
         ctx = metrics.ImpactContext(inp, columns=cfg.confounders or flagged_columns(s, run_id), labels=labels,
                                     seed=cfg.seed, dedup_eps=eps)
-        impact = ctx.compare(res.selected, cfg.seed)
+        impact = ctx.compare(res.selected, cfg.seed, order=res.order)
         warns = ctx.warnings(res.selected, res.summary, cfg.mode, cfg.confounders, subset=impact["subset"].to_dict())
         warns = rule_warnings(inp, cfg, res) + warns
     exported = export_selection(db, inp, res, cfg, run_id, out, fmt, impact=impact.to_dict(orient="index"),

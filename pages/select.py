@@ -96,7 +96,7 @@ def results_panel() -> None:
         st.warning(f"Only {sm['eligible']:,} samples are eligible: the subset is {sm['shortfall']:,} short of the budget.")
 
     ctx = _shared.impact_context(path, info, cfg)
-    impact = ctx.compare(res.selected, cfg.seed)
+    impact = ctx.compare(res.selected, cfg.seed, order=res.order)
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Impact: subset vs random subset of the same size")

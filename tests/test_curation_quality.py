@@ -245,3 +245,37 @@ def test_hdbscan_on_a_sample_predicts_the_rest():
     lab, sc = _Predictor(model)(new)
     assert np.array_equal(lab, hdbscan.approximate_predict(model, new)[0])
     np.testing.assert_allclose(sc, hdbscan.approximate_predict_scores(model, new), rtol=1e-12, atol=1e-12)
+
+
+def test_prefix_impact_equals_the_impact_of_every_prefix(demo):
+    """compare(order=) reads a budget's metrics from running counts along the order: the same
+    numbers as the direct impact of the prefix, at every budget, with NaN scores, a multi-label
+    column with missing values, and for the random baseline's permutation."""
+    from dataclasses import replace
+
+    from curation.metrics import PrefixImpact
+
+    inp, _, _ = demo
+    rng = np.random.default_rng(5)
+    fid = inp.scores["fidelity"].copy()
+    fid[rng.random(inp.n) < 0.1] = np.nan
+    labs = pd.Series(rng.choice(["a", "b|c", "rare", None, "a|b"], inp.n, p=[0.5, 0.2, 0.0005, 0.1, 0.1995]))
+    inp2 = replace(inp, scores={**inp.scores, "fidelity": fid}, meta=inp.meta.assign(finding=labs))
+    ctx = ImpactContext(inp2, columns=("site",), labels=("finding",))
+    res = selection.select(inp2, SelectionConfig(budget=0.3))
+    for order in (res.order, ctx.random, res.order[: len(res.order) // 3]):
+        pi = PrefixImpact(ctx, order)
+        for b in (0, 1, 7, len(order) // 2, len(order) - 1, len(order)):
+            want, got = ctx.impact(order[:b]), pi.impact(b)
+            assert want.keys() == got.keys()
+            for m in want:
+                if m.endswith("_score_mean"):
+                    np.testing.assert_allclose(got[m], want[m], rtol=1e-5, err_msg=m)
+                else:
+                    assert got[m] == want[m] or (np.isnan(got[m]) and np.isnan(want[m])), (m, b, got[m], want[m])
+    budget = int(0.1 * inp.n)
+    a = ctx.compare(res.order[:budget], 0, order=res.order)
+    b = ctx.compare(res.order[:budget], 0)  # no order: the direct impact of the subset
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+    assert ctx.compare(res.order[:budget], 0, order=res.order) is not a  # cached counts, a new table
+    assert len(ctx._prefixes) == 1
