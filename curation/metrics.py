@@ -365,8 +365,9 @@ class PrefixImpact:
         L = self.length = len(order)
         idx = np.int32 if L < 2**31 - 1 else np.int64
         self.k = ctx.k
-        self.first = np.sort(_first_positions(ctx.prototype[order], ctx.k, L))
-        self.first_rare = np.sort(_first_positions(ctx.prototype[order], ctx.k, L)[ctx.rare])
+        first = _first_positions(ctx.prototype[order], ctx.k, L)
+        self.first = np.sort(first)
+        self.first_rare = np.sort(first[ctx.rare])
         self.sparse = _running(ctx.sparse[order], idx)
         self.dup = _running(ctx.is_dup[order], idx)
         self.scores = {}
@@ -378,6 +379,8 @@ class PrefixImpact:
         self.cols = {}
         for c, (codes, kc) in ctx.cols.items():
             co = codes[order]
+            if kc < 2**15:  # numpy's stable sort of 16-bit integers is a radix sort: one pass
+                co = co.astype(np.int16)
             srt = np.argsort(co, kind="stable")  # positions of each category, ascending within it
             cuts = np.r_[0, np.cumsum(np.bincount(co, minlength=kc))]
             self.cols[c] = (srt.astype(idx), cuts, kc, ctx._pool_dist[c])

@@ -202,8 +202,13 @@ def _low_fidelity(inp: SelectionInputs, q: float, axis: str = "fidelity") -> np.
 def _strata_cached(inp: SelectionInputs, columns: list, cache: SelectionCache | None):
     if cache is None:
         return strata(inp.meta, columns)
-    col_codes = {c: cache.get((inp.key, "column", c), lambda c=c: factorize_column(inp.meta[c])) for c in columns}
-    return strata(inp.meta, columns, col_codes)
+
+    def build():
+        col_codes = {c: cache.get((inp.key, "column", c), lambda c=c: factorize_column(inp.meta[c])) for c in columns}
+        return strata(inp.meta, columns, col_codes)
+
+    # the combination too (an np.unique of the pool: 0.5 s of a knob change at 10M rows)
+    return cache.get((inp.key, "strata", tuple(columns)), build)
 
 
 def _rank_within(groups: np.ndarray, key: np.ndarray, key_span: int) -> np.ndarray:
@@ -337,7 +342,45 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
         eligible &= ~outlier
 
     stratum, labels, pool_sizes = _strata_cached(inp, list(cfg.confounders), cache)
+    n_st = len(labels)
+    if cfg.mode == "proportional":
+        w = pool_sizes.astype(np.float64)
+    elif cfg.mode == "balanced":
+        w = np.ones(len(labels))
+    else:
+        w = pool_sizes.astype(np.float64) ** (1.0 - cfg.temper)
+    w = np.maximum(w, 1e-12)
     rows = np.flatnonzero(eligible)
+    fast = None
+    if cfg.tail == "density" and n >= FAST_ORDER_MIN_ROWS:
+        from curation import selection_order
+
+        orders = (selection_order.pool_orders(inp) if cache is None
+                  else cache.get((inp.key, "pool_orders"), lambda: selection_order.pool_orders(inp)))
+        outlier = (inp.band_code == 2) if cfg.outliers != "keep" else np.zeros(n, bool)
+        fast = selection_order.density_order(inp, eligible, stratum, n_st, outlier, cfg.outliers == "keep_first",
+                                             cfg.tail_core_ratio, w, orders)
+    if fast is not None:
+        order, took = fast
+        is_out, took_tail = outlier[rows], took[rows]
+    else:
+        order, is_out, took_tail = _order_by_sorting(inp, cfg, rows, stratum, n_st, w, cache)
+    code[rows] = np.where(is_out, _CODE[KEPT_OUTLIER], np.where(took_tail, _CODE[KEPT_TAIL], _CODE[KEPT_CORE]))
+    first = np.flatnonzero(forced)
+    code[first] = _CODE[KEPT_RULE]
+    order = np.concatenate([first, order]).astype(np.int64)
+    eligible_per_stratum = np.bincount(stratum[order], minlength=len(labels))
+    return order, code, which, stratum, labels, pool_sizes, eligible_per_stratum, matching_nothing
+
+
+# pools from this size take the counting path (curation.selection_order) for the default queues:
+# below it the sorts take milliseconds and numba's start (about 0.5 s per process) would not pay
+FAST_ORDER_MIN_ROWS = 200_000
+
+
+def _order_by_sorting(inp, cfg, rows, stratum, n_st, w, cache):
+    """The eligible ``rows`` in priority order by sorts (any ``cfg.tail``); with (is_out,
+    took_tail) aligned with ``rows``."""
     st = stratum[rows]
     cl = inp.prototype[rows].astype(np.int64)
     kind = inp.band_code[rows].astype(np.int64)  # which queue: 0 core, 1 tail, 2 outlier
@@ -345,7 +388,6 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
         kind = np.minimum(kind, 1)
     is_out = kind == 2
     n_cl = int(inp.prototype.max()) + 1
-    n_st = len(labels)
     r = cfg.tail_core_ratio
     tier = np.ones(len(rows), np.float64)
     if cfg.tail == "distance":
@@ -361,22 +403,10 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     seq = np.empty(len(rows), np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(st[o])) + 1]
     seq[o] = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
-    if cfg.mode == "proportional":
-        w = pool_sizes.astype(np.float64)
-    elif cfg.mode == "balanced":
-        w = np.ones(len(labels))
-    else:
-        w = pool_sizes.astype(np.float64) ** (1.0 - cfg.temper)
-    w = np.maximum(w, 1e-12)
     key = (seq + 0.5) / w[st]
     o = np.argsort(st_small, kind="stable")
     order = rows[o[stable_argsort(key[o])]]  # ties: lower stratum, then lower row
-    code[rows] = np.where(is_out, _CODE[KEPT_OUTLIER], np.where(took_tail, _CODE[KEPT_TAIL], _CODE[KEPT_CORE]))
-    first = np.flatnonzero(forced)
-    code[first] = _CODE[KEPT_RULE]
-    order = np.concatenate([first, order]).astype(np.int64)
-    eligible_per_stratum = np.bincount(stratum[order], minlength=len(labels))
-    return order, code, which, stratum, labels, pool_sizes, eligible_per_stratum, matching_nothing
+    return order, is_out, took_tail
 
 
 def _round_robin(inp, rows, st, cl, queue_key, prio, n_st, n_cl) -> np.ndarray:

@@ -25,9 +25,10 @@ def test_cache_gives_the_same_result(inp):
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced")
     a = select(inp, cfg, cache=cache)
     b = select(inp, replace(cfg, budget=900), cache=cache)
-    # one order, one column's strata codes, the two quality guards' masks and the pool's rarity
-    # ranks: the second budget reused them all (duplicates at the analysis's eps are the run's own)
-    assert len(cache) == 5 and np.array_equal(b.selected[:300], a.selected)
+    # one order, one column's strata codes and their strata, the two quality guards' masks and the
+    # pool's rarity ranks: the second budget reused them all (duplicates at the analysis's eps are
+    # the run's own)
+    assert len(cache) == 6 and np.array_equal(b.selected[:300], a.selected)
     assert np.array_equal(b.selected, select(inp, replace(cfg, budget=900)).selected)
     assert np.array_equal(b.code, select(inp, replace(cfg, budget=900)).code)
 
@@ -309,3 +310,61 @@ def test_duplicates_at_the_analysis_eps_come_from_the_run_and_the_graph_is_read_
     np.testing.assert_array_equal(is_dup, d2)
     other = load_inputs(store.open_store(analyzed_db))
     assert other.duplicates(0.2)[1].sum() > is_dup.sum() and other.knn_nbr is not None
+
+
+def _synthetic_inputs(n, seed, k=30):
+    """Small inputs with ties: tail scores on a coarse grid, few clusters, strata of very
+    different sizes, outliers, NaN scores."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    proto = rng.choice(k, n, p=np.r_[0.4, np.full(k - 1, 0.6 / (k - 1))]).astype(np.int32)
+    band = rng.choice(["core", "tail", "outlier"], n, p=[0.8, 0.15, 0.05])
+    fps = np.full(n, -1)
+    for c in range(k):
+        m = np.flatnonzero((proto == c) & (band == "core"))
+        fps[m] = rng.permutation(len(m))
+    fid = rng.random(n)
+    fid[rng.random(n) < 0.05] = np.nan
+    meta = pd.DataFrame({"site": rng.choice(["A", "B", "C"], n, p=[0.85, 0.13, 0.02]),
+                         "sex": pd.Series(rng.choice(["F", "M", None], n))})
+    return selection.SelectionInputs(ids=np.array([f"r{i}" for i in range(n)]), prototype=proto, band=band,
+                                     proto_dist=rng.integers(0, 50, n) / 50.0, fps_rank=fps,
+                                     tail_score=rng.integers(0, 20, n) / 20.0, meta=meta, scores={"fidelity": fid},
+                                     knn_nbr=rng.integers(0, n, (n, 5)),
+                                     knn_sim=np.sort(rng.uniform(0.5, 1.0, (n, 5)), axis=1)[:, ::-1].copy())
+
+
+def test_the_counting_order_equals_the_sorting_order(inp, monkeypatch):
+    """Large pools take the default queues' order from counting passes over two per-pool
+    permutations (curation.selection_order): row for row the order, the reasons and the strata
+    of the sorting path, over modes, confounders, outlier policies, ratios (0 too), gates and
+    rules, on the demo and on pools with tied scores; a too-large counting table falls back."""
+    from curation import selection_order
+
+    cfgs = [SelectionConfig(budget=0.3), SelectionConfig(budget=0.5, confounders=("site",), mode="balanced"),
+            SelectionConfig(budget=0.2, confounders=("site", "sex"), mode="tempered", temper=0.3),
+            SelectionConfig(budget=0.4, confounders=("sex",), outliers="keep_first", tail_core_ratio=0.0),
+            SelectionConfig(budget=0.4, outliers="keep_last", tail_core_ratio=2.5, dedup_eps=None),
+            SelectionConfig(budget=0.4, outliers="keep", tail_core_ratio=1.0, confounders=("site",)),
+            SelectionConfig(budget=0.6, outliers="drop", gates=(Gate("fidelity", top_q=0.7),), fidelity_guard=0.2)]
+    pools = [inp, _synthetic_inputs(3000, 1), _synthetic_inputs(2500, 2, k=3)]
+    for pool in pools:
+        for cfg in cfgs:
+            if "sex" in cfg.confounders and "sex" not in pool.meta.columns:
+                cfg = replace(cfg, confounders=("site",))
+            monkeypatch.setattr(selection, "FAST_ORDER_MIN_ROWS", 10**12)
+            want = select(pool, cfg)
+            monkeypatch.setattr(selection, "FAST_ORDER_MIN_ROWS", 0)
+            cache = SelectionCache()
+            got = select(pool, cfg, cache=cache)
+            again = select(pool, replace(cfg, budget=0.1), cache=cache)
+            np.testing.assert_array_equal(got.order, want.order)
+            np.testing.assert_array_equal(got.code, want.code)
+            np.testing.assert_array_equal(got.stratum, want.stratum)
+            assert got.summary == want.summary
+            np.testing.assert_array_equal(again.order, want.order)
+    monkeypatch.setattr(selection_order, "TABLE_MAX_CELLS", 4)  # the counting table refused: the sorts
+    got = select(pools[1], cfgs[1])
+    monkeypatch.setattr(selection, "FAST_ORDER_MIN_ROWS", 10**12)
+    np.testing.assert_array_equal(got.order, select(pools[1], cfgs[1]).order)

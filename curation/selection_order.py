@@ -1,0 +1,246 @@
+"""The default priority order (``tail="density"``) in linear passes, for large pools.
+
+:func:`curation.selection._order` builds the order with sorts: the rank of each row inside its
+(queue, stratum, cluster), the round robin over clusters, the tail queue by rarity, the merge of
+the two queues and the interleaving of the strata, five sorts of the eligible rows per knob change
+(about 10 s at 10M rows on 2 cores). Most of that order does not depend on the knobs: the rows of a
+cluster in FPS-then-distance order and the pool in rarity order are fixed per analysis. This
+module keeps those two permutations per pool and derives every knob's order from them with
+counting passes (numba), the two queues merged by two pointers and the strata by a heap:
+
+1. ``rk``: each eligible row's rank inside its (queue, stratum, cluster), one pass over the
+   pool in (cluster, priority) order;
+2. the core queue's position: rows with a smaller rank, plus rows of the same rank in a lower
+   cluster, from a (queue-stratum, rank) histogram (the round robin over clusters);
+3. the tail queue's position: one pass over the pool in rarity order;
+4. each (queue, stratum)'s two queues merged at ``r`` tail picks per core pick (a row at its
+   better place), the tiers concatenated per stratum;
+5. the strata interleaved by ``(seq + 0.5) / weight`` with a heap (ties: lower stratum).
+
+The result is identical to the sorting path, row for row (tested on random configurations); the
+sorting path stays for the legacy ``tail="distance"`` queues and for strata x ranks tables too
+large to count in (:data:`TABLE_MAX_CELLS`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# the (queue-stratum, rank) histogram of step 2 is counted in a table of this many cells at most
+# (int64: 256 MB); more strata x larger clusters fall back to the sorting path
+TABLE_MAX_CELLS = 1 << 25
+
+
+def pool_orders(inp) -> tuple[np.ndarray, np.ndarray]:
+    """The two knob-independent permutations of the pool: rows by (cluster, priority) (core rows
+    by FPS rank, then the rest by distance, farthest first; ties by row) and rows by rarity (the
+    global tail rank, see :func:`curation.selection._tail_rank`)."""
+    from curation.selection import _tail_rank
+
+    prio = np.where(inp.band_code == 0, inp.fps_rank, inp.n + inp.far_rank).astype(np.int64)
+    by_cluster = np.lexsort((prio, inp.prototype)).astype(np.int64)
+    rank = _tail_rank(inp)
+    by_rarity = np.empty(inp.n, np.int64)
+    by_rarity[rank] = np.arange(inp.n)
+    return by_cluster, by_rarity
+
+
+def _kernels():
+    """The numba-compiled passes (compiled once, cached on disk beside umap's)."""
+    global _COMPILED
+    if _COMPILED is None:
+        from curation.projection import numba_cache_dir
+
+        numba_cache_dir()
+        import numba
+
+        jit = numba.njit(cache=True, nogil=True)
+        _COMPILED = (jit(_ranks_in_cluster), jit(_queue_positions), jit(_merge_and_interleave))
+    return _COMPILED
+
+
+_COMPILED = None
+
+
+def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, outlier: np.ndarray,
+                  keep_first: bool, r: float, w: np.ndarray, orders) -> tuple[np.ndarray, np.ndarray] | None:
+    """(order of the eligible rows, took_tail per pool row) of :func:`curation.selection._order`'s
+    density queues, or None when the counting table would be too large (use the sorting path).
+
+    ``outlier``: rows queued apart (their own tier: first with ``keep_first``, else last);
+    ``w``: the strata's weights; ``orders``: :func:`pool_orders` of ``inp``."""
+    ranks_in_cluster, queue_positions, merge_and_interleave = _kernels()
+    by_cluster, by_rarity = orders
+    n_q = 2 * n_st
+    q_of = (outlier.astype(np.int64) * n_st + stratum.astype(np.int64))
+    cl = inp.prototype.astype(np.int64)
+    rk = ranks_in_cluster(by_cluster, eligible, q_of, cl, n_q)
+    R = int(rk.max()) + 1 if eligible.any() else 1
+    if n_q * (R + 1) > TABLE_MAX_CELLS:
+        return None
+    core_pos, tail_pos, sizes = queue_positions(by_cluster, by_rarity, eligible, q_of, rk, n_q, R)
+    order, took_tail = merge_and_interleave(eligible, q_of, core_pos, tail_pos, sizes, n_st, float(r),
+                                            bool(keep_first), np.asarray(w, np.float64))
+    return order, took_tail
+
+
+# ---------------------------------------------------------------------------------------------
+# the passes (plain Python, compiled by numba in _kernels; readable and testable as they are)
+
+def _ranks_in_cluster(by_cluster, eligible, q_of, cl, n_q):
+    """Rank of each eligible row inside its (queue-stratum q, cluster), in (cluster, priority)
+    order; -1 for other rows."""
+    n = len(eligible)
+    rk = np.full(n, -1, np.int64)
+    cnt = np.zeros(n_q, np.int64)
+    touched = np.empty(n_q, np.int64)
+    nt = 0
+    cur = -1
+    for j in range(len(by_cluster)):
+        i = by_cluster[j]
+        if not eligible[i]:
+            continue
+        c = cl[i]
+        if c != cur:
+            for t in range(nt):
+                cnt[touched[t]] = 0
+            nt = 0
+            cur = c
+        q = q_of[i]
+        if cnt[q] == 0:
+            touched[nt] = q
+            nt += 1
+        rk[i] = cnt[q]
+        cnt[q] += 1
+    return rk
+
+
+def _queue_positions(by_cluster, by_rarity, eligible, q_of, rk, n_q, R):
+    """Each eligible row's position in its core queue (the round robin: rank first, then cluster)
+    and in its tail queue (rarity), and the rows per queue-stratum."""
+    n = len(eligible)
+    hist = np.zeros((n_q, R + 1), np.int64)
+    for i in range(n):
+        if eligible[i]:
+            hist[q_of[i], rk[i] + 1] += 1
+    for q in range(n_q):  # hist[q, r]: rows of q with a rank below r
+        for r in range(1, R + 1):
+            hist[q, r] += hist[q, r - 1]
+    sizes = hist[:, R].copy()
+    core_pos = np.full(n, -1, np.int64)
+    for j in range(len(by_cluster)):  # clusters ascending: among equal ranks, the lower cluster first
+        i = by_cluster[j]
+        if eligible[i]:
+            q = q_of[i]
+            core_pos[i] = hist[q, rk[i]]
+            hist[q, rk[i]] += 1
+    tail_pos = np.full(n, -1, np.int64)
+    cnt = np.zeros(n_q, np.int64)
+    for j in range(len(by_rarity)):
+        i = by_rarity[j]
+        if eligible[i]:
+            q = q_of[i]
+            tail_pos[i] = cnt[q]
+            cnt[q] += 1
+    return core_pos, tail_pos, sizes
+
+
+def _merge_and_interleave(eligible, q_of, core_pos, tail_pos, sizes, n_st, r, keep_first, w):
+    """Merge each queue-stratum's core and tail queues (a row at its better key; equal keys: the
+    lower row), put each stratum's tiers in order, interleave the strata by (seq + 0.5) / w."""
+    n = len(eligible)
+    n_q = 2 * n_st
+    off = np.zeros(n_q + 1, np.int64)
+    for q in range(n_q):
+        off[q + 1] = off[q] + sizes[q]
+    core = np.empty(off[n_q], np.int64)
+    tail = np.empty(off[n_q], np.int64)
+    for i in range(n):
+        if eligible[i]:
+            q = q_of[i]
+            core[off[q] + core_pos[i]] = i
+            tail[off[q] + tail_pos[i]] = i
+    took_tail = np.zeros(n, np.bool_)
+    done = np.zeros(n, np.bool_)
+    merged = np.empty(off[n_q], np.int64)
+    for q in range(n_q):
+        a, b = off[q], off[q + 1]
+        ic, it, o = a, a, a
+        while o < b:
+            while ic < b and done[core[ic]]:
+                ic += 1
+            while it < b and done[tail[it]]:
+                it += 1
+            if r > 0 and it < b:
+                kt = ((it - a) + 0.5) * (1.0 + r) / r
+            else:
+                kt = np.inf
+            kc = ((ic - a) + 0.5) * (1.0 + r) if ic < b else np.inf
+            if kt < kc or (kt == kc and tail[it] < core[ic]):
+                i = tail[it]
+            else:
+                i = core[ic]
+            # the row's own keys decide which queue it is credited to (strictly better tail)
+            ck = (core_pos[i] + 0.5) * (1.0 + r)
+            if r > 0 and (tail_pos[i] + 0.5) * (1.0 + r) / r < ck:
+                took_tail[i] = True
+            done[i] = True
+            merged[o] = i
+            o += 1
+    # each stratum's sequence: its tiers in order (outliers first with keep_first, else last)
+    seq_off = np.zeros(n_st + 1, np.int64)
+    for s in range(n_st):
+        seq_off[s + 1] = seq_off[s] + sizes[s] + sizes[n_st + s]
+    seq = np.empty(seq_off[n_st], np.int64)
+    for s in range(n_st):
+        first, second = (n_st + s, s) if keep_first else (s, n_st + s)
+        p = seq_off[s]
+        for q in (first, second):
+            for j in range(off[q], off[q + 1]):
+                seq[p] = merged[j]
+                p += 1
+    # interleave the strata: a heap of (key, stratum), key = (position + 0.5) / w
+    total = seq_off[n_st]
+    order = np.empty(total, np.int64)
+    heap_k = np.empty(n_st, np.float64)
+    heap_s = np.empty(n_st, np.int64)
+    pos = np.zeros(n_st, np.int64)
+    m = 0
+    for s in range(n_st):
+        if seq_off[s + 1] > seq_off[s]:
+            heap_k[m] = 0.5 / w[s]
+            heap_s[m] = s
+            j = m
+            m += 1
+            while j > 0:
+                parent = (j - 1) // 2
+                if heap_k[j] < heap_k[parent] or (heap_k[j] == heap_k[parent] and heap_s[j] < heap_s[parent]):
+                    heap_k[j], heap_k[parent] = heap_k[parent], heap_k[j]
+                    heap_s[j], heap_s[parent] = heap_s[parent], heap_s[j]
+                    j = parent
+                else:
+                    break
+    for o in range(total):
+        s = heap_s[0]
+        order[o] = seq[seq_off[s] + pos[s]]
+        pos[s] += 1
+        if seq_off[s] + pos[s] < seq_off[s + 1]:
+            heap_k[0] = (pos[s] + 0.5) / w[s]
+        else:
+            m -= 1
+            heap_k[0] = heap_k[m]
+            heap_s[0] = heap_s[m]
+        j = 0
+        while True:
+            lo, hi = 2 * j + 1, 2 * j + 2
+            best = j
+            if lo < m and (heap_k[lo] < heap_k[best] or (heap_k[lo] == heap_k[best] and heap_s[lo] < heap_s[best])):
+                best = lo
+            if hi < m and (heap_k[hi] < heap_k[best] or (heap_k[hi] == heap_k[best] and heap_s[hi] < heap_s[best])):
+                best = hi
+            if best == j:
+                break
+            heap_k[j], heap_k[best] = heap_k[best], heap_k[j]
+            heap_s[j], heap_s[best] = heap_s[best], heap_s[j]
+            j = best
+    return order, took_tail
