@@ -111,7 +111,7 @@ class SelectionResult:
             m = np.flatnonzero(code == _CODE[DROP_DUP])
             if len(m):
                 group, _ = inp.duplicates(cfg.dedup_eps, cache)
-                out[m] = [f"duplicate of {inp.ids[g]}" for g in group[rows[m]]]
+                out[m] = [f"duplicate of {x}" for x in inp.id_of(group[rows[m]])]
         out[code == _CODE[DROP_OUTLIER]] = "outlier: farther from its prototype than the tail band"
         if cfg.exclude_clusters or cfg.exclude_sets:
             out[code == _CODE[DROP_RULE]] = "excluded by a rule: " + "; ".join(

@@ -90,7 +90,9 @@ class SelectionInputs:
 
     Attributes
     ----------
-    ids : ndarray of str
+    ids : ndarray of str, or None with ``ids_loader`` (read on first use: :meth:`id_of`; at 10M
+        rows the ids were 5-8 s of the selection page's first render, and only a duplicate's
+        explanation names one)
     prototype, fps_rank : ndarray of int
     band : ndarray of str ("core" / "tail" / "outlier")
     proto_dist, tail_score : ndarray of float
@@ -127,14 +129,20 @@ class SelectionInputs:
     unavailable: dict = field(default_factory=dict)
     id_sets: dict = field(default_factory=dict)
     key: str = ""
+    ids_loader: Any = None
     band_code: np.ndarray = field(init=False, repr=False)
     far_rank: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
         import threading
 
-        for name in ("ids", "prototype", "band", "proto_dist", "fps_rank", "tail_score"):
+        for name in ("prototype", "band", "proto_dist", "fps_rank", "tail_score"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
+        if self.ids is None and self.ids_loader is None:
+            raise ValueError("give ids, or an ids_loader")
+        if self.ids is not None:
+            object.__setattr__(self, "ids", _frozen(self.ids))
+        object.__setattr__(self, "_ids_lock", threading.Lock())
         if (self.knn_nbr is None) != (self.knn_sim is None) or (self.knn_nbr is None and self.knn_loader is None):
             raise ValueError("give knn_nbr and knn_sim, or a knn_loader")
         if self.knn_nbr is not None:
@@ -149,8 +157,8 @@ class SelectionInputs:
         object.__setattr__(self, "scores", {k: _frozen(v) for k, v in self.scores.items()})
         object.__setattr__(self, "id_sets", {k: _frozen(v) for k, v in self.id_sets.items()})
         band_code = np.select([self.band == "core", self.band == "tail"], [0, 1], 2).astype(np.int8)
-        far = np.empty(len(self.ids), np.int64)
-        far[stable_argsort(-np.asarray(self.proto_dist, np.float64))] = np.arange(len(self.ids))
+        far = np.empty(self.n, np.int64)
+        far[stable_argsort(-np.asarray(self.proto_dist, np.float64))] = np.arange(self.n)
         object.__setattr__(self, "band_code", _frozen(band_code))
         object.__setattr__(self, "far_rank", _frozen(far))
         if not self.key:
@@ -158,7 +166,17 @@ class SelectionInputs:
 
     @property
     def n(self) -> int:
-        return len(self.ids)
+        return len(self.prototype)
+
+    def id_of(self, rows) -> np.ndarray:
+        """The ids of ``rows`` (the whole column is read by ``ids_loader`` on first use)."""
+        with self._ids_lock:
+            if self.ids is None:
+                ids = np.asarray(self.ids_loader())
+                if len(ids) != self.n:
+                    raise ValueError(f"{len(ids)} ids for {self.n} rows")
+                object.__setattr__(self, "ids", _frozen(ids))
+        return self.ids[rows]
 
     def knn(self) -> tuple[np.ndarray, np.ndarray]:
         """The duplicate-space kNN graph (nbr, sim), read by ``knn_loader`` on first use."""
@@ -199,6 +217,14 @@ def _read_dedup_knn(path, run_id: str):
         return analysis.load_knn(s, run_id, "dedup_knn")
 
 
+def _read_ids(path) -> np.ndarray:
+    """A dataset's sample ids in row order (a selection's explanations read them on first use)."""
+    from curation.store import open_store
+
+    with open_store(path) as s:
+        return s.samples([S.ID])[S.ID].to_numpy().astype(str)
+
+
 def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     """Read the arrays a selection needs from a dataset's analysis run."""
     import pandas as pd
@@ -209,7 +235,6 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
         "prototype", "band", "proto_dist", "fps_rank", "tail_score", "dup_group", "is_dup",
         *(f"{axis}_score" for axis in QUALITY_AXES)])
     meta = store.samples(store.metadata_columns())
-    ids = store.samples([S.ID])[S.ID].to_numpy().astype(str)
     scores, unavailable = {}, {}
     for axis in QUALITY_AXES:
         col = f"{axis}_score"
@@ -228,7 +253,7 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     scored = runs.list_runs(store, "reward-score")
     reward_key = scored[-1].run_id if scored else None
     id_sets = sets.rows(store)
-    return SelectionInputs(ids=ids, prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
+    return SelectionInputs(ids=None, ids_loader=partial(_read_ids, store.path), prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
                            proto_dist=df["proto_dist"].to_numpy(np.float64),
                            fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),
                            meta=meta, scores=scores, knn_nbr=None, knn_sim=None, case=case,

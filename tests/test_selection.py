@@ -102,7 +102,7 @@ def test_every_sample_has_a_reason(inp):
     dup = np.flatnonzero(res.reason == selection.DROP_DUP)
     group, _ = inp.duplicates(0.05)
     for r in dup[:20]:
-        assert detail[r] == f"duplicate of {inp.ids[group[r]]}"
+        assert detail[r] == f"duplicate of {inp.id_of(group[r])}"
         assert res.reason[group[r]] != selection.DROP_DUP  # the representative is never a duplicate
     gated = res.reason == selection.DROP_GATE
     assert gated.sum() > 0 and "fidelity score" in detail[np.flatnonzero(gated)[0]]
@@ -368,3 +368,16 @@ def test_the_counting_order_equals_the_sorting_order(inp, monkeypatch):
     got = select(pools[1], cfgs[1])
     monkeypatch.setattr(selection, "FAST_ORDER_MIN_ROWS", 10**12)
     np.testing.assert_array_equal(got.order, select(pools[1], cfgs[1]).order)
+
+
+def test_ids_are_read_on_first_use(analyzed_db):
+    """A loaded selection reads no ids until an explanation names a duplicate's kept copy."""
+    with store.open_store(analyzed_db) as s:
+        i = selection.load_inputs(s, runs.latest_run(s))
+        ids = s.samples(["id"])["id"].to_numpy().astype(str)
+    assert i.ids is None
+    res = select(i, SelectionConfig(budget=0.2))
+    assert i.ids is None  # selecting needs none
+    np.testing.assert_array_equal(i.id_of(np.array([0, 5, 3])), ids[[0, 5, 3]])
+    np.testing.assert_array_equal(i.ids, ids)
+    assert res.summary["selected"] > 0
