@@ -15,7 +15,7 @@ import numpy as np
 from curation.errors import CurationError
 from curation.prototypes import rare_clusters
 from curation.schema import category_values
-from curation.selection import Filter, MISSING, SelectionInputs, factorize_column, select
+from curation.selection import Filter, SelectionInputs, factorize_column, select
 
 
 # Offsets that give the random baselines their own random streams: the selection seed also seeds
@@ -69,11 +69,11 @@ class LabelColumn:
 
 
 def _codes(series) -> tuple[np.ndarray, int]:
-    import pandas as pd
-
-    s = series.astype(object).where(series.notna(), MISSING).astype(str)
-    codes, levels = pd.factorize(s, sort=True)
-    return codes, len(levels)
+    """(codes, number of levels) of a metadata column, missing values a level of their own: the
+    coding strata use (:func:`curation.selection.factorize_column`; a factorize of the column as
+    it is, 3-50x faster at 10M rows than going through Python strings)."""
+    codes, labels = factorize_column(series)
+    return codes, len(labels)
 
 
 def _p_hit(n: int, sizes: np.ndarray, b: int) -> np.ndarray:
@@ -155,7 +155,7 @@ class ImpactContext:
         self.dedup_eps = float(dedup_eps)
         self.is_dup = inp.duplicates(self.dedup_eps, cache)[1]
         self.scores = {a: v for a, v in inp.scores.items()}
-        self.cols = {c: _codes(inp.meta[c]) for c in columns}
+        self.cols = {c: _codes(inp.meta[c]) for c in columns}  # the strata's own coding (missing: a level)
         # each column's pool distribution, once (every compare took two 10M-row bincounts per column)
         self._pool_dist = {c: np.bincount(codes, minlength=k) / len(codes) for c, (codes, k) in self.cols.items()}
         names = list(dict.fromkeys([*(labels or ()), *([label] if label else [])]))
