@@ -350,6 +350,10 @@ def test_the_counting_order_equals_the_sorting_order(inp, monkeypatch):
             SelectionConfig(budget=0.6, outliers="drop", gates=(Gate("fidelity", top_q=0.7),), fidelity_guard=0.2)]
     pools = [inp, _synthetic_inputs(3000, 1), _synthetic_inputs(2500, 2, k=3)]
     for pool in pools:
+        by_cluster, by_rarity = selection_order.pool_orders(pool)
+        prio = np.where(pool.band_code == 0, pool.fps_rank, pool.n + pool.far_rank)
+        np.testing.assert_array_equal(by_cluster, np.lexsort((prio, pool.prototype)))
+        np.testing.assert_array_equal(by_rarity, np.argsort(-pool.tail_score, kind="stable"))
         for cfg in cfgs:
             if "sex" in cfg.confounders and "sex" not in pool.meta.columns:
                 cfg = replace(cfg, confounders=("site",))
