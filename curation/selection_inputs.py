@@ -225,6 +225,28 @@ def _read_ids(path) -> np.ndarray:
         return s.samples([S.ID])[S.ID].to_numpy().astype(str)
 
 
+def _unavailable(rec, present) -> dict:
+    """{axis: why it cannot be used} for the quality axes not in ``present``: the run's own reason
+    when it recorded one ("the dataset lacks image or text embeddings"...)."""
+    return {axis: (rec.outputs.get("fidelity_reason") or NOT_SHARED if axis == "fidelity" else
+                   "not available: no captions, or the quality step has not run" if axis == "caption"
+                   else "not computed (run the quality step)")
+            for axis in QUALITY_AXES if axis not in present}
+
+
+def unavailable_axes(store, run_id: str | None = None) -> dict:
+    """:attr:`SelectionInputs.unavailable` without loading the inputs (one aggregate in DuckDB):
+    what a page needs to draw its knobs before the selection arrays are read."""
+    from curation.store import quote_ident
+
+    rec = runs.require(store, run_id)
+    table = analysis.table_names(rec.run_id)["samples"]
+    have = set(store.table_columns(table))
+    cols = [f"{axis}_score" for axis in QUALITY_AXES if f"{axis}_score" in have]
+    counts = store.aggregate(table, {c: f"count({quote_ident(c)})" for c in cols}) if cols else {}
+    return _unavailable(rec, {c[: -len("_score")] for c, m in counts.items() if m})
+
+
 def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     """Read the arrays a selection needs from a dataset's analysis run."""
     import pandas as pd
@@ -235,16 +257,12 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
         "prototype", "band", "proto_dist", "fps_rank", "tail_score", "dup_group", "is_dup",
         *(f"{axis}_score" for axis in QUALITY_AXES)])
     meta = store.samples(store.metadata_columns())
-    scores, unavailable = {}, {}
+    scores = {}
     for axis in QUALITY_AXES:
         col = f"{axis}_score"
         if col in df.columns and df[col].notna().any():
             scores[axis] = df[col].to_numpy(np.float64)
-        else:
-            # the run's own reason when it recorded one ("the dataset lacks image or text embeddings"...)
-            unavailable[axis] = (rec.outputs.get("fidelity_reason") or NOT_SHARED if axis == "fidelity" else
-                                 "not available: no captions, or the quality step has not run" if axis == "caption"
-                                 else "not computed (run the quality step)")
+    unavailable = _unavailable(rec, scores)
     for col in df.columns:  # reward model scores, when present
         if col.startswith("reward_") and col.endswith("_score"):
             scores[col[: -len("_score")]] = df[col].to_numpy(np.float64)

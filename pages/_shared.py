@@ -16,6 +16,7 @@ import streamlit as st
 
 from curation import CurationError, charts, selection, store, workflows
 from curation.selection import SelectionConfig
+from curation.selection_inputs import unavailable_axes as _unavailable_axes
 from pages._knobs import DEFAULT, check_knobs, config_from_state, init_state, show_notices, sync_query
 from pages._text import error, esc, warning
 
@@ -131,6 +132,13 @@ def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str |
     """Immutable selection inputs shared by all sessions."""
     with store.open_store(path) as s:
         return selection.load_inputs(s, run_id)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def unavailable_axes(path: str, fingerprint: str, run_id: str) -> dict:
+    """{quality axis: why it cannot be used}, without reading the selection arrays."""
+    with store.open_store(path) as s:
+        return _unavailable_axes(s, run_id)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

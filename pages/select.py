@@ -15,7 +15,9 @@ from pages import _knobs, _shared, _text, _views
 st.title("Select & export")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info)
-inp0 = _shared.selection_inputs(path, info.fingerprint, run_id, info.reward_key, _shared.sets_key(info))
+# the knobs need only the pool's size and which quality axes exist: drawn before the selection
+# arrays are read (seconds at 10M rows), so the page has content at once and a spinner for the rest
+unavailable = _shared.unavailable_axes(path, info.fingerprint, run_id)
 
 
 def _remove_rule(key: str, value) -> None:
@@ -24,7 +26,7 @@ def _remove_rule(key: str, value) -> None:
 
 def knobs_panel() -> None:
     """Every selection knob; values live in the knob store (``_knobs.knob``)."""
-    _knobs.budget_knob(inp0.n)
+    _knobs.budget_knob(info.rows)
     usable = [c for c in info.meta_columns
               if info.confounders is None or c in set(info.confounders.query("kind != 'skipped'").column)]
     _knobs.put("confounders", [c for c in _knobs.get("confounders") if c in usable])
@@ -46,16 +48,16 @@ def knobs_panel() -> None:
         _knobs.knob(st.number_input, "dedup_eps", "Near-copy threshold (eps: a near-copy has cosine above 1 - eps)", 0.0001, 0.999,
                      step=0.005, format="%.4f")
     _knobs.knob(st.number_input, "caption_guard", "Caption guard: drop the lowest caption-quality fraction "
-                "(0 = off)", 0.0, _knobs.GUARD_MAX, step=0.05, disabled="caption" in inp0.unavailable,
+                "(0 = off)", 0.0, _knobs.GUARD_MAX, step=0.05, disabled="caption" in unavailable,
                 help="Placeholders such as 'IN PROGRESS' and content-free captions (model-free caption quality); "
                      "a cluster the guards would empty keeps its best pair.")
     _knobs.knob(st.number_input, "guard", "Quality guard: drop the lowest-fidelity fraction (0 = off)", 0.0,
-                 _knobs.GUARD_MAX, step=0.05, disabled="fidelity" in inp0.unavailable,
+                 _knobs.GUARD_MAX, step=0.05, disabled="fidelity" in unavailable,
                  help="Pairs in the pool's bottom fraction of image-text fidelity are not eligible (a cluster "
                       "made only of them keeps its best pair). On by default: the tail and farthest-point picks "
                       "favour atypical pairs, and a wrong caption makes a pair atypical. Needs a shared space.")
     for axis in info.gate_axes:
-        reason = inp0.unavailable.get(axis)
+        reason = unavailable.get(axis)
         _knobs.gate_knob(axis, f"{axis.replace('_', ' ').capitalize()} gate: keep best fraction",
                           disabled=reason is not None, help=_text.esc(reason) if reason else None)
     _knobs.knob(st.selectbox, "filter_col", "Filter column", [_knobs.NO_FILTER] + info.meta_columns)
@@ -81,7 +83,9 @@ def knobs_panel() -> None:
 
 def results_panel() -> None:
     """The selection of the current knobs: counts, impact, reasons, coverage, the subset on the map, export."""
-    inp, cfg, res = _shared.run_selection(path, info)
+    with st.spinner(f"Selecting from {info.rows:,} samples..."):
+        inp, cfg, res = _shared.run_selection(path, info)
+        ctx = _shared.impact_context(path, info, cfg)
     sm = res.summary
     if sm["selected"] == 0:
         st.warning("This configuration selects nothing: every sample is filtered, gated, a duplicate or an "
@@ -95,7 +99,6 @@ def results_panel() -> None:
     if sm["shortfall"]:
         st.warning(f"Only {sm['eligible']:,} samples are eligible: the subset is {sm['shortfall']:,} short of the budget.")
 
-    ctx = _shared.impact_context(path, info, cfg)
     impact = ctx.compare(res.selected, cfg.seed, order=res.order)
     left, right = st.columns([3, 2])
     with left:

@@ -385,3 +385,16 @@ def test_ids_are_read_on_first_use(analyzed_db):
     np.testing.assert_array_equal(i.id_of(np.array([0, 5, 3])), ids[[0, 5, 3]])
     np.testing.assert_array_equal(i.ids, ids)
     assert res.summary["selected"] > 0
+
+
+def test_unavailable_axes_without_loading_the_inputs(analyzed_db, medpix_db):
+    """The Select page draws its knobs from one aggregate: the same axes and reasons as the
+    loaded inputs give, on the demo and on MedPix."""
+    from curation.selection_inputs import unavailable_axes
+
+    got = {}
+    for db in (analyzed_db, medpix_db):
+        with store.open_store(db) as s:
+            got[db] = unavailable_axes(s)
+            assert got[db] == selection.load_inputs(s).unavailable
+    assert "fidelity" not in got[analyzed_db] and "fidelity" in got[medpix_db]  # MedPix: two encoders
