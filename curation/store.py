@@ -294,6 +294,31 @@ class Store:
         df = self._arrow_frame(f"SELECT {sel} FROM {S.SAMPLES}")
         return df.drop(columns=[S.ROW])
 
+    def sample_rows(self, rows, columns: Iterable[str]):
+        """``columns`` of the samples at ``rows`` (row indices), as a DataFrame in the order of
+        ``rows``: a join with the row list in DuckDB, so a 10,000-point chart over 10M rows reads
+        10,000 ids, not the column."""
+        import pyarrow as pa
+
+        cols = list(columns)
+        known = {n for n, _ in self.columns()}
+        unknown = [c for c in cols if c not in known]
+        if unknown:
+            raise CurationError(f"unknown column(s) {unknown} in dataset {self.name}")
+        want = pa.table({"_pos": np.arange(len(rows), dtype=np.int64), "_row": np.asarray(rows, np.int64)})
+        cur = self.con.cursor()
+        try:
+            cur.register("_want", want)
+            sel = ", ".join(f"s.{quote_ident(c)}" for c in cols)
+            df = cur.sql(f"SELECT w._pos, {sel} FROM _want w JOIN {S.SAMPLES} s ON s.{S.ROW} = w._row").to_arrow_table().to_pandas()
+        finally:
+            cur.close()
+        df = df.sort_values("_pos", kind="stable").drop(columns=["_pos"]).reset_index(drop=True)
+        if len(df) != len(rows):
+            raise CurationError(f"dataset {self.name} has no row(s) among the {len(rows)} asked for "
+                                f"(it has {self.n_rows:,}).")
+        return df
+
     def _arrow_frame(self, query: str):
         """A query's rows as pandas through Arrow, in stored order, restored to ``row_idx`` order
         when the scan did not keep it: at 10M rows `ORDER BY row_idx` + fetch_df took 11.6 s, this

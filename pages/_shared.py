@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from curation import CurationError, charts, selection, store, workflows
@@ -120,6 +121,37 @@ def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | N
         df, _ = analysis.load(s, run_id)
         base = s.samples()
     return base.join(df.drop(columns=["row_idx"]))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def map_xy(path: str, fingerprint: str, run_id: str):
+    """(map_x, map_y) of every row, read-only, or None before the map step (two columns read
+    through Arrow: the Select page's subset map does not need the whole analysis frame)."""
+    from curation import analysis
+
+    with store.open_store(path) as s:
+        table = analysis.table_names(run_id)["samples"]
+        if not {"map_x", "map_y"} <= set(s.table_columns(table)):
+            return None
+        t = s.read_arrow(table, ["map_x", "map_y"])
+    x, y = t.column("map_x").to_numpy(), t.column("map_y").to_numpy()
+    if np.isnan(x).all():
+        return None
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def map_bins(path: str, fingerprint: str, run_id: str):
+    """The map's binned density (the heatmap under the sampled points)."""
+    x, y = map_xy(path, fingerprint, run_id)
+    return charts.binned_density(x, y)
+
+
+def sample_ids(path: str, fingerprint: str, rows) -> "object":
+    """A DataFrame with the ``id`` of each of ``rows`` (a chart's sampled points), in that order."""
+    with store.open_store(path) as s:
+        return s.sample_rows(rows, ["id"])
 
 
 def sets_key(info: dict) -> str:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from curation import CurationError, charts, manifest, workflows
@@ -120,16 +121,16 @@ def results_panel() -> None:
     st.subheader("Budget vs cluster coverage")
     st.altair_chart(charts.coverage_chart(ctx.coverage_curve(res.order, cfg.seed), sm["budget"]), width="stretch")
 
-    df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
-    if "map_x" in df:
+    xy = _shared.map_xy(path, info.fingerprint, run_id)
+    if xy is not None:
         st.subheader("The subset on the map")
-        sel = _views.selected_mask(len(df), res.selected)
-        sampled = charts.sample_points(df[["map_x"]], 10_000, always=sel).index
-        pts = df.loc[sampled, ["id", "map_x", "map_y"]].assign(
-            selection=np.where(sel[sampled], "selected", "not selected"))
-        bins = charts.binned_density(df.map_x.to_numpy(), df.map_y.to_numpy())
-        st.altair_chart(charts.map_chart(bins, pts, "selection", categorical=True, tooltip=["id"], height=420),
-                        width="stretch")
+        x, y = xy
+        sel = _views.selected_mask(len(x), res.selected)
+        sampled = charts.sample_points(pd.DataFrame(index=pd.RangeIndex(len(x))), 10_000, always=sel).index.to_numpy()
+        pts = _shared.sample_ids(path, info.fingerprint, sampled).assign(
+            map_x=x[sampled], map_y=y[sampled], selection=np.where(sel[sampled], "selected", "not selected"))
+        st.altair_chart(charts.map_chart(_shared.map_bins(path, info.fingerprint, run_id), pts, "selection",
+                                         categorical=True, tooltip=["id"], height=420), width="stretch")
 
     st.subheader("Export")
     tar_pool = "source_tar" in info.meta_columns  # embedded from WebDataset tars: images live in the tars

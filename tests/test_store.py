@@ -153,3 +153,18 @@ def test_resolve_image_stays_inside_the_root(tmp_path):
         images.resolve_image(root, "a/none.png")
     with pytest.raises(CurationError, match="no image root"):
         images.resolve_image(None, "a/x.png")
+
+
+def test_sample_rows_reads_the_rows_asked_in_their_order(tmp_path):
+    """A chart's sampled points read their ids by a join, in the order asked, repeats kept; a row
+    past the end is an error naming the dataset, not a shorter frame."""
+    db = tmp_path / "d.duckdb"
+    store.create_dataset(db, _samples(50), {"image": np.eye(50, 8, dtype=np.float32) + 0.1, "text": None})
+    with store.open_store(db) as s:
+        got = s.sample_rows(np.array([7, 0, 49, 7]), ["id"])
+        assert got["id"].tolist() == s.samples(["id"])["id"].to_numpy()[[7, 0, 49, 7]].tolist()
+        assert s.sample_rows(np.array([], np.int64), ["id"]).empty
+        with pytest.raises(CurationError, match="no row"):
+            s.sample_rows(np.array([3, 50]), ["id"])
+        with pytest.raises(CurationError, match="unknown column"):
+            s.sample_rows(np.array([3]), ["nope"])
