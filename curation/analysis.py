@@ -409,9 +409,12 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
     return run_id
 
 
-def _read_captions(db: Path) -> list:
-    """The caption of every row (a step's own read: see ``_Inputs.captions``)."""
+def _read_captions(db: Path, rows: np.ndarray | None = None) -> list:
+    """The caption of every row, or of ``rows`` in their order (a step's own read: see
+    ``_Inputs.captions``)."""
     with open_store(db) as s:
+        if rows is not None:
+            return s.sample_rows(rows, [S.CAPTION])[S.CAPTION].tolist()
         return s.samples([S.CAPTION])[S.CAPTION].tolist()
 
 

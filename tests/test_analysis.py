@@ -317,3 +317,20 @@ def test_the_assignment_pass_gives_the_knn_probes(analyzed_db, result):
     np.testing.assert_array_equal(plain.nearest, fit.nearest[:, :2])
     one = prototypes.fit_prototypes(X[:50], 1, probes=4)
     assert one.nearest.shape == (50, 1) and (one.second == -1).all()
+
+
+def test_cluster_names_read_at_most_the_cap_of_captions_per_cluster(monkeypatch):
+    """A cluster is named from its members nearest the prototype, at most LABEL_CAPTIONS_MAX of
+    them; with no cluster above the cap every row is read (the names are what they were)."""
+    from curation import analysis_steps
+
+    rng = np.random.default_rng(0)
+    assign = rng.choice(4, 1000, p=[0.7, 0.2, 0.05, 0.05]).astype(np.int32)
+    dist = rng.integers(0, 30, 1000) / 30.0  # ties
+    assert analysis_steps.label_rows(assign, dist, 1000) is None
+    rows = analysis_steps.label_rows(assign, dist, 100)
+    assert (np.diff(rows) > 0).all()
+    for c in range(4):
+        members = np.flatnonzero(assign == c)
+        want = members[np.lexsort((members, dist[members]))][:100]  # nearest first, ties by row
+        np.testing.assert_array_equal(np.sort(rows[assign[rows] == c]), np.sort(want))

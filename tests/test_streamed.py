@@ -266,3 +266,26 @@ def test_query_copies_in_batches_give_the_same_neighbours(layouts, tmp_path):
         np.testing.assert_array_equal(a[1], b[1])
     assert list((tmp_path / "q2").iterdir()) == [] and list((tmp_path / "q1").iterdir()) == []
     assert np.bincount(assign).max() > 50  # lists were cut
+
+
+def test_cluster_names_from_the_capped_captions(layouts, tmp_path, monkeypatch):
+    """Above LABEL_CAPTIONS_MAX rows a cluster is named from its rows nearest the prototype, read
+    by row: the step's names equal the names computed by hand from those rows' captions."""
+    from curation import analysis_steps
+    from curation.labels import cluster_labels
+
+    db = tmp_path / "capped.duckdb"
+    store.copy_dataset(layouts["shards32"], db)
+    monkeypatch.setattr(analysis_steps, "LABEL_CAPTIONS_MAX", 20)  # clusters of ~200 rows
+    analysis.analyze(db, steps=("prototypes",), force=True)
+    t = _tables(db)
+    with store.open_store(db) as s:
+        rec = analysis.runs.best_analysis(s)
+        df, _ = analysis.load(s, rec.run_id)
+        caps = s.samples(["caption"])["caption"].to_numpy()
+    assign, dist = df.prototype.to_numpy(), df.proto_dist.to_numpy()
+    rows = analysis_steps.label_rows(assign, dist, 20)
+    assert rows is not None and len(rows) == np.minimum(np.bincount(assign), 20).sum() < len(assign)
+    want = cluster_labels(list(caps[rows]), assign[rows], len(t["prototypes"]),
+                          centroids=analysis.centroids_of(t["prototypes"]))
+    assert t["prototypes"]["label"].tolist() == want and any(want)
