@@ -77,14 +77,15 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
 
     Returns
     -------
-    nbr : ndarray (n, k) int64, neighbour rows by decreasing similarity (-1 where fewer exist)
+    nbr : ndarray (n, k) int32 (int64 from 2^31 rows), neighbour rows by decreasing similarity (-1 where fewer exist)
     sim : ndarray (n, k) float32, their cosine similarities (-inf where fewer exist)
     """
     import shutil
     from pathlib import Path
 
     n = len(X)
-    nbr = np.full((n, k), -1, np.int64)
+    # int32 row ids below 2^31 rows: the graph is 10M x 10, 381 MB a array instead of 762
+    nbr = np.full((n, k), -1, np.int32 if n < 2**31 - 1 else np.int64)
     sim = np.full((n, k), -np.inf, np.float32)
     run = runner if runner is not None else LocalRunner()
     Xref = run.put(X)
@@ -126,7 +127,7 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
             cur.append(c)
             used += b
         batches.append(cur)
-    order = np.argsort(flat_probe, kind="stable")  # entries by list, rows ascending inside
+    order = np.argsort(flat_probe, kind="stable").astype(small)  # entries by list, rows ascending inside
     cuts = np.r_[0, np.cumsum(q_count)]
     kids = _members(parent)  # parent -> its fine lists
     for bi, batch in enumerate(batches):
@@ -364,13 +365,14 @@ def duplicate_groups(nbr: np.ndarray, sim: np.ndarray, eps: float = 0.05, *,
     from scipy.sparse import coo_matrix
 
     n, k = nbr.shape
-    rows = np.repeat(np.arange(n), k)
     cols = nbr.reshape(-1)
     s = sim.reshape(-1)
-    ok = (cols >= 0) & (s > 1 - eps)
+    # only the pairs above the threshold get a row index (a row per graph entry was 800 MB at 10M)
+    hit = np.flatnonzero((cols >= 0) & (s > 1 - eps))
+    rows, cols, s = hit // k, cols[hit].astype(np.int64), s[hit]
     if case is not None:
-        ok &= case[rows] == case[np.where(cols >= 0, cols, 0)]
-    rows, cols, s = rows[ok], cols[ok], s[ok]
+        same = case[rows] == case[cols]
+        rows, cols, s = rows[same], cols[same], s[same]
     group = np.full(n, -1, np.int64)
     is_dup = np.zeros(n, bool)
     if len(rows) == 0:
