@@ -8,6 +8,7 @@ recompute them on every knob change.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 
 import numpy as np
@@ -17,6 +18,7 @@ from curation.prototypes import rare_clusters
 from curation.schema import category_values
 from curation.selection import Filter, SelectionInputs, factorize_column, select
 
+log = logging.getLogger(__name__)
 
 # Offsets that give the random baselines their own random streams: the selection seed also seeds
 # other draws (the held-out split), and a baseline drawn from the same stream would share its draws.
@@ -102,6 +104,7 @@ RARE_CLASS_MAX = 20    # a label class held by at most this many rows of the poo
 LABEL_SEP = "|"        # a multi-label value "a|b|c" holds three classes
 DENSITY_BINS = 10      # deciles of the kNN tail score
 DENSITY_MATCHED = ("consistency",)  # axes whose random baseline is matched to the subset's density mix
+PREFIX_BACKGROUND_MIN = 1_000_000  # from this many rows an order's running counts are built in a thread
 NOISE_SUBSETS = 5      # random subsets of the same size that measure TVD's noise (no formula for it)
 NOISE_SIGMAS = 3.0     # worse than random by more than this many standard deviations (one-sided 0.13%)...
 MIN_GAP = 0.01         # ...and by at least this much (counts: 1), so exact ties never warn
@@ -204,7 +207,8 @@ class ImpactContext:
 
         b = len(selected)
         if order is not None and b <= len(order) and (b == 0 or (selected[0] == order[0] and selected[-1] == order[b - 1])):
-            a = self._prefix(order).impact(b)
+            pi = self._prefix(order)
+            a = pi.impact(b) if pi is not None else self.impact(selected)
         else:
             a = self.impact(selected)
         rnd = self.random_prefix.impact(b) if seed == self.seed else self.impact(random_order(self.n, seed)[:b])
@@ -217,17 +221,30 @@ class ImpactContext:
         """Running counts along the random baseline's permutation (:class:`PrefixImpact`)."""
         return PrefixImpact(self, self.random)
 
-    def _prefix(self, order: np.ndarray) -> "PrefixImpact":
+    def _prefix(self, order: np.ndarray) -> "PrefixImpact | None":
         """The :class:`PrefixImpact` of ``order``, kept for the last two orders asked (an order is
-        held with its counts, so its id is not reused while it is kept)."""
+        held with its counts, so its id is not reused while it is kept). Below
+        :data:`PREFIX_BACKGROUND_MIN` rows it is built here; from there (1.8 s at 10M rows, as long
+        as the rest of a knob change) the first request starts building it in a thread and gets
+        None (the caller measures the subset directly, 0.2 s), later ones get it once it is done."""
         with self._prefix_lock:
-            for o, pi in self._prefixes:
+            for o, holder in self._prefixes:
                 if o is order:
-                    return pi
-        pi = PrefixImpact(self, order)
-        with self._prefix_lock:
-            self._prefixes[:] = [*self._prefixes[-1:], (order, pi)]
-        return pi
+                    return holder.get("pi")
+            holder = {}
+            self._prefixes[:] = [*self._prefixes[-1:], (order, holder)]
+        if self.n < PREFIX_BACKGROUND_MIN:
+            holder["pi"] = PrefixImpact(self, order)
+            return holder["pi"]
+
+        def build():
+            try:
+                holder["pi"] = PrefixImpact(self, order)
+            except Exception:  # noqa: BLE001 - the direct measure stays in use
+                log.exception("building the running counts of a selection order failed")
+
+        threading.Thread(target=build, daemon=True, name="prefix-impact").start()
+        return None
 
     def expected_random(self, size: int, tvd_columns=()) -> dict:
         """{metric: (mean, sd)} of a uniformly random subset of ``size``, computed exactly where a

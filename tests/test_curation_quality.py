@@ -279,3 +279,27 @@ def test_prefix_impact_equals_the_impact_of_every_prefix(demo):
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
     assert ctx.compare(res.order[:budget], 0, order=res.order) is not a  # cached counts, a new table
     assert len(ctx._prefixes) == 1
+
+
+def test_large_pools_build_an_orders_running_counts_in_the_background(demo, monkeypatch):
+    """From PREFIX_BACKGROUND_MIN rows the first compare of a new order measures the subset
+    directly and starts the running counts in a thread; once built, budgets read them: the same
+    table either way."""
+    import time
+
+    from curation import metrics
+
+    monkeypatch.setattr(metrics, "PREFIX_BACKGROUND_MIN", 0)
+    inp, _, _ = demo
+    ctx = ImpactContext(inp, columns=("site",))
+    res = selection.select(inp, SelectionConfig(budget=0.3))
+    first = ctx.compare(res.selected, 0, order=res.order)
+    holder = ctx._prefixes[-1][1]
+    for _ in range(200):
+        if "pi" in holder:
+            break
+        time.sleep(0.05)
+    assert "pi" in holder and ctx._prefix(res.order) is holder["pi"]
+    pd.testing.assert_frame_equal(ctx.compare(res.selected, 0, order=res.order), first, rtol=1e-9)
+    small = res.order[: len(res.selected) // 2]
+    pd.testing.assert_frame_equal(ctx.compare(small, 0, order=res.order), ctx.compare(small, 0), rtol=1e-9)
