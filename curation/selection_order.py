@@ -6,7 +6,9 @@ the two queues and the interleaving of the strata, five sorts of the eligible ro
 (about 10 s at 10M rows on 2 cores). Most of that order does not depend on the knobs: the rows of a
 cluster in FPS-then-distance order and the pool in rarity order are fixed per analysis. This
 module keeps those two permutations per pool and derives every knob's order from them with
-counting passes (numba), the two queues merged by two pointers and the strata by a heap:
+counting passes (numba) that walk a permutation's positions in sequence (the knob's arrays
+gathered into that order first; visiting rows at random was most of the time at 10M rows), the
+two queues merged by two pointers and the strata by a heap:
 
 1. ``rk``: each eligible row's rank inside its (queue, stratum, cluster), one pass over the
    pool in (cluster, priority) order;
@@ -31,10 +33,11 @@ import numpy as np
 TABLE_MAX_CELLS = 1 << 25
 
 
-def pool_orders(inp) -> tuple[np.ndarray, np.ndarray]:
+def pool_orders(inp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two knob-independent permutations of the pool: rows by (cluster, priority) (core rows
     by FPS rank, then the rest by distance, farthest first; ties by row) and rows by rarity (the
-    global tail rank, see :func:`curation.selection._tail_rank`)."""
+    global tail rank, see :func:`curation.selection._tail_rank`); with the cluster of each entry
+    of the first (ascending)."""
     from curation.selection import _tail_rank
 
     from curation.selection_inputs import stable_argsort
@@ -47,7 +50,7 @@ def pool_orders(inp) -> tuple[np.ndarray, np.ndarray]:
     rank = _tail_rank(inp)
     by_rarity = np.empty(inp.n, np.int64)
     by_rarity[rank] = np.arange(inp.n)
-    return by_cluster, by_rarity
+    return by_cluster, by_rarity, inp.prototype[by_cluster].astype(np.int64)
 
 
 def _kernels():
@@ -60,7 +63,8 @@ def _kernels():
         import numba
 
         jit = numba.njit(cache=True, nogil=True)
-        _COMPILED = (jit(_ranks_in_cluster), jit(_queue_positions), jit(_merge_and_interleave))
+        _COMPILED = (jit(_ranks_in_cluster), jit(_core_positions), jit(_running_positions), jit(_fill_lists),
+                     jit(_merge_and_interleave))
     return _COMPILED
 
 
@@ -74,17 +78,27 @@ def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, out
 
     ``outlier``: rows queued apart (their own tier: first with ``keep_first``, else last);
     ``w``: the strata's weights; ``orders``: :func:`pool_orders` of ``inp``."""
-    ranks_in_cluster, queue_positions, merge_and_interleave = _kernels()
-    by_cluster, by_rarity = orders
+    ranks_in_cluster, core_positions, running_positions, fill_lists, merge_and_interleave = _kernels()
+    by_cluster, by_rarity, cl_c = orders
     n_q = 2 * n_st
-    q_of = (outlier.astype(np.int64) * n_st + stratum.astype(np.int64))
-    cl = inp.prototype.astype(np.int64)
-    rk = ranks_in_cluster(by_cluster, eligible, q_of, cl, n_q)
-    R = int(rk.max()) + 1 if eligible.any() else 1
+    q_of = outlier.astype(np.int64) * n_st + stratum.astype(np.int64)
+    # every pass runs over one permutation's positions in sequence (the rows' arrays gathered into
+    # that order first): at 10M rows, visiting rows at random was most of the time (cache misses)
+    e_c, q_c = eligible[by_cluster], q_of[by_cluster]
+    rk_c = ranks_in_cluster(e_c, q_c, cl_c, n_q)
+    R = int(rk_c.max()) + 1 if e_c.any() else 1
     if n_q * (R + 1) > TABLE_MAX_CELLS:
         return None
-    core_pos, tail_pos, sizes = queue_positions(by_cluster, by_rarity, eligible, q_of, rk, n_q, R)
-    order, took_tail = merge_and_interleave(eligible, q_of, core_pos, tail_pos, sizes, n_st, float(r),
+    core_c, sizes = core_positions(e_c, q_c, rk_c, n_q, R)
+    e_t, q_t = eligible[by_rarity], q_of[by_rarity]
+    tail_t = running_positions(e_t, q_t, n_q)
+    n = len(eligible)
+    core_pos = np.full(n, -1, np.int64)
+    core_pos[by_cluster] = core_c
+    tail_pos = np.full(n, -1, np.int64)
+    tail_pos[by_rarity] = tail_t
+    core, tail, off = fill_lists(e_c, q_c, core_c, by_cluster, e_t, q_t, tail_t, by_rarity, sizes, n_q)
+    order, took_tail = merge_and_interleave(n, core, tail, off, core_pos, tail_pos, sizes, n_st, float(r),
                                             bool(keep_first), np.asarray(w, np.float64))
     return order, took_tail
 
@@ -92,79 +106,87 @@ def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, out
 # ---------------------------------------------------------------------------------------------
 # the passes (plain Python, compiled by numba in _kernels; readable and testable as they are)
 
-def _ranks_in_cluster(by_cluster, eligible, q_of, cl, n_q):
-    """Rank of each eligible row inside its (queue-stratum q, cluster), in (cluster, priority)
-    order; -1 for other rows."""
-    n = len(eligible)
-    rk = np.full(n, -1, np.int64)
+def _ranks_in_cluster(e_c, q_c, cl_c, n_q):
+    """Along the (cluster, priority) order: each eligible entry's rank inside its (queue-stratum,
+    cluster); -1 for other entries."""
+    m = len(e_c)
+    rk = np.full(m, -1, np.int64)
     cnt = np.zeros(n_q, np.int64)
     touched = np.empty(n_q, np.int64)
     nt = 0
     cur = -1
-    for j in range(len(by_cluster)):
-        i = by_cluster[j]
-        if not eligible[i]:
+    for j in range(m):
+        if not e_c[j]:
             continue
-        c = cl[i]
+        c = cl_c[j]
         if c != cur:
             for t in range(nt):
                 cnt[touched[t]] = 0
             nt = 0
             cur = c
-        q = q_of[i]
+        q = q_c[j]
         if cnt[q] == 0:
             touched[nt] = q
             nt += 1
-        rk[i] = cnt[q]
+        rk[j] = cnt[q]
         cnt[q] += 1
     return rk
 
 
-def _queue_positions(by_cluster, by_rarity, eligible, q_of, rk, n_q, R):
-    """Each eligible row's position in its core queue (the round robin: rank first, then cluster)
-    and in its tail queue (rarity), and the rows per queue-stratum."""
-    n = len(eligible)
+def _core_positions(e_c, q_c, rk_c, n_q, R):
+    """Along the (cluster, priority) order: each eligible entry's position in its core queue (the
+    round robin: rank first, then cluster), and the rows per queue-stratum."""
+    m = len(e_c)
     hist = np.zeros((n_q, R + 1), np.int64)
-    for i in range(n):
-        if eligible[i]:
-            hist[q_of[i], rk[i] + 1] += 1
+    for j in range(m):
+        if e_c[j]:
+            hist[q_c[j], rk_c[j] + 1] += 1
     for q in range(n_q):  # hist[q, r]: rows of q with a rank below r
         for r in range(1, R + 1):
             hist[q, r] += hist[q, r - 1]
     sizes = hist[:, R].copy()
-    core_pos = np.full(n, -1, np.int64)
-    for j in range(len(by_cluster)):  # clusters ascending: among equal ranks, the lower cluster first
-        i = by_cluster[j]
-        if eligible[i]:
-            q = q_of[i]
-            core_pos[i] = hist[q, rk[i]]
-            hist[q, rk[i]] += 1
-    tail_pos = np.full(n, -1, np.int64)
+    pos = np.full(m, -1, np.int64)
+    for j in range(m):  # clusters ascending: among equal ranks, the lower cluster first
+        if e_c[j]:
+            q = q_c[j]
+            pos[j] = hist[q, rk_c[j]]
+            hist[q, rk_c[j]] += 1
+    return pos, sizes
+
+
+def _running_positions(e_t, q_t, n_q):
+    """Along the rarity order: each eligible entry's position in its tail queue."""
+    m = len(e_t)
+    pos = np.full(m, -1, np.int64)
     cnt = np.zeros(n_q, np.int64)
-    for j in range(len(by_rarity)):
-        i = by_rarity[j]
-        if eligible[i]:
-            q = q_of[i]
-            tail_pos[i] = cnt[q]
+    for j in range(m):
+        if e_t[j]:
+            q = q_t[j]
+            pos[j] = cnt[q]
             cnt[q] += 1
-    return core_pos, tail_pos, sizes
+    return pos
 
 
-def _merge_and_interleave(eligible, q_of, core_pos, tail_pos, sizes, n_st, r, keep_first, w):
-    """Merge each queue-stratum's core and tail queues (a row at its better key; equal keys: the
-    lower row), put each stratum's tiers in order, interleave the strata by (seq + 0.5) / w."""
-    n = len(eligible)
-    n_q = 2 * n_st
+def _fill_lists(e_c, q_c, core_c, by_cluster, e_t, q_t, tail_t, by_rarity, sizes, n_q):
+    """Each queue-stratum's core queue and tail queue as rows, side by side at ``off[q]``."""
     off = np.zeros(n_q + 1, np.int64)
     for q in range(n_q):
         off[q + 1] = off[q] + sizes[q]
     core = np.empty(off[n_q], np.int64)
     tail = np.empty(off[n_q], np.int64)
-    for i in range(n):
-        if eligible[i]:
-            q = q_of[i]
-            core[off[q] + core_pos[i]] = i
-            tail[off[q] + tail_pos[i]] = i
+    for j in range(len(e_c)):
+        if e_c[j]:
+            core[off[q_c[j]] + core_c[j]] = by_cluster[j]
+    for j in range(len(e_t)):  # each queue's tail positions come in increasing order: n_q streams
+        if e_t[j]:
+            tail[off[q_t[j]] + tail_t[j]] = by_rarity[j]
+    return core, tail, off
+
+
+def _merge_and_interleave(n, core, tail, off, core_pos, tail_pos, sizes, n_st, r, keep_first, w):
+    """Merge each queue-stratum's core and tail queues (a row at its better key; equal keys: the
+    lower row), put each stratum's tiers in order, interleave the strata by (seq + 0.5) / w."""
+    n_q = 2 * n_st
     took_tail = np.zeros(n, np.bool_)
     done = np.zeros(n, np.bool_)
     merged = np.empty(off[n_q], np.int64)

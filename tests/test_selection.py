@@ -350,7 +350,8 @@ def test_the_counting_order_equals_the_sorting_order(inp, monkeypatch):
             SelectionConfig(budget=0.6, outliers="drop", gates=(Gate("fidelity", top_q=0.7),), fidelity_guard=0.2)]
     pools = [inp, _synthetic_inputs(3000, 1), _synthetic_inputs(2500, 2, k=3)]
     for pool in pools:
-        by_cluster, by_rarity = selection_order.pool_orders(pool)
+        by_cluster, by_rarity, cl_c = selection_order.pool_orders(pool)
+        np.testing.assert_array_equal(cl_c, pool.prototype[by_cluster])
         prio = np.where(pool.band_code == 0, pool.fps_rank, pool.n + pool.far_rank)
         np.testing.assert_array_equal(by_cluster, np.lexsort((prio, pool.prototype)))
         np.testing.assert_array_equal(by_rarity, np.argsort(-pool.tail_score, kind="stable"))
