@@ -98,8 +98,14 @@ def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, out
     tail_pos = np.full(n, -1, np.int64)
     tail_pos[by_rarity] = tail_t
     core, tail, off = fill_lists(e_c, q_c, core_c, by_cluster, e_t, q_t, tail_t, by_rarity, sizes, n_q)
-    order, took_tail = merge_and_interleave(n, core, tail, off, core_pos, tail_pos, sizes, n_st, float(r),
-                                            bool(keep_first), np.asarray(w, np.float64))
+    order = merge_and_interleave(n, core, tail, off, sizes, n_st, float(r), bool(keep_first),
+                                 np.asarray(w, np.float64))
+    # the row's own keys decide which queue it is credited to (strictly better tail), in one
+    # vectorised pass rather than two random reads per row inside the merge
+    took_tail = np.zeros(n, bool)
+    if r > 0:
+        took_tail[eligible] = ((tail_pos[eligible] + 0.5) * (1.0 + r) / r
+                               < (core_pos[eligible] + 0.5) * (1.0 + r))
     return order, took_tail
 
 
@@ -183,11 +189,10 @@ def _fill_lists(e_c, q_c, core_c, by_cluster, e_t, q_t, tail_t, by_rarity, sizes
     return core, tail, off
 
 
-def _merge_and_interleave(n, core, tail, off, core_pos, tail_pos, sizes, n_st, r, keep_first, w):
+def _merge_and_interleave(n, core, tail, off, sizes, n_st, r, keep_first, w):
     """Merge each queue-stratum's core and tail queues (a row at its better key; equal keys: the
     lower row), put each stratum's tiers in order, interleave the strata by (seq + 0.5) / w."""
     n_q = 2 * n_st
-    took_tail = np.zeros(n, np.bool_)
     done = np.zeros(n, np.bool_)
     merged = np.empty(off[n_q], np.int64)
     for q in range(n_q):
@@ -207,10 +212,6 @@ def _merge_and_interleave(n, core, tail, off, core_pos, tail_pos, sizes, n_st, r
                 i = tail[it]
             else:
                 i = core[ic]
-            # the row's own keys decide which queue it is credited to (strictly better tail)
-            ck = (core_pos[i] + 0.5) * (1.0 + r)
-            if r > 0 and (tail_pos[i] + 0.5) * (1.0 + r) / r < ck:
-                took_tail[i] = True
             done[i] = True
             merged[o] = i
             o += 1
@@ -270,4 +271,4 @@ def _merge_and_interleave(n, core, tail, off, core_pos, tail_pos, sizes, n_st, r
             heap_k[j], heap_k[best] = heap_k[best], heap_k[j]
             heap_s[j], heap_s[best] = heap_s[best], heap_s[j]
             j = best
-    return order, took_tail
+    return order
