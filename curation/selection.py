@@ -32,6 +32,7 @@ from curation.selection_config import (CONFIG_VERSION, MISSING, MODES, OPERATORS
                                        TAILS, V2_DEFAULTS, Filter, Gate, SelectionConfig, make_filter,
                                        parse_budget, parse_cluster_list, parse_filter, parse_gate)
 from curation.selection_inputs import SelectionCache, SelectionInputs, _frozen, load_inputs, stable_argsort
+from curation.selection_order import tail_rank
 
 __all__ = ["CONFIG_VERSION", "MISSING", "MODES", "OPERATORS", "OUTLIER_POLICIES", "QUALITY_AXES", "TAILS",
            "V2_DEFAULTS", "Filter", "Gate", "SelectionConfig", "SelectionCache", "SelectionInputs", "SelectionResult",
@@ -435,15 +436,6 @@ def _distance_queues(inp, rows, st, cl, kind, n_st, n_cl, r, tier):
     return within, is_tail
 
 
-def _tail_rank(inp: SelectionInputs) -> np.ndarray:
-    """Every row's rank by rarity in the whole pool (highest ``tail_score`` first, ties by row).
-    Ordering any subset of rows by it is ordering them by rarity: computed once per pool, not per
-    knob (two float sorts of the eligible rows were a third of a knob change at 2M rows)."""
-    r = np.empty(inp.n, np.int64)
-    r[np.argsort(-inp.tail_score.astype(np.float64), kind="stable")] = np.arange(inp.n)
-    return r
-
-
 def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, cache=None):
     """The default queues (``tail="density"``): every non-outlier row stands in both.
 
@@ -458,7 +450,7 @@ def _density_queues(inp, rows, st, cl, kind, n_st, n_cl, r, cache=None):
     kind2 = np.where(kind == 2, 1, 0)  # outliers (kept by a policy) get their own tier; queue them apart
     prio = np.where(kind == 0, inp.fps_rank[rows], inp.n + inp.far_rank[rows]).astype(np.int64)
     core_pos = _round_robin(inp, rows, st, cl, kind2, prio, n_st, n_cl)
-    rank = _tail_rank(inp) if cache is None else cache.get((inp.key, "tail_rank"), lambda: _tail_rank(inp))
+    rank = tail_rank(inp) if cache is None else cache.get((inp.key, "tail_rank"), lambda: tail_rank(inp))
     tail_pos = _rank_within(kind2 * n_st + st, rank[rows], max(inp.n, 1)).astype(np.float64)
     core_key = (core_pos + 0.5) * (1.0 + r)
     if r > 0:

@@ -33,12 +33,20 @@ import numpy as np
 TABLE_MAX_CELLS = 1 << 25
 
 
+def tail_rank(inp) -> np.ndarray:
+    """Every row's rank by rarity in the whole pool (highest ``tail_score`` first, ties by row).
+    Ordering any subset of rows by it is ordering them by rarity: computed once per pool, not per
+    knob (two float sorts of the eligible rows were a third of a knob change at 2M rows)."""
+    r = np.empty(inp.n, np.int64)
+    r[np.argsort(-inp.tail_score.astype(np.float64), kind="stable")] = np.arange(inp.n)
+    return r
+
+
 def pool_orders(inp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two knob-independent permutations of the pool: rows by (cluster, priority) (core rows
     by FPS rank, then the rest by distance, farthest first; ties by row) and rows by rarity (the
-    global tail rank, see :func:`curation.selection._tail_rank`); with the cluster of each entry
+    global tail rank, :func:`tail_rank`); with the cluster of each entry
     of the first (ascending)."""
-    from curation.selection import _tail_rank
 
     from curation.selection_inputs import stable_argsort
 
@@ -47,7 +55,7 @@ def pool_orders(inp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # put back by row, 3x faster than np.lexsort((prio, prototype)) at 10M rows, the same order
     key = inp.prototype.astype(np.int64) * (2 * inp.n + 1) + (prio + 1)
     by_cluster = stable_argsort(key)
-    rank = _tail_rank(inp)
+    rank = tail_rank(inp)
     by_rarity = np.empty(inp.n, np.int64)
     by_rarity[rank] = np.arange(inp.n)
     return by_cluster, by_rarity, inp.prototype[by_cluster].astype(np.int64)
