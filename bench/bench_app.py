@@ -254,6 +254,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--no-browser", action="store_true", help="skip the headless Chromium first-paint measurement")
+    ap.add_argument("--browser-only", action="store_true",
+                    help="only the headless Chromium measurements (at 10M rows the browser's server beside the "
+                         "AppTest process would need about 20 GB)")
     ap.add_argument("--screenshot", help="save the map's first paint as this PNG (the README's picture), and "
                                          "every other page beside it as <page>_<name>.png")
     a = ap.parse_args()
@@ -266,6 +269,12 @@ def main():
         db = build(Path(tmp), a.rows)
         print(f"dataset + synthetic analysis of {a.rows:,} rows built in {time.perf_counter() - t:.1f} s")
         os.environ["CURATION_DATA_DIR"] = tmp
+        if a.browser_only:
+            paint = browser_first_paint(Path(tmp), sorted({min(5_000, a.rows), min(20_000, a.rows)}))
+            if paint is None:
+                sys.exit("the browser measurements need chromium and playwright")
+            _print_browser(paint, a.rows)
+            return
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
         at.session_state["dataset"] = db.stem
         t_overview = timed(at.run)
@@ -311,18 +320,22 @@ def main():
           f"zoomed re-render of a quarter of the map: {server['zoom'] * 1000:.0f} ms; rows inside a 40-vertex lasso: "
           f"{server['lasso_rows']:,} in {server['lasso'] * 1000:.0f} ms")
     if paint is not None:
-        knob = paint.pop("knob")
-        print(f"select & export in headless Chromium, a fresh session with nothing cached: the knobs "
-              f"(first content) after {paint.pop('select_knobs'):.2f} s, the impact table after "
-              f"{paint.pop('select_results'):.2f} s")
-        print(f"select & export in headless Chromium: a budget key press until the Selected metric shows the new "
-              f"count: median {np.median(knob) * 1000:.0f} ms, max {max(knob) * 1000:.0f} ms over {len(knob)} presses "
-              f"(target < {300 if a.rows <= 20_000 else 500} ms)")
-        for pts, sec in paint.items():
-            print(f"map: {a.rows:,} rows drawn, first paint {sec:.2f} s (headless Chromium, software WebGL, "
-                  f"server caches warm; the image of every row plus {pts:,} points to hover)")
+        _print_browser(paint, a.rows)
     else:
         print("map first paint in a browser: not measured (needs chromium and playwright, or --no-browser given)")
+
+
+def _print_browser(paint: dict, rows: int) -> None:
+    knob = paint.pop("knob")
+    print(f"select & export in headless Chromium, a fresh session with nothing cached: the knobs "
+          f"(first content) after {paint.pop('select_knobs'):.2f} s, the impact table after "
+          f"{paint.pop('select_results'):.2f} s")
+    print(f"select & export in headless Chromium: a budget key press until the Selected metric shows the new "
+          f"count: median {np.median(knob) * 1000:.0f} ms, max {max(knob) * 1000:.0f} ms over {len(knob)} presses "
+          f"(target < {300 if rows <= 20_000 else 500} ms)")
+    for pts, sec in paint.items():
+        print(f"map: {rows:,} rows drawn, first paint {sec:.2f} s (headless Chromium, software WebGL, "
+              f"server caches warm; the image of every row plus {pts:,} points to hover)")
 
 
 if __name__ == "__main__":
