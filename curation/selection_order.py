@@ -58,7 +58,9 @@ def pool_orders(inp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rank = tail_rank(inp)
     by_rarity = np.empty(inp.n, np.int64)
     by_rarity[rank] = np.arange(inp.n)
-    return by_cluster, by_rarity, inp.prototype[by_cluster].astype(np.int64)
+    if inp.n < 2**31 - 1:  # kept per pool and read on every knob change: 4-byte entries
+        by_cluster, by_rarity = by_cluster.astype(np.int32), by_rarity.astype(np.int32)
+    return by_cluster, by_rarity, inp.prototype[by_cluster].astype(np.int32)
 
 
 def _kernels():
@@ -86,10 +88,14 @@ def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, out
 
     ``outlier``: rows queued apart (their own tier: first with ``keep_first``, else last);
     ``w``: the strata's weights; ``orders``: :func:`pool_orders` of ``inp``."""
+    if len(eligible) >= 2**31 - 1:  # positions are int32 below
+        return None
     ranks_in_cluster, core_positions, running_positions, fill_lists, merge_and_interleave = _kernels()
     by_cluster, by_rarity, cl_c = orders
     n_q = 2 * n_st
-    q_of = outlier.astype(np.int64) * n_st + stratum.astype(np.int64)
+    q_of = stratum.astype(np.int32)  # 4-byte codes: half the memory traffic of every gather below
+    if outlier.any():
+        q_of[outlier] += n_st
     # every pass runs over one permutation's positions in sequence (the rows' arrays gathered into
     # that order first): at 10M rows, visiting rows at random was most of the time (cache misses)
     e_c, q_c = eligible[by_cluster], q_of[by_cluster]
@@ -101,9 +107,9 @@ def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, out
     e_t, q_t = eligible[by_rarity], q_of[by_rarity]
     tail_t = running_positions(e_t, q_t, n_q)
     n = len(eligible)
-    core_pos = np.full(n, -1, np.int64)
+    core_pos = np.empty(n, np.int32)  # only eligible rows are read back (took_tail below)
     core_pos[by_cluster] = core_c
-    tail_pos = np.full(n, -1, np.int64)
+    tail_pos = np.empty(n, np.int32)
     tail_pos[by_rarity] = tail_t
     core, tail, off = fill_lists(e_c, q_c, core_c, by_cluster, e_t, q_t, tail_t, by_rarity, sizes, n_q)
     order = merge_and_interleave(n, core, tail, off, sizes, n_st, float(r), bool(keep_first),
@@ -124,7 +130,7 @@ def _ranks_in_cluster(e_c, q_c, cl_c, n_q):
     """Along the (cluster, priority) order: each eligible entry's rank inside its (queue-stratum,
     cluster); -1 for other entries."""
     m = len(e_c)
-    rk = np.full(m, -1, np.int64)
+    rk = np.full(m, -1, np.int32)
     cnt = np.zeros(n_q, np.int64)
     touched = np.empty(n_q, np.int64)
     nt = 0
@@ -159,7 +165,7 @@ def _core_positions(e_c, q_c, rk_c, n_q, R):
         for r in range(1, R + 1):
             hist[q, r] += hist[q, r - 1]
     sizes = hist[:, R].copy()
-    pos = np.full(m, -1, np.int64)
+    pos = np.full(m, -1, np.int32)
     for j in range(m):  # clusters ascending: among equal ranks, the lower cluster first
         if e_c[j]:
             q = q_c[j]
@@ -171,7 +177,7 @@ def _core_positions(e_c, q_c, rk_c, n_q, R):
 def _running_positions(e_t, q_t, n_q):
     """Along the rarity order: each eligible entry's position in its tail queue."""
     m = len(e_t)
-    pos = np.full(m, -1, np.int64)
+    pos = np.full(m, -1, np.int32)
     cnt = np.zeros(n_q, np.int64)
     for j in range(m):
         if e_t[j]:
