@@ -399,3 +399,18 @@ def test_unavailable_axes_without_loading_the_inputs(analyzed_db, medpix_db):
             got[db] = unavailable_axes(s)
             assert got[db] == selection.load_inputs(s).unavailable
     assert "fidelity" not in got[analyzed_db] and "fidelity" in got[medpix_db]  # MedPix: two encoders
+
+
+def test_coverage_curve_from_running_counts_equals_the_direct_one(inp):
+    """Once an order's running counts exist (after a compare), the budget-vs-coverage curve reads
+    them: the same curve as computed from the order, for an order shorter than the pool too."""
+    res = select(inp, SelectionConfig(budget=0.25, confounders=("site",)))
+    assert len(res.order) < inp.n
+    ctx = ImpactContext(inp, columns=("site",))
+    direct = ctx.coverage_curve(res.order, seed=0)
+    assert not ctx._prefixes and "random_prefix" not in ctx.__dict__
+    ctx.compare(res.selected, 0, order=res.order)
+    assert ctx._prefixes and "random_prefix" in ctx.__dict__
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(ctx.coverage_curve(res.order, seed=0), direct)
