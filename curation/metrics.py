@@ -221,6 +221,13 @@ class ImpactContext:
         """Running counts along the random baseline's permutation (:class:`PrefixImpact`)."""
         return PrefixImpact(self, self.random)
 
+    def _ready_prefix(self, order: np.ndarray) -> "PrefixImpact | None":
+        """The running counts of ``order`` if they are built already (never starts a build)."""
+        if order is self.random and "random_prefix" in self.__dict__:
+            return self.random_prefix
+        with self._prefix_lock:
+            return next((h.get("pi") for o, h in self._prefixes if o is order), None)
+
     def _prefix(self, order: np.ndarray) -> "PrefixImpact | None":
         """The :class:`PrefixImpact` of ``order``, kept for the last two orders asked (an order is
         held with its counts, so its id is not reused while it is kept). Below
@@ -231,7 +238,7 @@ class ImpactContext:
             for o, holder in self._prefixes:
                 if o is order:
                     return holder.get("pi")
-            holder = {}
+            holder: dict = {}
             self._prefixes[:] = [*self._prefixes[-1:], (order, holder)]
         if self.n < PREFIX_BACKGROUND_MIN:
             holder["pi"] = PrefixImpact(self, order)
@@ -359,26 +366,17 @@ class ImpactContext:
         for name, ordr in (("selection", order), ("random", _cached_random(self, seed))):
             # an order's running counts, when built, hold the sorted first positions already (a
             # budget change at 10M rows recomputed them: 0.5 s of the page's rerun)
-            with self._prefix_lock:
-                pi = next((h.get("pi") for o, h in self._prefixes if o is ordr), None)
-            if pi is None and ordr is self.random and "random_prefix" in self.__dict__:
-                pi = self.random_prefix
+            pi = self._ready_prefix(ordr)
             if pi is not None:
-                b = np.minimum(budgets, pi.length)  # a cluster absent from the order is never covered
-                for metric, f, m in (("cluster_coverage", pi.first, self.k),
-                                     ("rare_cluster_coverage", pi.first_rare, int(self.rare.sum()))):
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        cov = np.searchsorted(f, b, side="left") / m
-                    frames.append(pd.DataFrame({"budget": budgets, "coverage": cov, "which": name, "metric": metric}))
-                continue
-            first = np.full(self.k, np.iinfo(np.int64).max)
-            cl = self.prototype[ordr]
-            # first position at which each cluster appears in the order
-            pos = np.arange(len(ordr))
-            np.minimum.at(first, cl, pos)
-            for metric, mask in (("cluster_coverage", np.ones(self.k, bool)), ("rare_cluster_coverage", self.rare)):
-                f = np.sort(first[mask])
-                cov = np.searchsorted(f, budgets, side="left") / mask.sum()
+                first, first_rare = pi.first, pi.first_rare
+            else:
+                f = _first_positions(self.prototype[ordr], self.k, len(ordr))
+                first, first_rare = np.sort(f), np.sort(f[self.rare])
+            b = np.minimum(budgets, len(ordr))  # a cluster absent from the order is never covered
+            for metric, f, m in (("cluster_coverage", first, self.k),
+                                 ("rare_cluster_coverage", first_rare, int(self.rare.sum()))):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cov = np.searchsorted(f, b, side="left") / m
                 frames.append(pd.DataFrame({"budget": budgets, "coverage": cov, "which": name, "metric": metric}))
         return pd.concat(frames, ignore_index=True)
 

@@ -32,7 +32,7 @@ from curation.selection_config import (CONFIG_VERSION, MISSING, MODES, OPERATORS
                                        TAILS, V2_DEFAULTS, Filter, Gate, SelectionConfig, make_filter,
                                        parse_budget, parse_cluster_list, parse_filter, parse_gate)
 from curation.selection_inputs import SelectionCache, SelectionInputs, _frozen, load_inputs, stable_argsort
-from curation.selection_order import tail_rank
+from curation.selection_order import density_order, pool_orders, tail_rank
 
 __all__ = ["CONFIG_VERSION", "MISSING", "MODES", "OPERATORS", "OUTLIER_POLICIES", "QUALITY_AXES", "TAILS",
            "V2_DEFAULTS", "Filter", "Gate", "SelectionConfig", "SelectionCache", "SelectionInputs", "SelectionResult",
@@ -354,16 +354,13 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     rows = np.flatnonzero(eligible)
     fast = None
     if cfg.tail == "density" and n >= FAST_ORDER_MIN_ROWS:
-        from curation import selection_order
-
-        orders = (selection_order.pool_orders(inp) if cache is None
-                  else cache.get((inp.key, "pool_orders"), lambda: selection_order.pool_orders(inp)))
-        outlier = (inp.band_code == 2) if cfg.outliers != "keep" else np.zeros(n, bool)
-        fast = selection_order.density_order(inp, eligible, stratum, n_st, outlier, cfg.outliers == "keep_first",
-                                             cfg.tail_core_ratio, w, orders)
+        orders = (pool_orders(inp) if cache is None else cache.get((inp.key, "pool_orders"), lambda: pool_orders(inp)))
+        apart = outlier if cfg.outliers != "keep" else np.zeros(n, bool)  # outliers in a tier of their own
+        fast = density_order(inp, eligible, stratum, n_st, apart, cfg.outliers == "keep_first", cfg.tail_core_ratio,
+                             w, orders)
     if fast is not None:
         order, took = fast
-        is_out, took_tail = outlier[rows], took[rows]
+        is_out, took_tail = apart[rows], took[rows]
     else:
         order, is_out, took_tail = _order_by_sorting(inp, cfg, rows, stratum, n_st, w, cache)
     code[rows] = np.where(is_out, _CODE[KEPT_OUTLIER], np.where(took_tail, _CODE[KEPT_TAIL], _CODE[KEPT_CORE]))
