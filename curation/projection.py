@@ -15,31 +15,15 @@ computed once per analysis and cached in the store. Here:
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
+
 from curation import density as D
+from curation.compiled import numba_cache_dir
 from curation.parallel import LocalRunner
 from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
-
-
-def numba_cache_dir() -> Path:
-    """Where numba keeps compiled code across processes: ``$NUMBA_CACHE_DIR`` when set, else
-    ``$XDG_CACHE_HOME/curation/numba`` or ``~/.cache/curation/numba``. Set before umap (and so
-    numba) is first imported; site-packages is often read-only, where numba caches nothing."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    d = base / "curation" / "numba"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError:  # an unwritable home: numba then compiles in memory, as before
-        return d
-    os.environ["NUMBA_CACHE_DIR"] = str(d)
-    return d
 
 
 def cache_umap_kernels() -> int:

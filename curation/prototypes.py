@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curation.parallel import LocalRunner
+from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def nearest_block(X, centroids: np.ndarray, p: int, normalise: bool, a: int, b: 
     index.add(centroids)
     chunk = np.ascontiguousarray(X[a:b], dtype=np.float32)
     if normalise:
-        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
+        normalize(chunk, out=chunk, eps=1e-12)
     return index.search(chunk, p)
 
 

@@ -67,14 +67,9 @@ def _kernels():
     """The numba-compiled passes (compiled once, cached on disk beside umap's)."""
     global _COMPILED
     if _COMPILED is None:
-        from curation.projection import numba_cache_dir
+        from curation.compiled import njit
 
-        numba_cache_dir()
-        import numba
-
-        jit = numba.njit(cache=True, nogil=True)
-        _COMPILED = (jit(_ranks_in_cluster), jit(_core_positions), jit(_running_positions), jit(_fill_lists),
-                     jit(_merge_and_interleave))
+        _COMPILED = njit(_ranks_in_cluster, _core_positions, _running_positions, _fill_lists, _merge_and_interleave)
     return _COMPILED
 
 

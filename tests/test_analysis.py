@@ -334,3 +334,52 @@ def test_cluster_names_read_at_most_the_cap_of_captions_per_cluster(monkeypatch)
         members = np.flatnonzero(assign == c)
         want = members[np.lexsort((members, dist[members]))][:100]  # nearest first, ties by row
         np.testing.assert_array_equal(np.sort(rows[assign[rows] == c]), np.sort(want))
+
+
+def _merge_by_lexsort(nbr, sim, q, cand_idx, cand_sim):
+    """The merge's definition: all 2k+1 entries of a query sorted by (similarity desc, row asc,
+    -1 last), the first k kept, -inf entries as row -1 (the numpy form the kernel replaced)."""
+    all_sim = np.concatenate([sim[q], cand_sim], axis=1)
+    all_idx = np.concatenate([nbr[q], cand_idx], axis=1)
+    key = np.where(all_idx < 0, np.iinfo(np.int64).max, all_idx)
+    top = np.lexsort((key, -all_sim))[:, : nbr.shape[1]]
+    sv, nb = np.take_along_axis(all_sim, top, axis=1), np.take_along_axis(all_idx, top, axis=1)
+    nb[np.isneginf(sv)] = -1
+    sim[q], nbr[q] = sv, nb
+
+
+def test_candidate_merge_keeps_the_total_order_with_ties_and_empty_slots():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, k = int(rng.integers(5, 40)), int(rng.integers(1, 12))
+        kind = np.int32 if trial % 2 else np.int64
+        a = (np.full((n, k), -1, kind), np.full((n, k), -np.inf, np.float32))
+        b = (a[0].copy(), a[1].copy())
+        for _ in range(int(rng.integers(1, 6))):  # several lists' candidates for the same queries
+            q = np.sort(rng.choice(n, int(rng.integers(0, n)), replace=False))
+            w = int(rng.integers(1, k + 3))
+            idx = rng.integers(-1, n, (len(q), w))
+            s = np.round(rng.random((len(q), w)), 1).astype(np.float32)  # many ties
+            s[(rng.random(s.shape) < 0.2) | (idx < 0)] = -np.inf  # self rows and short lists
+            _merge_by_lexsort(*a, q, idx.copy(), s.copy())
+            density.merge_candidates(*b, q, idx, s)
+        np.testing.assert_array_equal(b[0], a[0])
+        np.testing.assert_array_equal(b[1], a[1])
+        assert b[0].dtype == kind
+
+
+def test_blockwise_normalisation_is_bit_for_bit_numpys():
+    from curation.spaces import NORM_BLOCK, normalize
+
+    rng = np.random.default_rng(1)
+    for shape, dt in [((3 * NORM_BLOCK + 5, 64), np.float32), ((300, 48), np.float16), ((0, 8), np.float32)]:
+        x = rng.standard_normal(shape).astype(dt)
+        if len(x):
+            x[1] = 0
+        ref = np.asarray(x, np.float32)
+        norms = np.linalg.norm(ref, axis=1, keepdims=True)
+        norms[norms == 0] = 1
+        np.testing.assert_array_equal(normalize(x), ref / norms)
+        y = np.asarray(x, np.float32).copy()
+        normalize(y, out=y, eps=1e-12)
+        np.testing.assert_array_equal(y, ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12))
