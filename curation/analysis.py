@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation import checkpoint, parallel, runs
+from curation import arrow_io, checkpoint, parallel, runs
 from curation import runs as R
 from curation import schema as S
 from curation.analysis_steps import MAP_MIN_ROWS, STEP_FUNCS, StepResult, _Inputs, _space
@@ -384,6 +384,7 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
             outputs.update(res.outputs)
             timings[step] = timings_step if timings_step is not None else time.perf_counter() - t
             peaks[step] = _peak_rss_gb()
+            arrow_io.release_unused_memory()  # the step's reads and checkpoint left it in Arrow's pool
     finally:
         inp.runner.close()
         inp.F.source.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation import store
+from curation import arrow_io, store
 from curation import schema as S
 from curation.errors import InputError
 from curation.tables import _storable, apply_column_types, read_table_file
@@ -401,7 +401,7 @@ def validate(inp: IngestInput) -> None:
     counts = pc.value_counts(ids)
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     del counts, empty
-    _release_arrow_memory()  # the id hash table (100 MB at 1M ids) goes back to the system, not the pool
+    arrow_io.release_unused_memory()  # the id hash table (100 MB at 1M ids) goes back to the system, not the pool
     if len(dup):
         first = dup.field("values")[0].as_py()
         rows = np.flatnonzero(pc.equal(ids, first).to_numpy(zero_copy_only=False))
@@ -437,17 +437,6 @@ def validate(inp: IngestInput) -> None:
             raise InputError(f"{kind} embedding of id '{id_list[r].as_py()}' is all zeros.",
                              file=vfile, row=r, fix="recompute that embedding (all-zero usually means "
                              "the image or caption failed to load) or drop the sample.")
-
-
-def _release_arrow_memory() -> None:
-    """Hand memory Arrow's pool freed back to the system (mimalloc and jemalloc keep it for reuse,
-    so it would stay in the process's resident size through the rest of an ingest)."""
-    import pyarrow as pa
-
-    try:
-        pa.default_memory_pool().release_unused()
-    except (AttributeError, NotImplementedError):  # older pyarrow, or a pool that cannot
-        pass
 
 
 F32_MAX = float(np.finfo(np.float32).max)

@@ -222,6 +222,10 @@ class VectorSource:
     def read_range(self, kind: str, start: int, stop: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def read_range_stored(self, kind: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` in the dtype they are stored in (copies need no conversion)."""
+        return self.read_range(kind, start, stop)
+
     def read_rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """Rows in any order (repeats allowed): spans of nearby rows are read whole."""
         rows = np.asarray(rows, np.int64)
@@ -308,8 +312,16 @@ class ShardSource(VectorSource):
         return got
 
     def read_range(self, kind, start, stop):
+        return self._read(kind, start, stop, np.float32)
+
+    def read_range_stored(self, kind, start, stop):
+        # a float16 copy read as float32 and converted back cost 2 conversions a value: 55% of the
+        # time of the kNN's query copies at 10M (a scan of the vectors per batch)
+        return self._read(kind, start, stop, self.dtype)
+
+    def _read(self, kind, start, stop, dtype):
         d = self.dims[kind]
-        out = np.empty((max(stop - start, 0), d), np.float32)
+        out = np.empty((max(stop - start, 0), d), dtype)
         recs, starts = self.files[kind], self.starts[kind]
         item = self.dtype.itemsize
         pos = start
@@ -464,7 +476,7 @@ def write_partition(source: VectorSource, kinds, assign: np.ndarray, folder: Pat
                 b = min(source.n, a + step)
                 lo, hi = np.searchsorted(listed, [a, b])
                 if hi > lo:
-                    block = source.read_range(kind, a, b).astype(dtype, copy=False)
+                    block = source.read_range_stored(kind, a, b).astype(dtype, copy=False)
                     pos = where[lo:hi]
                     srt = np.argsort(pos, kind="stable")
                     pos_s, src_s = pos[srt], listed[lo:hi][srt] - a
@@ -519,7 +531,8 @@ class Features:
                         partitions=self.partitions)
 
     def _assemble(self, m: int, read) -> np.ndarray:
-        """(m, dims) float32: rows lo:hi of each kind read by ``read(kind, lo, hi)`` and normalised
+        """(m, dims) float32: rows lo:hi of each kind read by ``read(kind, lo, hi)`` (float32 or
+        the stored dtype: the normalisation converts a cache-sized block at a time) and normalised
         into their place, :data:`SPAN_ROWS` rows at a time, so beside the result only one piece of
         raw rows exists (a 200k-row k-means sample costs its own 800 MB, not twice that)."""
         from curation.spaces import normalize
@@ -546,7 +559,7 @@ class Features:
             a, b, step = key.indices(len(self))
             if step != 1:
                 raise TypeError("Features: row slices have step 1")
-            return self._assemble(max(b - a, 0), lambda k, lo, hi: self.source.read_range(k, a + lo, a + hi))
+            return self._assemble(max(b - a, 0), lambda k, lo, hi: self.source.read_range_stored(k, a + lo, a + hi))
         rows = np.asarray(key)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
@@ -567,7 +580,7 @@ class Features:
     def cluster_block(self, part: Partition, c: int) -> np.ndarray:
         """Cluster ``c``'s entries of ``part`` (one contiguous read), in this space."""
         a, b = int(part.offsets[c]), int(part.offsets[c + 1])
-        return self._assemble(b - a, lambda k, lo, hi: part.source.read_range(k, a + lo, a + hi))
+        return self._assemble(b - a, lambda k, lo, hi: part.source.read_range_stored(k, a + lo, a + hi))
 
     def partition(self, assign: np.ndarray, folder: Path, progress=None, name: str = "") -> Partition:
         """Copy this space's kinds into the order of ``assign`` (see :func:`write_partition`); later
