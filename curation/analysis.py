@@ -379,10 +379,12 @@ def analyze(db: str | Path, config: AnalysisConfig = AnalysisConfig(), *, steps=
                 res = STEP_FUNCS[step](inp, prog)
                 timings_step = time.perf_counter() - t
                 checkpoint.save(inp.work, step, res, timings_step)
+                res.tables = checkpoint.on_disk(inp.work, step, res.tables)  # not held to the end
             inp.out = inp.out.assign(**res.columns)
             tables.update({names[k]: v for k, v in res.tables.items()})
             outputs.update(res.outputs)
             timings[step] = timings_step if timings_step is not None else time.perf_counter() - t
+            del res
             peaks[step] = _peak_rss_gb()
             arrow_io.release_unused_memory()  # the step's reads and checkpoint left it in Arrow's pool
     finally:

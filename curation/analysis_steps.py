@@ -13,7 +13,7 @@ from curation import projection as M
 from curation import prototypes as P
 from curation import quality as Q
 from curation import schema as S
-from curation.checkpoint import partitions_dir
+from curation.checkpoint import partitions_dir, spill
 from curation.errors import CurationError
 from curation.labels import cluster_labels
 from curation.vector_io import Features
@@ -206,6 +206,7 @@ def _step_density(inp: _Inputs, prog) -> StepResult:
         # the density graph is in its table now: its arrays (1.2 GB at 10M) and the by-prototype
         # copy of the vectors (20 GB of disk at 10M) are not needed by the duplicate search
         del nbr, sim
+        tables["knn"] = spill(inp.work, "knn", tables["knn"])  # on disk while the next graph is built
         if isinstance(X, Features):
             X.drop_partition("prototypes")
         # a view of F (no copy): in the joint layout its rows have norm 1/sqrt(2), so every inner

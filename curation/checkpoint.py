@@ -44,6 +44,11 @@ def save(work: Path | None, step: str, res, seconds: float) -> None:
         np.savez(tmp / "columns.npz", **cols)
         tables = {}
         for name, t in res.tables.items():
+            if _is_dataset(t):  # a table a step already wrote out (analysis_steps.spill): one file
+                (src,) = t.files
+                shutil.copyfile(src, tmp / f"{name}.parquet")
+                tables[name] = "arrow"
+                continue
             is_arrow = isinstance(t, pa.Table)
             pq.write_table(t if is_arrow else pa.Table.from_pandas(t, preserve_index=False), tmp / f"{name}.parquet")
             tables[name] = "arrow" if is_arrow else "pandas"
@@ -69,12 +74,55 @@ def load(work: Path | None, step: str):
             cols = {k: (z[k].astype(object) if info["columns"].get(k) == "object" else z[k]) for k in z.files}
         tables = {}
         for name, kind in info["tables"].items():
-            t = pq.read_table(d / f"{name}.parquet")
-            tables[name] = t if kind == "arrow" else t.to_pandas()
+            if kind == "arrow":  # read from disk when the run is recorded (see on_disk)
+                tables[name] = _dataset(d / f"{name}.parquet")
+            else:
+                tables[name] = pq.read_table(d / f"{name}.parquet").to_pandas()
     except (OSError, ValueError, KeyError):  # a damaged checkpoint is recomputed, never trusted
         shutil.rmtree(d, ignore_errors=True)
         return None
     return cols, tables, info["outputs"], info["seconds"]
+
+
+def on_disk(work: Path | None, step: str, tables: dict) -> dict:
+    """``tables`` of a step just kept, its Arrow tables replaced by datasets over their Parquet files.
+
+    The kNN graphs are Arrow tables of 880 MB each at 10M rows; held from their step to the end of
+    the run they were 1.8 GB of every later step's memory. DuckDB reads a dataset when the run is
+    recorded (:meth:`curation.store.Store.record_run` registers it like a table)."""
+    import pyarrow as pa
+
+    if work is None:
+        return tables
+    d = _step_dir(work, step)
+    return {name: _dataset(d / f"{name}.parquet") if isinstance(t, pa.Table) or _is_dataset(t) else t
+            for name, t in tables.items()}
+
+
+def spill(work: Path | None, name: str, table):
+    """``table`` (Arrow) written to the work folder now, returned as a dataset over that file, so the
+    rest of its step does not hold it (the density graph's 880 MB at 10M while the duplicate graph
+    is built); kept in memory when there is no work folder."""
+    import pyarrow.parquet as pq
+
+    if work is None:
+        return table
+    path = Path(work) / "spilled" / f"{name}-{uuid.uuid4().hex[:8]}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return _dataset(path)
+
+
+def _dataset(path: Path):
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet")
+
+
+def _is_dataset(t) -> bool:
+    import pyarrow.dataset as ds
+
+    return isinstance(t, ds.FileSystemDataset)
 
 
 def partitions_dir(work: Path, name: str) -> Path:

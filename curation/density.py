@@ -98,15 +98,18 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
     if parent is None:  # every list is its own (a probed list may be empty)
         parent = np.arange(max(int(fine.max()) if n else -1, int(probes.max()) if probes.size else -1) + 1)
     p = probes.shape[1]
-    small = np.int32 if max(n, len(parent)) < 2**31 else np.int64  # 10M x 4 entries: 160 MB each, not 320
-    flat_rows = np.repeat(np.arange(n, dtype=small), p)
-    flat_probe = probes.reshape(-1).astype(small)
-    ok = flat_probe >= 0
-    flat_rows, flat_probe = flat_rows[ok], flat_probe[ok]
-    members = _members(np.asarray(assign))  # parent -> its rows (one contiguous partition read)
     n_lists = len(parent)
-    q_count = np.bincount(flat_probe, minlength=n_lists)
-    q_of_parent = np.bincount(parent, weights=q_count[:n_lists])
+    # entry e of the flat probe array is row e // p searching list flat_probe[e]; the entries grouped
+    # by list (rows ascending inside) in one counting pass: no row array, no int64 sort of all the
+    # entries (at 10M x 4 those were 1 GB of transient arrays on top of the graph)
+    flat_probe = probes.reshape(-1)
+    by_list = np.empty(int(np.count_nonzero(flat_probe >= 0)), np.int32 if n * p < 2**31 - 1 else np.int64)
+    cuts = np.zeros(n_lists + 1, np.int64)
+    (group,) = _group_kernel()
+    group(flat_probe, by_list, cuts)
+    q_count = np.diff(cuts)
+    members = _members(np.asarray(assign))  # parent -> its rows (one contiguous partition read)
+    q_of_parent = np.bincount(parent, weights=q_count)
     parents = list(members)
     # X read on demand (vector_io.Features with a by-cluster partition): a list's rows are one
     # contiguous read, and with query_folder its queries too. Measured at 1M x 1024: the queries of
@@ -127,20 +130,19 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
             cur.append(c)
             used += b
         batches.append(cur)
-    order = np.argsort(flat_probe, kind="stable").astype(small)  # entries by list, rows ascending inside
-    cuts = np.r_[0, np.cumsum(q_count)]
     kids = _members(parent)  # parent -> its fine lists
     for bi, batch in enumerate(batches):
         qpart = None
         folder = Path(query_folder) / f"batch-{bi:04d}" if copies else None
         if copies:
-            in_batch = np.zeros(n_lists, bool)
+            in_batch = np.zeros(n_lists + 1, bool)  # the last slot: the -1 entries (none searched)
             in_batch[np.concatenate([kids[c] for c in batch])] = True
-            sel = in_batch[flat_probe]
-            qpart = X.query_partition(flat_rows[sel], flat_probe[sel], folder)
+            ent = np.flatnonzero(in_batch[flat_probe])  # ascending entries, so ascending rows
+            qpart = X.query_partition(ent // p, flat_probe[ent], folder)
+            del ent
         tasks = []
         for c in batch:
-            lists = [(int(f), flat_rows[order[cuts[f]:cuts[f + 1]]]) for f in kids[c]]
+            lists = [(int(f), by_list[cuts[f]:cuts[f + 1]] // p) for f in kids[c]]
             tasks.append((members[c], fine[members[c]], lists))
         for i, found in run.map(list_candidates, tasks, shared=(Xref, run.put(qpart), k)):
             for q, cand_idx, cand_sim in found:
@@ -150,6 +152,36 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
     return nbr, sim
+
+
+def _group_by_list(flat_probe, by_list, cuts):
+    """Entries ``e`` of ``flat_probe`` (the list each (row, probe) searches; -1: none) grouped by list
+    into ``by_list``, ascending inside a list; ``cuts`` (lists + 1,) zeros in, each list's bounds out
+    (plain Python, compiled by numba in :func:`_group_kernel`)."""
+    for e in range(len(flat_probe)):
+        f = flat_probe[e]
+        if f >= 0:
+            cuts[f + 1] += 1
+    for f in range(1, len(cuts)):
+        cuts[f] += cuts[f - 1]
+    fill = cuts[:-1].copy()
+    for e in range(len(flat_probe)):
+        f = flat_probe[e]
+        if f >= 0:
+            by_list[fill[f]] = e
+            fill[f] += 1
+
+
+def _group_kernel():
+    global _GROUP
+    if _GROUP is None:
+        from curation.compiled import njit
+
+        _GROUP = njit(_group_by_list)
+    return _GROUP
+
+
+_GROUP = None
 
 
 def split_lists(X, assign: np.ndarray, centroids: np.ndarray, fine_max: int, seed: int, runner):

@@ -289,3 +289,32 @@ def test_cluster_names_from_the_capped_captions(layouts, tmp_path, monkeypatch):
     want = cluster_labels(list(caps[rows]), assign[rows], len(t["prototypes"]),
                           centroids=analysis.centroids_of(t["prototypes"]))
     assert t["prototypes"]["label"].tolist() == want and any(want)
+
+
+def test_side_tables_go_to_disk_after_their_step_and_come_back_equal(tmp_path):
+    """A kept step's Arrow tables (the kNN graphs: 880 MB each at 10M) are handed on as datasets over
+    their Parquet files, spilled tables too, and DuckDB reads them back equal when the run is recorded."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from curation import checkpoint
+    from curation.analysis_steps import StepResult
+
+    knn = pa.table({"row": np.arange(5), "nbr": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.arange(15, dtype=np.int32)), 3)})
+    other = pa.table({"row": np.arange(3), "x": [0.5, 1.5, 2.5]})
+    res = StepResult(columns={"c": np.arange(5)}, tables={"knn": checkpoint.spill(tmp_path, "knn", knn),
+                                                          "other": other}, outputs={})
+    assert isinstance(res.tables["knn"], ds.FileSystemDataset)
+    checkpoint.save(tmp_path, "density", res, 1.0)
+    handed = checkpoint.on_disk(tmp_path, "density", res.tables)
+    kept = checkpoint.load(tmp_path, "density")[1]
+    con = duckdb.connect()
+    for tables in (handed, kept):
+        assert all(isinstance(t, ds.FileSystemDataset) for t in tables.values())
+        for name, want in (("knn", knn), ("other", other)):
+            con.register("v", tables[name])
+            assert con.sql("SELECT * FROM v ORDER BY row").fetch_arrow_table().equals(want)
+            con.unregister("v")
+    assert checkpoint.spill(None, "knn", knn) is knn  # no work folder: kept in memory
