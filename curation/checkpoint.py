@@ -44,7 +44,7 @@ def save(work: Path | None, step: str, res, seconds: float) -> None:
         np.savez(tmp / "columns.npz", **cols)
         tables = {}
         for name, t in res.tables.items():
-            if _is_dataset(t):  # a table a step already wrote out (analysis_steps.spill): one file
+            if _is_dataset(t):  # a table its step already wrote out (spill): one file
                 (src,) = t.files
                 shutil.copyfile(src, tmp / f"{name}.parquet")
                 tables[name] = "arrow"

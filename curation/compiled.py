@@ -5,6 +5,7 @@ first use, with numba imported inside the function like the other heavy librarie
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -32,3 +33,9 @@ def njit(*fns):
 
     jit = numba.njit(cache=True, nogil=True)
     return tuple(jit(f) for f in fns)
+
+
+@functools.cache
+def kernel(fn):
+    """``fn`` compiled by :func:`njit`, once per process (numba's disk cache spares the compile)."""
+    return njit(fn)[0]

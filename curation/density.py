@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 
+from curation.compiled import kernel
 from curation.parallel import LocalRunner
 from curation.prototypes import _members
 from curation.quality import rank_score
@@ -105,8 +106,7 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
     flat_probe = probes.reshape(-1)
     by_list = np.empty(int(np.count_nonzero(flat_probe >= 0)), np.int32 if n * p < 2**31 - 1 else np.int64)
     cuts = np.zeros(n_lists + 1, np.int64)
-    (group,) = _group_kernel()
-    group(flat_probe, by_list, cuts)
+    kernel(_group_by_list)(flat_probe, by_list, cuts)
     q_count = np.diff(cuts)
     members = _members(np.asarray(assign))  # parent -> its rows (one contiguous partition read)
     q_of_parent = np.bincount(parent, weights=q_count)
@@ -157,7 +157,7 @@ def knn_within_clusters(X: np.ndarray, assign: np.ndarray, probes: np.ndarray, k
 def _group_by_list(flat_probe, by_list, cuts):
     """Entries ``e`` of ``flat_probe`` (the list each (row, probe) searches; -1: none) grouped by list
     into ``by_list``, ascending inside a list; ``cuts`` (lists + 1,) zeros in, each list's bounds out
-    (plain Python, compiled by numba in :func:`_group_kernel`)."""
+    (plain Python, compiled by numba: :func:`curation.compiled.kernel`)."""
     for e in range(len(flat_probe)):
         f = flat_probe[e]
         if f >= 0:
@@ -170,18 +170,6 @@ def _group_by_list(flat_probe, by_list, cuts):
         if f >= 0:
             by_list[fill[f]] = e
             fill[f] += 1
-
-
-def _group_kernel():
-    global _GROUP
-    if _GROUP is None:
-        from curation.compiled import njit
-
-        _GROUP = njit(_group_by_list)
-    return _GROUP
-
-
-_GROUP = None
 
 
 def split_lists(X, assign: np.ndarray, centroids: np.ndarray, fine_max: int, seed: int, runner):
@@ -340,12 +328,12 @@ def merge_candidates(nbr, sim, q, cand_idx, cand_sim) -> None:
     time at 1M (each query is merged once per probed list)."""
     if not len(q):
         return
-    _merge_kernel()(nbr, sim, np.asarray(q, np.int64), np.ascontiguousarray(cand_idx, np.int64),
-                    np.ascontiguousarray(cand_sim, np.float32))
+    kernel(_merge_rows)(nbr, sim, np.asarray(q, np.int64), np.ascontiguousarray(cand_idx, np.int64),
+                        np.ascontiguousarray(cand_sim, np.float32))
 
 
 def _merge_rows(nbr, sim, q, cand_idx, cand_sim):
-    """:func:`merge_candidates`' pass (plain Python, compiled by numba in :func:`_merge_kernel`).
+    """:func:`merge_candidates`' pass (plain Python, compiled by numba: :func:`curation.compiled.kernel`).
 
     An entry (s, i) comes before (t, j) when s > t, or s == t and i < j with -1 read as the
     largest row; NaN similarities come last. ``nbr[q]`` is kept in that order, so each candidate is
@@ -380,19 +368,6 @@ def _merge_rows(nbr, sim, q, cand_idx, cand_sim):
         for j in range(k):
             sim[r, j] = ts[j]
             nbr[r, j] = -1 if (ts[j] == -np.inf or ti[j] == big) else ti[j]
-
-
-def _merge_kernel():
-    """:func:`_merge_rows` compiled (once per process; numba's disk cache spares the compile)."""
-    global _MERGE
-    if _MERGE is None:
-        from curation.compiled import njit
-
-        (_MERGE,) = njit(_merge_rows)
-    return _MERGE
-
-
-_MERGE = None
 
 
 def exact_knn(X: np.ndarray, k: int = 10, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -64,16 +64,11 @@ def pool_orders(inp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _kernels():
-    """The numba-compiled passes (compiled once, cached on disk beside umap's)."""
-    global _COMPILED
-    if _COMPILED is None:
-        from curation.compiled import njit
+    """The numba-compiled passes (compiled once per process, cached on disk beside umap's)."""
+    from curation.compiled import kernel
 
-        _COMPILED = njit(_ranks_in_cluster, _core_positions, _running_positions, _fill_lists, _merge_and_interleave)
-    return _COMPILED
-
-
-_COMPILED = None
+    return tuple(kernel(f) for f in (_ranks_in_cluster, _core_positions, _running_positions, _fill_lists,
+                                     _merge_and_interleave))
 
 
 def density_order(inp, eligible: np.ndarray, stratum: np.ndarray, n_st: int, outlier: np.ndarray,
