@@ -24,6 +24,7 @@ from curation.compiled import kernel
 from curation.parallel import LocalRunner
 from curation.prototypes import _members
 from curation.quality import rank_score
+from curation.spaces import normalize
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def split_list(X, fine_max: int, seed: int, c: int, rows: np.ndarray):
                       max_points_per_centroid=256)
     km.train(V)
     cent = km.centroids.astype(np.float32)
-    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    normalize(cent, out=cent, eps=1e-12)
     _, part = km.index.search(V, 1)
     part = part[:, 0]
     used = np.unique(part)  # drop parts no row chose (the ids stay dense)

@@ -219,8 +219,7 @@ def place_block(X, mean, comp, fitted, Z_fit, xy_fit, interp_k: int, a: int, b: 
 
 
 def _unit(a):
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    return normalize(a, eps=1e-12)
 
 
 def _unit_index(Z_fit):
