@@ -241,7 +241,7 @@ def _step_map(inp: _Inputs, prog) -> StepResult:
     prog("map", 0, 2)
     xy, fitted = M.umap_map(inp.X, fit_max=cfg.map_fit_max, pca_dims=cfg.map_pca_dims, seed=cfg.seed,
                             assign=inp.out["prototype"].to_numpy() if "prototype" in inp.out.columns else None,
-                            runner=inp.runner)
+                            runner=inp.runner, scratch=partitions_dir(inp.work, "map") if inp.work is not None else None)
     prog("map", 1, 2)
     labels, glosh = D.hdbscan_glosh(xy, cfg.hdbscan_min_cluster_size, seed=cfg.seed)
     prog("map", 2, 2)

@@ -149,7 +149,7 @@ def sample_knn(Z: np.ndarray, k: int, assign: np.ndarray | None = None, probes: 
 
 def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp_k: int = 10,
              n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, assign: np.ndarray | None = None,
-             runner=None):
+             runner=None, scratch=None):
     """2-D map of all rows of ``X`` (n, d).
 
     The UMAP fit gets its kNN graph precomputed (:func:`sample_knn`, exact within each sample row's
@@ -157,6 +157,15 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     its epochs sized to the sample (:func:`umap_epochs`); numba's compiled code is cached across
     processes (:func:`numba_cache_dir`). The PCA and the UMAP fit run here; projecting and placing
     the rows runs block by block, one task per block on ``runner`` (:mod:`curation.parallel`).
+
+    ``X`` is read once: every block's PCA projection is kept (``(n, pca_dims)`` float32, in a file
+    under ``scratch`` when given, 2 GB at 10M rows, else in memory) and the placement reads it back,
+    not the vectors (at 1M x 1024 float16 the second read and normalisation of the vectors were 10%
+    of the step). The rows are placed among their nearest fitted rows found exactly up to
+    :data:`PLACE_EXACT_MAX` placed rows, and above it by an HNSW graph of the fitted rows
+    (:func:`place_index`: recall@10 0.985 against the exact search on the 250k benchmark pool, a
+    mean displacement of 0.04% of the map's extent, 4-5x faster; the exact search was 40% of the
+    step at 1M).
 
     Returns
     -------
@@ -173,49 +182,151 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     fit_rows = np.arange(n) if n <= fit_max else np.sort(rng.choice(n, fit_max, replace=False))
     fitted = np.zeros(n, bool)
     fitted[fit_rows] = True
-    # the projection of the fitted rows, computed in the same blocks as every other row's (so a row's
-    # coordinates never depend on which rows share its block); the rest is projected block by block
-    # after the fit, so no (n, pca_dims) array is ever held
+    # every row projected in the same fixed blocks (so a row's coordinates never depend on which rows
+    # share its block), kept for the placement
     run = runner if runner is not None else LocalRunner()
     step = 1 << 16
     blocks = [(i, min(n, i + step)) for i in range(0, n, step)]
     Xr = run.put(X)
-    got = dict(run.map(project_block, [b for b in blocks if fitted[b[0]:b[1]].any()],
-                       shared=(Xr, mean, comp, fitted)))
-    Z_fit = np.concatenate([got[i] for i in sorted(got)]).astype(np.float32)
-    k = min(n_neighbors, len(fit_rows) - 1)
-    knn = sample_knn(Z_fit, k, None if assign is None else assign[fit_rows]) if len(fit_rows) > 2 * k else None
-    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric="cosine", random_state=seed,
-                        n_jobs=1, n_epochs=umap_epochs(len(fit_rows)),
-                        init="spectral" if len(fit_rows) > 20 else "random",
-                        precomputed_knn=(knn[0], knn[1], None) if knn is not None else (None, None, None))
-    import warnings
+    Z = _Projection(n, len(comp), None if fit_max >= n else scratch)
+    try:
+        for j, z in run.map(project_block, blocks, shared=(Xr, mean, comp)):
+            Z.write(blocks[j][0], z)
+        Z_fit = Z.rows(fit_rows)
+        k = min(n_neighbors, len(fit_rows) - 1)
+        knn = sample_knn(Z_fit, k, None if assign is None else assign[fit_rows]) if len(fit_rows) > 2 * k else None
+        reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric="cosine", random_state=seed,
+                            n_jobs=1, n_epochs=umap_epochs(len(fit_rows)),
+                            init="spectral" if len(fit_rows) > 20 else "random",
+                            precomputed_knn=(knn[0], knn[1], None) if knn is not None else (None, None, None))
+        import warnings
 
-    with warnings.catch_warnings():  # "no search index: transform unavailable": we never transform
-        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
-        warnings.filterwarnings("ignore", message=".*transform.*")
-        xy_fit = reducer.fit_transform(Z_fit).astype(np.float32)
-    xy = np.empty((n, 2), np.float32)
-    xy[fit_rows] = xy_fit
-    if len(fit_rows) < n:
-        todo = [b for b in blocks if not fitted[b[0]:b[1]].all()]
-        shared = (Xr, mean, comp, fitted, run.put(Z_fit), run.put(xy_fit), interp_k)
-        for j, (rest, placed) in run.map(place_block, todo, shared=shared):
-            xy[rest] = placed
+        with warnings.catch_warnings():  # "no search index: transform unavailable": we never transform
+            warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+            warnings.filterwarnings("ignore", message=".*transform.*")
+            xy_fit = reducer.fit_transform(Z_fit).astype(np.float32)
+        xy = np.empty((n, 2), np.float32)
+        xy[fit_rows] = xy_fit
+        if len(fit_rows) < n:
+            todo = [b for b in blocks if not fitted[b[0]:b[1]].all()]
+            index = place_index(Z_fit, approximate=n - len(fit_rows) > PLACE_EXACT_MAX)
+            shared = (run.put(Z.source()), fitted, run.put(index), run.put(xy_fit), interp_k)
+            for j, (rest, placed) in run.map(place_block, todo, shared=shared):
+                xy[rest] = placed
+    finally:
+        Z.close()
     return xy, fitted
 
 
-def project_block(X, mean, comp, fitted, a: int, b: int) -> np.ndarray:
-    """The PCA projection of the fitted rows among rows ``a:b`` (in the blocks every row is
-    projected in, so a row's coordinates never depend on which rows share its block)."""
-    return ((X[a:b] - mean) @ comp.T)[fitted[a:b]]
+# rows placed by an exact search of the fitted rows up to this many; above, by an HNSW graph of them
+PLACE_EXACT_MAX = 100_000
+# the graph: 32 links a node, built with 80 candidates, searched with 32 (recall@10 0.985, 0.996 at 64)
+PLACE_HNSW = dict(M=32, ef_construction=80, ef_search=32)
 
 
-def place_block(X, mean, comp, fitted, Z_fit, xy_fit, interp_k: int, a: int, b: int):
-    """(rows, 2-D positions) of the rows among ``a:b`` UMAP was not fitted on (:func:`interpolate`)."""
+def place_index(Z_fit: np.ndarray, approximate: bool) -> np.ndarray:
+    """The fitted rows' unit PCA vectors as a serialised faiss index (a byte array a task on another
+    process or node can read): exact (``IndexFlatIP``) or an HNSW graph (:data:`PLACE_HNSW`), built
+    on one thread so the graph, and every position placed with it, is the same on every run."""
+    import faiss
+
+    U = _unit(Z_fit)
+    if not approximate:
+        index = faiss.IndexFlatIP(U.shape[1])
+        index.add(U)
+    else:
+        index = faiss.IndexHNSWFlat(U.shape[1], PLACE_HNSW["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = PLACE_HNSW["ef_construction"]
+        index.hnsw.efSearch = PLACE_HNSW["ef_search"]
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # parallel inserts link nodes in a different order each run
+        try:
+            index.add(U)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    return faiss.serialize_index(index)
+
+
+class _Projection:
+    """The (n, dims) float32 PCA projection of every row: in memory, or in a ``.npy`` file under
+    ``folder`` written block by block with ``pwrite`` and read back by row range (never mapped whole,
+    so its pages do not stay in this process's resident memory)."""
+
+    def __init__(self, n: int, dims: int, folder=None):
+        from pathlib import Path
+
+        self.n, self.dims, self.path, self.fd = n, dims, None, None
+        if folder is None:
+            self.arr = np.empty((n, dims), np.float32)
+            return
+        import io
+        import os
+
+        self.arr = None
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.path = str(Path(folder) / "map-projection.npy")
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (n, dims)})
+        self.header = buf.getvalue()
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self.fd, self.header, 0)
+
+    def write(self, a: int, z: np.ndarray) -> None:
+        import os
+
+        z = np.ascontiguousarray(z, np.float32)
+        if self.arr is not None:
+            self.arr[a:a + len(z)] = z
+        else:
+            os.pwrite(self.fd, z.tobytes(), len(self.header) + a * self.dims * 4)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        if self.arr is not None:
+            return self.arr[rows]
+        out = np.empty((len(rows), self.dims), np.float32)
+        step = 1 << 16
+        for i in range(0, len(rows), step):  # each piece one range read, gathered from it
+            r = rows[i:i + step]
+            out[i:i + len(r)] = read_projection(self.path, int(r[0]), int(r[-1]) + 1)[r - r[0]]
+        return out
+
+    def source(self):
+        """What a placement task reads its rows from: the array, or the file's path."""
+        return self.arr if self.arr is not None else self.path
+
+    def close(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            os.unlink(self.path)
+            self.fd = None
+
+
+def read_projection(src, a: int, b: int) -> np.ndarray:
+    """Rows ``a:b`` of a projection (an array, or a ``.npy`` file written by :class:`_Projection`)."""
+    if not isinstance(src, str):
+        return src[a:b]
+    z = np.load(src, mmap_mode="r")  # mapped only while the rows are copied out
+    out = np.array(z[a:b])
+    del z
+    return out
+
+
+def project_block(X, mean, comp, a: int, b: int) -> np.ndarray:
+    """The PCA projection of rows ``a:b`` (float32 (b - a, dims))."""
+    return ((X[a:b] - mean) @ comp.T).astype(np.float32, copy=False)
+
+
+def place_block(Z, fitted, index, xy_fit, interp_k: int, a: int, b: int):
+    """(rows, 2-D positions) of the rows among ``a:b`` UMAP was not fitted on (:func:`interpolate`),
+    their projection read from ``Z`` (:func:`read_projection`), their neighbours from ``index``
+    (:func:`place_index`)."""
+    import faiss
+
     rest = np.flatnonzero(~fitted[a:b])
-    Z_blk = ((X[a:b] - mean) @ comp.T)[rest]
-    return a + rest, interpolate(Z_fit, xy_fit, Z_blk, k=interp_k, index=_unit_index(Z_fit))
+    Z_blk = read_projection(Z, a, b)[rest]
+    return a + rest, interpolate(None, xy_fit, Z_blk, k=interp_k, index=faiss.deserialize_index(index))
 
 
 def _unit(a):
@@ -230,17 +341,20 @@ def _unit_index(Z_fit):
     return index
 
 
-def interpolate(Z_fit: np.ndarray, xy_fit: np.ndarray, Z_new: np.ndarray, k: int = 10, index=None) -> np.ndarray:
+def interpolate(Z_fit: np.ndarray | None, xy_fit: np.ndarray, Z_new: np.ndarray, k: int = 10,
+                index=None) -> np.ndarray:
     """Place new rows at the similarity-weighted mean 2-D position of their k nearest fitted rows
-    (``index``: the fitted rows' faiss index, when the caller places rows block by block)."""
+    (``index``: the fitted rows' faiss index, when the caller places rows block by block; then
+    ``Z_fit`` may be None). A neighbour an approximate index did not fill (-1) weighs nothing."""
     unit = _unit
     index = index if index is not None else _unit_index(Z_fit)
-    k = min(k, len(Z_fit))
+    k = min(k, len(xy_fit))
     out = np.empty((len(Z_new), 2), np.float32)
     step = 1 << 15
     for i in range(0, len(Z_new), step):
         s, idx = index.search(unit(Z_new[i:i + step]), k)
         w = np.exp((s - s[:, :1]) * PLACE_TEMPERATURE)  # soft weights favouring the closest neighbours
+        w[idx < 0] = 0
         w /= w.sum(axis=1, keepdims=True)
         out[i:i + step] = np.einsum("nk,nkd->nd", w, xy_fit[idx])
     return out
