@@ -64,26 +64,32 @@ def pools(cluster, tmp_path_factory):
 
 def test_the_large_pool_paths_on_two_nodes_equal_the_ones_here(cluster, tmp_path, monkeypatch):
     """What only 10M-row pools reach, on a small pool: lists above 60 rows cut into fine lists,
-    FPS in a projection above 60 members, the query copies in batches of about 16 kB. The cluster
-    gives the tables this machine gives, and they differ from the default path's (it ran)."""
-    from curation import density, prototypes
+    FPS in a projection above 60 members, the query copies in batches of about 16 kB, the map
+    fitted on 300 rows and the others placed through the HNSW graph from the projection's scratch
+    file. The cluster gives the tables this machine gives, and they differ from the default
+    path's (it ran)."""
+    from curation import density, projection, prototypes
 
     address, _ = cluster
     here, there = _build(tmp_path / "here.duckdb"), tmp_path / "there.duckdb"
     store.copy_dataset(here, there)
-    steps = ("prototypes", "density")
+    steps = ("prototypes", "density", "map")
+    cfg = analysis.AnalysisConfig(map_fit_max=300)
     monkeypatch.setattr(density, "FINE_MAX", 60)
     monkeypatch.setattr(prototypes, "FPS_FULL_MAX", 60)
     monkeypatch.setattr(density, "QUERY_COPY_MAX_BYTES", 16_000)
-    run_here = analysis.analyze(here, steps=steps)
-    run_there = analysis.analyze(there, backend="ray", address=address, steps=steps)
+    monkeypatch.setattr(projection, "PLACE_EXACT_MAX", 100)
+    run_here = analysis.analyze(here, cfg, steps=steps)
+    run_there = analysis.analyze(there, cfg, backend="ray", address=address, steps=steps)
     a, b = _tables(here, run_here), _tables(there, run_there)
     _assert_same_tables(a, b)
     monkeypatch.undo()
     plain = tmp_path / "plain.duckdb"
     store.copy_dataset(here, plain)
-    analysis.analyze(plain, steps=steps, force=True)
+    analysis.analyze(plain, cfg, steps=steps, force=True)
     assert not a["knn"].equals(_tables(plain, run_here)["knn"])
+    # the rows UMAP was not fitted on were placed (through the graph: above PLACE_EXACT_MAX)
+    assert int((~a["samples"]["map_fitted"]).sum()) == SPEC.n_rows - 300
 
 
 def test_the_analysis_on_two_nodes_equals_the_one_here(pools, run_cli, tmp_path):
