@@ -226,13 +226,15 @@ class VectorSource:
         """Rows ``start:stop`` in the dtype they are stored in (copies need no conversion)."""
         return self.read_range(kind, start, stop)
 
-    def read_rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
-        """Rows in any order (repeats allowed): spans of nearby rows are read whole."""
+    def read_rows(self, kind: str, rows: np.ndarray, stored: bool = False) -> np.ndarray:
+        """Rows in any order (repeats allowed), float32 (``stored``: in the dtype they are stored in).
+        Spans of nearby rows are read whole, in the stored dtype, and only the rows asked for are
+        converted (a k-means sample of every 20th row converted whole spans: 20x the work)."""
         rows = np.asarray(rows, np.int64)
         d = self.dims[kind]
-        out = np.empty((len(rows), d), np.float32)
+        out = None if stored else np.empty((len(rows), d), np.float32)
         if not len(rows):
-            return out
+            return out if out is not None else np.empty((0, d), np.float32)
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
         if srt[0] < 0 or srt[-1] >= self.n:
@@ -246,7 +248,9 @@ class VectorSource:
                 e = a + int(np.searchsorted(srt[a:b], lo + SPAN_ROWS, side="left"))
                 e = max(e, a + 1)
                 hi = int(srt[e - 1]) + 1
-                block = self.read_range(kind, lo, hi)
+                block = self.read_range_stored(kind, lo, hi)
+                if out is None:
+                    out = np.empty((len(rows), d), block.dtype)
                 out[order[a:e]] = block[srt[a:e] - lo]
                 a = e
         return out
@@ -331,10 +335,16 @@ class ShardSource(VectorSource):
             hi = min(stop, rec["start"] + rec["rows"])
             fd, head = self._fd(rec)
             want = (hi - pos) * d * item
-            buf = os.pread(fd, want, head + (pos - rec["start"]) * d * item)
-            if len(buf) != want:
+            at = head + (pos - rec["start"]) * d * item
+            if out.dtype == self.dtype:  # straight into place: no bytes object and no second copy
+                got = _pread_into(fd, memoryview(out[pos - start:hi - start]).cast("B"), at)
+            else:
+                buf = os.pread(fd, want, at)
+                got = len(buf)
+                if got == want:
+                    out[pos - start:hi - start] = np.frombuffer(buf, self.dtype).reshape(-1, d)
+            if got != want:
                 raise StateError(f"vector shard {self._path(rec)} is cut short. Fix: re-ingest the dataset.")
-            out[pos - start:hi - start] = np.frombuffer(buf, self.dtype).reshape(-1, d)
             pos = hi
         return out
 
@@ -369,6 +379,18 @@ class ShardSource(VectorSource):
                 if progress:
                     progress(rec["rows"])
         return bad
+
+
+def _pread_into(fd: int, mv: memoryview, at: int) -> int:
+    """Read ``len(mv)`` bytes at offset ``at`` into ``mv`` (a read returns at most about 2 GB);
+    the bytes read, fewer only at the end of the file."""
+    got = 0
+    while got < len(mv):
+        m = os.preadv(fd, [mv[got:]], at + got)
+        if m <= 0:
+            break
+        got += m
+    return got
 
 
 class InlineSource(VectorSource):
@@ -438,8 +460,8 @@ class Partition:
     offsets: np.ndarray
     name: str = ""
 
-    def read_rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
-        return self.source.read_rows(kind, self.where[np.asarray(rows, np.int64)])
+    def read_rows(self, kind: str, rows: np.ndarray, stored: bool = False) -> np.ndarray:
+        return self.source.read_rows(kind, self.where[np.asarray(rows, np.int64)], stored=stored)
 
 
 def write_partition(source: VectorSource, kinds, assign: np.ndarray, folder: Path,
@@ -565,7 +587,7 @@ class Features:
             rows = np.flatnonzero(rows)
         part = self._partition_for()
         src = part if part is not None else self.source
-        return self._assemble(len(rows), lambda k, lo, hi: src.read_rows(k, rows[lo:hi]))
+        return self._assemble(len(rows), lambda k, lo, hi: src.read_rows(k, rows[lo:hi], stored=True))
 
     def __array__(self, dtype=None, copy=None):
         out = self[0:len(self)]

@@ -240,6 +240,27 @@ def test_features_read_on_demand_equal_the_space_built_in_memory(tmp_path):
     assert np.array_equal(F[rows], X[rows]) and np.array_equal(np.asarray(F), X)
 
 
+def test_row_sets_from_float16_shards_convert_only_the_rows_asked_for(layouts):
+    """A row set read from float16 shards comes back in float16 on request (spans are read whole,
+    only the asked rows converted), equal to the float32 read, and the analysis space built from it
+    is the one built from the whole range, bit for bit."""
+    from curation.spaces import normalize
+
+    with store.open_store(layouts["shards16"]) as s:
+        src = s.vector_source()
+        rows = np.random.default_rng(3).choice(src.n, 900)  # dense: spans read whole; repeats
+        raw16 = src.read_rows("image", rows, stored=True)
+        raw32 = src.read_rows("image", rows)
+        assert raw16.dtype == np.float16 and raw32.dtype == np.float32
+        assert np.array_equal(raw16.astype(np.float32), raw32)
+        assert np.array_equal(raw32, src.read_range("image", 0, src.n)[rows])
+        F = vector_io.Features(src, ["image", "text"])
+        whole = np.asarray(F)
+        assert np.array_equal(F[rows], whole[rows])
+        assert np.array_equal(F[rows][:, F.slices["image"]], normalize(raw32) * np.float32(1 / np.sqrt(2)))
+        src.close()
+
+
 def test_query_copies_in_batches_give_the_same_neighbours(layouts, tmp_path):
     """At 10M the query copies (80 GB) are written, searched and removed in batches of lists under
     a disk budget: any budget gives the neighbours of one batch, with fine lists too, and no copy
