@@ -263,8 +263,6 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
     if "image" in slices and "text" in slices:
         # views, not copies: at 1M x 512 a copy of each half would add 4 GB to the peak
         img, txt = _half(inp.F, slices, "image", copy=False), _half(inp.F, slices, "text", copy=False)
-        fid, reason = Q.fidelity(img, txt, inp.shared_space)
-        prog("quality", 1, 2)
         if cfg.space == "image" and "prototype" in inp.out.columns:
             img_assign = inp.out["prototype"].to_numpy()
             outputs["consistency_clusters"] = "the run's prototypes (image space)"
@@ -276,7 +274,9 @@ def _step_quality(inp: _Inputs, prog) -> StepResult:
                                           max_train=cfg.kmeans_train_max, runner=inp.runner).assign
             cols["image_prototype"] = img_assign
             outputs["consistency_clusters"] = f"image-space k-means, k={inp.k} (column image_prototype)"
-        cons = Q.consistency(txt, img_assign)
+        prog("quality", 1, 2)
+        # both axes from one pass over the pairs (and a second over the captions)
+        fid, reason, cons = Q.fidelity_and_consistency(img, txt, img_assign, inp.shared_space)
         cols.update(consistency=cons, consistency_score=Q.rank_score(cons))
     else:
         fid, reason = None, "not available: the dataset lacks image or text embeddings"

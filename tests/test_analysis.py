@@ -425,3 +425,26 @@ def test_placement_by_the_hnsw_graph_is_repeatable_and_close_to_the_exact_search
     disp = np.linalg.norm(graph - exact, axis=1) / np.ptp(xy_fit, axis=0).max()
     assert disp.mean() < 1e-3
     assert (disp < 0.01).mean() > 0.99
+
+
+def test_fidelity_and_consistency_in_one_pass_equal_the_two_functions():
+    from curation import quality as Q
+
+    rng = np.random.default_rng(4)
+    img, txt = rng.normal(size=(3000, 16)).astype(np.float32), rng.normal(size=(3000, 16)).astype(np.float32)
+    assign = rng.integers(0, 30, 3000)
+    assign[7] = 30  # a singleton cluster: consistency 0
+    fid, reason, cons = Q.fidelity_and_consistency(img, txt, assign, True, step=1000)
+    ref_fid, ref_reason = Q.fidelity(img, txt, True)
+    assert reason is None and ref_reason is None
+    assert np.array_equal(fid, ref_fid) and cons[7] == 0
+    assert np.array_equal(cons, Q.consistency(txt, assign, step=1000))
+    # by hand: each caption against the mean of the other captions of its image cluster
+    t = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    for r in (0, 1, 2999):
+        others = t[(assign == assign[r]) & (np.arange(3000) != r)].sum(axis=0)
+        assert cons[r] == pytest.approx(float(t[r] @ others / np.linalg.norm(others)), abs=1e-5)
+    # not a shared space, or other dims: no fidelity, the reason fidelity() gives, the same consistency
+    for other, shared in ((img, False), (img[:, :8], True)):
+        fid, reason, cons2 = Q.fidelity_and_consistency(other, txt, assign, shared, step=1000)
+        assert fid is None and reason == Q.fidelity(other, txt, shared)[1] and np.array_equal(cons2, cons)
