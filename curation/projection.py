@@ -163,9 +163,9 @@ def umap_map(X: np.ndarray, *, fit_max: int = 20_000, pca_dims: int = 50, interp
     not the vectors (at 1M x 1024 float16 the second read and normalisation of the vectors were 10%
     of the step). The rows are placed among their nearest fitted rows found exactly up to
     :data:`PLACE_EXACT_MAX` placed rows, and above it by an HNSW graph of the fitted rows
-    (:func:`place_index`: recall@10 0.985 against the exact search on the 250k benchmark pool, a
-    mean displacement of 0.04% of the map's extent, 4-5x faster; the exact search was 40% of the
-    step at 1M).
+    (:func:`place_index`: recall@10 0.984 against the exact search on the 250k benchmark pool, a
+    mean displacement of 0.05% of the map's extent, 4.4x faster, ``bench/bench_placement.py``; the
+    exact search was 40% of the step at 1M).
 
     Returns
     -------
