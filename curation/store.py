@@ -94,6 +94,11 @@ def is_dataset(path: str | os.PathLike) -> bool:
         con.close()
 
 
+# DuckDB's memory while a run's tables are written (Store.record_run): the tables go to the file
+# block by block instead of staying in the buffer pool until the commit
+WRITE_MEMORY_LIMIT = "1GB"
+
+
 class Store:
     """A handle on one dataset file.
 
@@ -516,7 +521,17 @@ class Store:
             self._ensure_runs_table()
             self.con.execute(f"INSERT OR REPLACE INTO {S.RUNS} VALUES ({', '.join('?' * len(row))})", row)
 
-        self._transaction(work)
+        # DuckDB's buffer pool (up to 80% of the machine by default) kept the new tables' blocks
+        # in memory until the commit: at 10M rows the analysis's write added 1.5 GB on top of the
+        # largest step (8.76 GB against 7.27); with a limit the blocks go to the file as they fill
+        limited = bool(extra_tables)
+        if limited:
+            self.con.execute(f"SET memory_limit = '{WRITE_MEMORY_LIMIT}'")
+        try:
+            self._transaction(work)
+        finally:
+            if limited:
+                self.con.execute("RESET memory_limit")
         return run_id
 
     # -- named id sets: what exclude / include rules refer to ------------------------------------
