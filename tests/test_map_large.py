@@ -5,7 +5,6 @@ and the page asks nothing of any host but its own."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
