@@ -544,8 +544,8 @@ class Store:
             self.con.execute(f"INSERT OR REPLACE INTO {S.RUNS} VALUES ({', '.join('?' * len(row))})", row)
 
         # DuckDB's buffer pool (up to 80% of the machine by default) kept the new tables' blocks
-        # in memory until the commit: at 10M rows the analysis's write added 1.5 GB on top of the
-        # largest step (8.76 GB against 7.27); with a limit the blocks go to the file as they fill
+        # in memory until the commit: at 10M rows the analysis's write set its peak (8.76 GB against
+        # 6.94 in its largest step); with a limit the blocks go to the file as they fill
         limited = bool(extra_tables) and bool(WRITE_MEMORY_LIMIT)  # None: DuckDB's default
         if limited:
             self.con.execute(f"SET memory_limit = '{WRITE_MEMORY_LIMIT}'")
