@@ -230,20 +230,18 @@ def place_index(Z_fit: np.ndarray, approximate: bool) -> np.ndarray:
     on one thread so the graph, and every position placed with it, is the same on every run."""
     import faiss
 
-    U = _unit(Z_fit)
     if not approximate:
-        index = faiss.IndexFlatIP(U.shape[1])
+        return faiss.serialize_index(_unit_index(Z_fit))
+    U = _unit(Z_fit)
+    index = faiss.IndexHNSWFlat(U.shape[1], PLACE_HNSW["M"], faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = PLACE_HNSW["ef_construction"]
+    index.hnsw.efSearch = PLACE_HNSW["ef_search"]
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # parallel inserts link nodes in a different order each run
+    try:
         index.add(U)
-    else:
-        index = faiss.IndexHNSWFlat(U.shape[1], PLACE_HNSW["M"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = PLACE_HNSW["ef_construction"]
-        index.hnsw.efSearch = PLACE_HNSW["ef_search"]
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # parallel inserts link nodes in a different order each run
-        try:
-            index.add(U)
-        finally:
-            faiss.omp_set_num_threads(threads)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return faiss.serialize_index(index)
 
 
