@@ -22,22 +22,34 @@ farthest-point sampling over each cluster's core, outliers dropped.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from curation import atomic
 
 from curation.errors import CurationError
 from curation.filters import _filter_mask, check_filter, factorize_column, strata
 from curation.selection_config import (CONFIG_VERSION, MISSING, MODES, OPERATORS, OUTLIER_POLICIES, QUALITY_AXES,
                                        TAILS, V2_DEFAULTS, Filter, Gate, SelectionConfig, make_filter,
                                        parse_budget, parse_cluster_list, parse_filter, parse_gate)
-from curation.selection_inputs import SelectionCache, SelectionInputs, _frozen, load_inputs, stable_argsort
+from curation.selection_inputs import (SelectionCache, SelectionInputs, _frozen, load_inputs, order_store_folder,
+                                      stable_argsort)
 from curation.selection_order import density_order, pool_orders, tail_rank
 
 __all__ = ["CONFIG_VERSION", "MISSING", "MODES", "OPERATORS", "OUTLIER_POLICIES", "QUALITY_AXES", "TAILS",
            "V2_DEFAULTS", "Filter", "Gate", "SelectionConfig", "SelectionCache", "SelectionInputs", "SelectionResult",
            "load_inputs", "make_filter", "parse_budget", "parse_cluster_list", "parse_filter", "parse_gate",
-           "select", "strata", "validate_config", "factorize_column"]
+           "select", "strata", "validate_config", "factorize_column", "order_store_folder"]
+
+log = logging.getLogger(__name__)
 
 
 # reason codes, one per pool sample
@@ -245,9 +257,9 @@ def select(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     """
     validate_config(cfg, inp)
     if cache is None:
-        cached = _order(inp, cfg, None)
+        cached = _stored_order(inp, cfg, None)
     else:
-        cached = cache.get((inp.key, "order", cfg.order_key()), lambda: _order(inp, cfg, cache))
+        cached = cache.get((inp.key, "order", cfg.order_key()), lambda: _stored_order(inp, cfg, cache))
     order, code0, which, stratum, labels, pool_sizes, eligible, matching_nothing = cached
     n = inp.n
     budget = cfg.budget_count(n)
@@ -369,6 +381,95 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
     order = np.concatenate([first, order]).astype(np.int64)
     eligible_per_stratum = np.bincount(stratum[order], minlength=len(labels))
     return order, code, which, stratum, labels, pool_sizes, eligible_per_stratum, matching_nothing
+
+
+# --- orders kept between processes ---------------------------------------------------------------
+# At 10M rows a config's order costs about 10 s to compute and 70 MB to keep: a new app session, a
+# restarted server or the next `select` of the same config reads it instead (0.2 s). Pools from
+# ORDER_STORE_MIN_ROWS only (below, computing is faster than a file); the ORDER_STORE_MAX_FILES most
+# recently used orders of a dataset are kept.
+ORDER_STORE_MIN_ROWS = 200_000
+ORDER_STORE_MAX_FILES = 8
+# the modules whose code decides an order: a changed one (a new release) never reads an older order
+_ORDER_CODE = ("selection.py", "selection_order.py", "selection_inputs.py", "selection_config.py", "filters.py",
+               "density.py", "compiled.py")
+
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in _ORDER_CODE:
+        h.update(name.encode() + (Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def order_file(inp: SelectionInputs, cfg: SelectionConfig) -> Path | None:
+    """The file that keeps the order of ``cfg`` on ``inp`` (None: not kept on disk). Named by a
+    hash of the data (:attr:`SelectionInputs.key`: fingerprint, analysis run, reward scores, id
+    sets), every knob but the budget, and the selection code itself."""
+    if inp.order_store is None or inp.n < ORDER_STORE_MIN_ROWS:
+        return None
+    name = hashlib.blake2b(f"{_code_version()}\n{inp.key}\n{cfg.order_key()}".encode(), digest_size=16).hexdigest()
+    return Path(inp.order_store) / f"order-{name}.npz"
+
+
+def _stored_order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | None):
+    """:func:`_order`, read from the dataset's order store when an earlier process computed it,
+    else computed and written there (a failed read or write only costs the computation)."""
+    path = order_file(inp, cfg)
+    if path is None:
+        return _order(inp, cfg, cache)
+    got = _read_order(path, inp.n)
+    if got is not None:
+        return got
+    value = _order(inp, cfg, cache)
+    _write_order(path, value)
+    return value
+
+
+def _read_order(path: Path, n: int):
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            head = json.loads(str(z["head"]))
+            order = z["order"].astype(np.int64)
+            code, which, stratum = z["code"], z["which"], z["stratum"].astype(head["stratum_dtype"])
+            pool_sizes, eligible = z["pool_sizes"], z["eligible"]
+        if not (len(code) == len(which) == len(stratum) == n and head["n"] == n and len(order) <= n
+                and (len(order) == 0 or 0 <= order.min() <= order.max() < n)
+                and len(pool_sizes) == len(eligible) == len(head["labels"])):
+            raise ValueError("shapes do not match the pool")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        log.info("ignoring the stored order %s (%s); computing it", path, e)
+        return None
+    try:
+        os.utime(path)  # most recently used: the last to be removed
+    except OSError:
+        pass
+    return order, code, which, stratum, list(head["labels"]), pool_sizes, eligible, list(head["matching_nothing"])
+
+
+def _write_order(path: Path, value) -> None:
+    order, code, which, stratum, labels, pool_sizes, eligible, matching_nothing = value
+    n = len(code)
+    head = {"n": n, "labels": [str(x) for x in labels], "matching_nothing": [int(i) for i in matching_nothing],
+            "stratum_dtype": str(stratum.dtype)}
+    small = np.int32 if n < 2**31 else np.int64
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, head=np.array(json.dumps(head)), order=order.astype(small), code=code, which=which,
+                     stratum=stratum.astype(small), pool_sizes=pool_sizes, eligible=eligible)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.atomic_write(path, write, what="a stored selection order")
+        kept = sorted(path.parent.glob("order-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[ORDER_STORE_MAX_FILES:]:
+            old.unlink(missing_ok=True)
+    except (OSError, CurationError) as e:  # a read-only data folder, a full disk: the order stays in memory
+        log.info("selection order not stored in %s (%s)", path.parent, e)
 
 
 # pools from this size take the counting path (curation.selection_order) for the default queues:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,13 @@ from curation import schema as S
 from curation.density import duplicate_groups
 from curation.quality import NOT_SHARED
 from curation.selection_config import QUALITY_AXES
+
+def order_store_folder(db) -> Path:
+    """Where a dataset keeps its selections' priority orders between processes:
+    ``<dataset>.cache/selection/`` (a cache: deleting it costs only the time to compute them again)."""
+    db = Path(db)
+    return db.with_name(db.name + ".cache") / "selection"
+
 
 def stable_argsort(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")``, computed faster: numpy's quicksort argsort (SIMD on
@@ -109,6 +117,10 @@ class SelectionInputs:
     id_sets : dict {"NAME@SHA12": rows} the dataset's stored id sets (exclude / include rules)
     key : str
         Identifies the data these arrays came from (fingerprint, run, reward scores) in cache keys.
+    order_store : Path or None
+        Where the priority orders of this dataset's selections are kept between processes
+        (``<dataset>.cache/selection/``, :func:`order_store_folder`); None keeps
+        them in memory only (inputs not read from a dataset, or with other metadata).
     band_code : ndarray of int8, derived: 0 core, 1 tail, 2 outlier
     far_rank : ndarray of int64, derived: rank by distance to the prototype, farthest first
     """
@@ -130,6 +142,7 @@ class SelectionInputs:
     id_sets: dict = field(default_factory=dict)
     key: str = ""
     ids_loader: Any = None
+    order_store: Any = None
     band_code: np.ndarray = field(init=False, repr=False)
     far_rank: np.ndarray = field(init=False, repr=False)
 
@@ -204,7 +217,8 @@ class SelectionInputs:
         """A copy with other metadata columns (the evaluation adds a train/held-out marker)."""
         from dataclasses import replace
 
-        return replace(self, meta=meta, key=f"{self.key}+meta{id(meta)}")
+        # its key names an object of this process only: never looked up on disk
+        return replace(self, meta=meta, key=f"{self.key}+meta{id(meta)}", order_store=None)
 
 
 
@@ -281,5 +295,6 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
                                         if {"dup_group", "is_dup"} <= set(df.columns) and cfg.get("dedup_eps")
                                         else None),
                            unavailable=unavailable, id_sets=id_sets,
+                           order_store=order_store_folder(store.path),
                            key=f"{store.fingerprint}:{run_id}:{reward_key}:{','.join(sorted(id_sets))}")
 

@@ -414,3 +414,63 @@ def test_coverage_curve_from_running_counts_equals_the_direct_one(inp):
     import pandas as pd
 
     pd.testing.assert_frame_equal(ctx.coverage_curve(res.order, seed=0), direct)
+
+
+def _same_result(a, b):
+    for f in ("order", "selected", "code", "which", "stratum"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and np.array_equal(x, y), f
+    assert a.stratum_labels == b.stratum_labels and a.summary == b.summary
+
+
+def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db, tmp_path, monkeypatch):
+    """Large pools keep each config's priority order beside the dataset: the next process (a new
+    app session, the next `select`) reads it instead of computing it, with the same result bit
+    for bit; a budget change shares the file, another knob gets its own; the most recently used
+    ORDER_STORE_MAX_FILES stay; a damaged file is computed again and replaced."""
+    from curation.selection_inputs import load_inputs
+
+    with store.open_store(analyzed_db) as s:
+        fresh = load_inputs(s)
+    # inputs read from a dataset know their store (nothing is written for a pool this small)
+    assert fresh.order_store == analyzed_db.with_name(analyzed_db.name + ".cache") / "selection"
+    assert selection.order_file(fresh, SelectionConfig()) is None
+    assert fresh.with_meta(fresh.meta).order_store is None
+
+    monkeypatch.setattr(selection, "ORDER_STORE_MIN_ROWS", 0)
+    folder = tmp_path / "orders"
+    a = replace(fresh, order_store=folder)
+    cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced", outliers="keep_last")
+    first = select(a, cfg)
+    path = selection.order_file(a, cfg)
+    assert [p.name for p in folder.iterdir()] == [path.name]
+
+    computed = []
+    real = selection._order
+    monkeypatch.setattr(selection, "_order", lambda *x: computed.append(1) or real(*x))
+    with store.open_store(analyzed_db) as s:
+        b = replace(load_inputs(s), order_store=folder)  # another process: nothing in memory
+    again = select(b, cfg, cache=SelectionCache())
+    assert computed == [] and again.order.dtype == np.int64
+    _same_result(first, again)
+    _same_result(select(b, replace(cfg, budget=900)), select(a, replace(cfg, budget=900), cache=SelectionCache()))
+    assert computed == [] and len(list(folder.iterdir())) == 1  # the budget is not in the key
+
+    monkeypatch.setattr(selection, "ORDER_STORE_MAX_FILES", 2)
+    for mode in ("proportional", "tempered"):
+        select(b, replace(cfg, mode=mode))
+    assert len(computed) == 2 and len(list(folder.iterdir())) == 2 and not path.exists()  # the oldest went
+
+    other = replace(cfg, mode="proportional")
+    p2 = selection.order_file(b, other)
+    p2.write_bytes(p2.read_bytes()[:100])  # damaged (a disk full in another tool, a copy cut short)
+    out = select(b, other)
+    assert len(computed) == 3
+    _same_result(out, select(replace(b, order_store=None), other))
+    _same_result(out, select(b, other))  # rewritten whole: read back
+    assert len(computed) == 4  # (the check above computed it in memory once)
+
+    # an order store that cannot be written (a read-only data folder): computed, nothing raised
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    _same_result(select(replace(b, order_store=blocked / "selection"), cfg), first)
