@@ -140,7 +140,8 @@ def main():
                 took.append(time.perf_counter() - t0)
             return float(np.median(took))
 
-        t_write = median_over_knobs()  # computed, written
+        t_write = median_over_knobs()  # computed (written by a thread)
+        sel.flush_order_store()
         t_read = median_over_knobs()   # read back
         mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / len(list(Path(tmp).iterdir())) / 1e6
     assert len(knobs) <= sel.ORDER_STORE_MAX_FILES

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -423,8 +424,25 @@ def _stored_order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCa
     if got is not None:
         return got
     value = _order(inp, cfg, cache)
-    _write_order(path, value)
+    # written by a thread (about 0.2 s at 10M rows, which a knob change would otherwise wait for);
+    # the arrays are never changed after this, and the process waits for the thread before it exits
+    writer = threading.Thread(target=_write_order, args=(path, value), name="curation-order-store")
+    with _writers_lock:
+        _writers[:] = [w for w in _writers if w.is_alive()] + [writer]
+    writer.start()
     return value
+
+
+_writers: list = []
+_writers_lock = threading.Lock()
+
+
+def flush_order_store(timeout: float | None = None) -> None:
+    """Wait until the orders being written to order stores are on disk."""
+    with _writers_lock:
+        pending = list(_writers)
+    for w in pending:
+        w.join(timeout)
 
 
 def _read_order(path: Path, n: int):

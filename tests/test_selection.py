@@ -442,6 +442,7 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     a = replace(fresh, order_store=folder)
     cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced", outliers="keep_last")
     first = select(a, cfg)
+    selection.flush_order_store()  # written by a thread
     path = selection.order_file(a, cfg)
     assert [p.name for p in folder.iterdir()] == [path.name]
 
@@ -459,12 +460,14 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     monkeypatch.setattr(selection, "ORDER_STORE_MAX_FILES", 2)
     for mode in ("proportional", "tempered"):
         select(b, replace(cfg, mode=mode))
+        selection.flush_order_store()
     assert len(computed) == 2 and len(list(folder.iterdir())) == 2 and not path.exists()  # the oldest went
 
     other = replace(cfg, mode="proportional")
     p2 = selection.order_file(b, other)
     p2.write_bytes(p2.read_bytes()[:100])  # damaged (a disk full in another tool, a copy cut short)
     out = select(b, other)
+    selection.flush_order_store()
     assert len(computed) == 3
     _same_result(out, select(replace(b, order_store=None), other))
     _same_result(out, select(b, other))  # rewritten whole: read back
@@ -474,3 +477,4 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     blocked = tmp_path / "file"
     blocked.write_text("")
     _same_result(select(replace(b, order_store=blocked / "selection"), cfg), first)
+    selection.flush_order_store()
