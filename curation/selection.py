@@ -406,8 +406,8 @@ def _code_version() -> str:
 
 def order_file(inp: SelectionInputs, cfg: SelectionConfig) -> Path | None:
     """The file that keeps the order of ``cfg`` on ``inp`` (None: not kept on disk). Named by a
-    hash of the data (:attr:`SelectionInputs.key`: fingerprint, analysis run, reward scores, id
-    sets), every knob but the budget, and the selection code itself."""
+    hash of the data (:attr:`SelectionInputs.key`: fingerprint, analysis run and when it was
+    recorded, reward scores, id sets), every knob but the budget, and the selection code itself."""
     if inp.order_store is None or inp.n < ORDER_STORE_MIN_ROWS:
         return None
     name = hashlib.blake2b(f"{_code_version()}\n{inp.key}\n{cfg.order_key()}".encode(), digest_size=16).hexdigest()

@@ -116,7 +116,8 @@ class SelectionInputs:
     unavailable : dict {axis: reason} for score axes that cannot be used
     id_sets : dict {"NAME@SHA12": rows} the dataset's stored id sets (exclude / include rules)
     key : str
-        Identifies the data these arrays came from (fingerprint, run, reward scores) in cache keys.
+        Identifies the data these arrays came from (fingerprint, run and when it was recorded,
+        reward scores, id sets) in cache keys.
     order_store : Path or None
         Where the priority orders of this dataset's selections are kept between processes
         (``<dataset>.cache/selection/``, :func:`order_store_folder`); None keeps
@@ -296,5 +297,7 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
                                         else None),
                            unavailable=unavailable, id_sets=id_sets,
                            order_store=order_store_folder(store.path),
-                           key=f"{store.fingerprint}:{run_id}:{reward_key}:{','.join(sorted(id_sets))}")
+                           # the run's time too: further steps of a run (quality after density) or a
+                           # --force rerun re-record the same run id with other tables
+                           key=f"{store.fingerprint}:{run_id}@{rec.created}:{reward_key}:{','.join(sorted(id_sets))}")
 

@@ -478,3 +478,23 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     blocked.write_text("")
     _same_result(select(replace(b, order_store=blocked / "selection"), cfg), first)
     selection.flush_order_store()
+
+
+def test_a_rerun_step_of_the_analysis_is_other_data_for_the_order_store(analyzed_copy, monkeypatch):
+    """Further steps of a run, or a --force rerun, re-record the same run id with other tables:
+    the inputs' key (and so the stored order's file) changes with it, so no order computed on the
+    run's earlier tables is read back."""
+    from curation import analysis
+    from curation.selection_inputs import load_inputs
+
+    monkeypatch.setattr(selection, "ORDER_STORE_MIN_ROWS", 0)
+    with store.open_store(analyzed_copy) as s:
+        before = load_inputs(s)
+    analysis.analyze(analyzed_copy, analysis.AnalysisConfig(), steps=["confounders"], force=True)
+    with store.open_store(analyzed_copy) as s:
+        after = load_inputs(s)
+        again = load_inputs(s)
+    assert before.key.split("@")[0] == after.key.split("@")[0]  # the same run id
+    assert before.key != after.key and after.key == again.key
+    assert selection.order_file(before, SelectionConfig()) != selection.order_file(after, SelectionConfig())
+    assert selection.order_file(after, SelectionConfig()) == selection.order_file(again, SelectionConfig())
