@@ -134,7 +134,7 @@ def describe(db) -> DatasetSummary:
             label_columns=tuple(s.label_columns()), image_root=str(s.image_root()) if s.image_root() else None,
             run_id=rec.run_id if rec else None,
             run=None if rec is None else {"config": rec.config, "timings": rec.timings, "outputs": rec.outputs,
-                                          "steps": list(rec.steps)},
+                                          "steps": list(rec.steps), "created": rec.created},
             confounders=confounders, flagged=flags, reward=reward, reward_key=reward["scored_run"], gate_axes=axes,
             id_sets=id_sets.refs(s), cluster_labels=labels, vectors=vector_io.describe(m.get("vectors"), vector_io.vectors_folder(s.path) / m["fingerprint"]))
 

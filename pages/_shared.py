@@ -160,8 +160,10 @@ def sets_key(info: dict) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the selection arrays...")
-def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str | None = None, sets: str = ""):
-    """Immutable selection inputs shared by all sessions."""
+def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str | None = None, sets: str = "",
+                     recorded: str = ""):
+    """Immutable selection inputs shared by all sessions (``recorded``: when the run was recorded, a
+    key only: a run extended by a step or rerun keeps its id and gets other tables)."""
     with store.open_store(path) as s:
         return selection.load_inputs(s, run_id)
 
@@ -175,10 +177,10 @@ def unavailable_axes(path: str, fingerprint: str, run_id: str) -> dict:
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, columns: tuple, labels: tuple, eps: float,
-                    seed: int, sets: str = ""):
+                    seed: int, sets: str = "", recorded: str = ""):
     from curation.metrics import ImpactContext
 
-    inp = selection_inputs(path, fingerprint, run_id, reward_key, sets)
+    inp = selection_inputs(path, fingerprint, run_id, reward_key, sets, recorded)
     return ImpactContext(inp, columns=columns, labels=labels, dedup_eps=eps, seed=seed)
 
 
@@ -188,7 +190,12 @@ def impact_context(path: str, info: dict, cfg: SelectionConfig):
     columns = tuple(cfg.confounders) or tuple(info.flagged)
     eps = cfg.dedup_eps if cfg.dedup_eps is not None else (DEFAULT.dedup_eps or 0.05)
     return _impact_context(path, info.fingerprint, info.run_id, info.reward_key, columns,
-                           info.label_columns, float(eps), int(cfg.seed), sets_key(info))
+                           info.label_columns, float(eps), int(cfg.seed), sets_key(info), recorded(info))
+
+
+def recorded(info) -> str:
+    """When the shown analysis run was recorded (a cache key beside its id)."""
+    return str((info.run or {}).get("created", ""))
 
 
 def session_cache() -> selection.SelectionCache:
@@ -201,7 +208,7 @@ def session_cache() -> selection.SelectionCache:
 def run_selection(path: str, info: dict):
     """(inputs, config, result) for the current knobs, or a message and st.stop()."""
     run_id = require_analysis(info)
-    inp = selection_inputs(path, info.fingerprint, run_id, info.reward_key, sets_key(info))
+    inp = selection_inputs(path, info.fingerprint, run_id, info.reward_key, sets_key(info), recorded(info))
     cfg, hints = config_from_state(inp.n)
     for h in hints:
         st.caption(esc(h))

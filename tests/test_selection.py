@@ -484,13 +484,15 @@ def test_a_rerun_step_of_the_analysis_is_other_data_for_the_order_store(analyzed
     """Further steps of a run, or a --force rerun, re-record the same run id with other tables:
     the inputs' key (and so the stored order's file) changes with it, so no order computed on the
     run's earlier tables is read back."""
-    from curation import analysis
+    from curation import analysis, workflows
     from curation.selection_inputs import load_inputs
 
     monkeypatch.setattr(selection, "ORDER_STORE_MIN_ROWS", 0)
     with store.open_store(analyzed_copy) as s:
         before = load_inputs(s)
+    shown = workflows.describe(analyzed_copy).run["created"]  # the app's caches key on it too
     analysis.analyze(analyzed_copy, analysis.AnalysisConfig(), steps=["confounders"], force=True)
+    assert workflows.describe(analyzed_copy).run["created"] > shown
     with store.open_store(analyzed_copy) as s:
         after = load_inputs(s)
         again = load_inputs(s)
