@@ -1,4 +1,4 @@
-"""What every page shares: cached reads keyed by dataset fingerprint and analysis run, the current
+"""What every page shares: cached reads keyed by dataset fingerprint and analysis run (and when it was recorded: `data_key`), the current
 dataset, the analysis a page needs, and the selection for the current knobs (:mod:`pages._knobs`).
 
 Not a page (st.navigation lists pages explicitly); data and charts come from ``curation``. Shared
@@ -33,7 +33,7 @@ def dataset_info(path: str, mtime: float) -> workflows.DatasetSummary:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def analysis_report(path: str, fingerprint: str, run_id: str) -> str | None:
+def analysis_report(path: str, data: str, run_id: str) -> str | None:
     """The report of a run the CLI prints too (Overview only: it reads the whole per-sample table)."""
     try:
         return workflows.analysis_report(path, run_id)
@@ -110,7 +110,7 @@ def require_analysis(info: dict, needs=("prototypes", "density")) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the analysis...")
-def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | None = None):
+def analysis_frame(path: str, data: str, run_id: str, reward_key: str | None = None):
     """Per-sample analysis results joined with id, image, caption and metadata (row order).
 
     A shared resource, not cache_data: cache_data would unpickle a copy of a 1M-row frame on
@@ -124,7 +124,7 @@ def analysis_frame(path: str, fingerprint: str, run_id: str, reward_key: str | N
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def map_xy(path: str, fingerprint: str, run_id: str):
+def map_xy(path: str, data: str, run_id: str):
     """(map_x, map_y) of every row, read-only, or None before the map step (two columns read
     through Arrow: the Select page's subset map does not need the whole analysis frame)."""
     from curation import analysis
@@ -142,13 +142,13 @@ def map_xy(path: str, fingerprint: str, run_id: str):
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def map_bins(path: str, fingerprint: str, run_id: str):
+def map_bins(path: str, data: str, run_id: str):
     """The map's binned density (the heatmap under the sampled points)."""
-    x, y = map_xy(path, fingerprint, run_id)
+    x, y = map_xy(path, data, run_id)
     return charts.binned_density(x, y)
 
 
-def sample_ids(path: str, fingerprint: str, rows) -> "object":
+def sample_ids(path: str, data: str, rows) -> "object":
     """A DataFrame with the ``id`` of each of ``rows`` (a chart's sampled points), in that order."""
     with store.open_store(path) as s:
         return s.sample_rows(rows, ["id"])
@@ -160,27 +160,25 @@ def sets_key(info: dict) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the selection arrays...")
-def selection_inputs(path: str, fingerprint: str, run_id: str, reward_key: str | None = None, sets: str = "",
-                     recorded: str = ""):
-    """Immutable selection inputs shared by all sessions (``recorded``: when the run was recorded, a
-    key only: a run extended by a step or rerun keeps its id and gets other tables)."""
+def selection_inputs(path: str, data: str, run_id: str, reward_key: str | None = None, sets: str = ""):
+    """Immutable selection inputs shared by all sessions (``data``: :func:`data_key`)."""
     with store.open_store(path) as s:
         return selection.load_inputs(s, run_id)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def unavailable_axes(path: str, fingerprint: str, run_id: str) -> dict:
+def unavailable_axes(path: str, data: str, run_id: str) -> dict:
     """{quality axis: why it cannot be used}, without reading the selection arrays."""
     with store.open_store(path) as s:
         return _unavailable_axes(s, run_id)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _impact_context(path: str, fingerprint: str, run_id: str, reward_key, columns: tuple, labels: tuple, eps: float,
-                    seed: int, sets: str = "", recorded: str = ""):
+def _impact_context(path: str, data: str, run_id: str, reward_key, columns: tuple, labels: tuple, eps: float,
+                    seed: int, sets: str = ""):
     from curation.metrics import ImpactContext
 
-    inp = selection_inputs(path, fingerprint, run_id, reward_key, sets, recorded)
+    inp = selection_inputs(path, data, run_id, reward_key, sets)
     return ImpactContext(inp, columns=columns, labels=labels, dedup_eps=eps, seed=seed)
 
 
@@ -189,13 +187,20 @@ def impact_context(path: str, info: dict, cfg: SelectionConfig):
     selection's eps and seed."""
     columns = tuple(cfg.confounders) or tuple(info.flagged)
     eps = cfg.dedup_eps if cfg.dedup_eps is not None else (DEFAULT.dedup_eps or 0.05)
-    return _impact_context(path, info.fingerprint, info.run_id, info.reward_key, columns,
-                           info.label_columns, float(eps), int(cfg.seed), sets_key(info), recorded(info))
+    return _impact_context(path, data_key(info), info.run_id, info.reward_key, columns,
+                           info.label_columns, float(eps), int(cfg.seed), sets_key(info))
 
 
-def recorded(info) -> str:
-    """When the shown analysis run was recorded (a cache key beside its id)."""
-    return str((info.run or {}).get("created", ""))
+def data_key(info) -> str:
+    """What the server's caches of a dataset's run are keyed by: the dataset's fingerprint and when
+    the shown run was recorded (a run extended by a step, or rerun, keeps its id and gets other
+    tables: ``analyze --steps quality`` from the CLI while the app is open)."""
+    return f"{info.fingerprint}@{(info.run or {}).get('created', '')}"
+
+
+def run_key(info) -> str:
+    """The shown run's id and when it was recorded (for caches keyed by the run alone)."""
+    return f"{info.run_id}@{(info.run or {}).get('created', '')}"
 
 
 def session_cache() -> selection.SelectionCache:
@@ -208,7 +213,7 @@ def session_cache() -> selection.SelectionCache:
 def run_selection(path: str, info: dict):
     """(inputs, config, result) for the current knobs, or a message and st.stop()."""
     run_id = require_analysis(info)
-    inp = selection_inputs(path, info.fingerprint, run_id, info.reward_key, sets_key(info), recorded(info))
+    inp = selection_inputs(path, data_key(info), run_id, info.reward_key, sets_key(info))
     cfg, hints = config_from_state(inp.n)
     for h in hints:
         st.caption(esc(h))
@@ -221,7 +226,7 @@ def run_selection(path: str, info: dict):
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def knn_graph(path: str, fingerprint: str, run_id: str, which: str = "knn"):
+def knn_graph(path: str, data: str, run_id: str, which: str = "knn"):
     """A stored kNN graph of the run, read-only, shared: "knn" (analysis space) or "dedup_knn"
     (the space duplicates are decided in)."""
     from curation import analysis as A
@@ -234,13 +239,13 @@ def knn_graph(path: str, fingerprint: str, run_id: str, which: str = "knn"):
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def search_rows(path: str, fingerprint: str, text: str, limit: int = 5000):
+def search_rows(path: str, data: str, text: str, limit: int = 5000):
     with store.open_store(path) as s:
         return s.search_captions(text, limit)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def map_image(path: str, run_id: str, reward_key, column: str, view, is_cat: bool, as_text: bool, _x, _y, _values):
+def map_image(path: str, run: str, reward_key, column: str, view, is_cat: bool, as_text: bool, _x, _y, _values):
     """The map's image of every row coloured by a stored column (:func:`curation.charts.map_image`),
     kept per run, column and view: a rerun for a click, a region or a rule name draws nothing again."""
     values = _values.astype(str) if as_text else _values
@@ -248,6 +253,6 @@ def map_image(path: str, run_id: str, reward_key, column: str, view, is_cat: boo
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def map_names(path: str, run_id: str, view, _prototype, _x, _y, _labels):
+def map_names(path: str, run: str, view, _prototype, _x, _y, _labels):
     """Cluster names to write on the map for this run and view (:func:`curation.charts.map_names`)."""
     return charts.map_names(_x, _y, _prototype, _labels, view)

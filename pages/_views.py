@@ -109,7 +109,7 @@ def inspector(path: str, info: dict, df, row: int, res=None, inp=None, cfg=None)
     fields = {k: r[k] for k in df.columns if k not in ("image", "caption", "map_x", "map_y", "map_fitted")}
     st.dataframe({"field": [str(k) for k in fields], "value": [str(v) for v in fields.values()]},
                  hide_index=True, key=f"insp_fields_{row}")
-    nbr, sim = _shared.knn_graph(path, info.fingerprint, info.run_id)
+    nbr, sim = _shared.knn_graph(path, _shared.data_key(info), info.run_id)
     st.markdown("**Nearest neighbours** (stored kNN graph, analysis space)")
     grid = st.columns(5)
     for i, (j, c) in enumerate(zip(nbr[row], sim[row])):

@@ -30,7 +30,7 @@ if not _knobs.get("confounders") and flagged:
 _knobs.put("confounders", [c for c in _knobs.get("confounders") if c in usable])
 _knobs.knob(st.multiselect, "confounders", "Stratify the selection by (applies on Select & export)", usable)
 
-df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
+df = _shared.analysis_frame(path, _shared.data_key(info), run_id, info.reward_key)
 col = st.selectbox("Distribution by cluster of", usable, key="conf_col") if usable else None
 if col:
     st.altair_chart(charts.stacked_share_chart(df, col), width="stretch")

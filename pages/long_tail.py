@@ -9,7 +9,7 @@ from pages import _knobs, _shared, _text, _views
 st.title("Long tail")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("prototypes",))
-df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
+df = _shared.analysis_frame(path, _shared.data_key(info), run_id, info.reward_key)
 
 sizes = np.bincount(df.prototype.to_numpy())
 order = np.argsort(sizes, kind="stable")

@@ -13,7 +13,7 @@ from pages import _shared, _text, _views
 st.title("Map")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("prototypes", "map"))
-df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
+df = _shared.analysis_frame(path, _shared.data_key(info), run_id, info.reward_key)
 n_rows = len(df)
 
 numeric = ["knn_density", "tail_score", "glosh_score", "proto_dist", "fidelity_score", "consistency_score",
@@ -81,7 +81,7 @@ if query.strip():
     from curation import CurationError
 
     try:
-        found = _shared.search_rows(path, info.fingerprint, query)
+        found = _shared.search_rows(path, _shared.data_key(info), query)
     except CurationError as e:
         _text.error(str(e))
         found = None
@@ -110,14 +110,14 @@ if color == "selection":  # per session and knob: drawn each time
 else:  # a stored column: the image is cached per run, column and view
     is_cat = color in categorical
     as_text = is_cat and color not in ("prototype", "hdbscan_label")
-    image, colors, value_range = _shared.map_image(path, run_id, info.reward_key, color, view, is_cat, as_text,
+    image, colors, value_range = _shared.map_image(path, _shared.run_key(info), info.reward_key, color, view, is_cat, as_text,
                                                    all_x, all_y, df[color].to_numpy())
     values = df[color].to_numpy()[sampled]
     values = values.astype(str) if as_text else values
 labels = ({c: l for c, l in (info.cluster_labels or {}).items()} if color == "prototype" else None)
 names = None
 if color == "prototype" and labels:  # the largest named groups in view, written where their rows are
-    names = _shared.map_names(path, run_id, view, df.prototype.to_numpy(), all_x, all_y, labels)
+    names = _shared.map_names(path, _shared.run_key(info), view, df.prototype.to_numpy(), all_x, all_y, labels)
 hover = None
 if len(sampled) <= 20_000:
     cap = df["caption"].to_numpy()[sampled] if "caption" in df else [""] * len(sampled)

@@ -31,7 +31,7 @@ if info.run_id:
     run = info.run
     st.markdown(_text.esc(f"Run {info.run_id}: {run['outputs'].get('k')} clusters (k-means prototypes) in the "
                             f"{run['config'].get('space')} space (steps: {', '.join(run['steps'])})."))
-    report = (_shared.analysis_report(path, info.fingerprint, info.run_id)
+    report = (_shared.analysis_report(path, _shared.data_key(info), info.run_id)
               if set(run["steps"]) >= {"prototypes", "density"} else None)
     if report:
         st.code(report, language=None)

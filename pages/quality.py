@@ -14,7 +14,7 @@ from pages import _knobs, _shared, _text, _views
 st.title("Quality")
 path, info = _shared.current()
 run_id = _shared.require_analysis(info, needs=("quality",))
-df = _shared.analysis_frame(path, info.fingerprint, run_id, info.reward_key)
+df = _shared.analysis_frame(path, _shared.data_key(info), run_id, info.reward_key)
 reason = info.run["outputs"].get("fidelity_reason", "")
 
 
@@ -130,7 +130,7 @@ if "dup_group" in df and (df["dup_group"] >= 0).any():
     rep = int(groups.index[page - 1])
     members = df[(df["dup_group"] == rep)]
     members = members.loc[[rep] + [i for i in members.index if i != rep]]
-    nbr, sim = _shared.knn_graph(path, info.fingerprint, run_id, "dedup_knn")
+    nbr, sim = _shared.knn_graph(path, _shared.data_key(info), run_id, "dedup_knn")
 
     def cosine_to_kept(i: int) -> float:
         """From the stored duplicate-space graph, in whichever direction it lists the pair."""

@@ -18,7 +18,7 @@ path, info = _shared.current()
 run_id = _shared.require_analysis(info)
 # the knobs need only the pool's size and which quality axes exist: drawn before the selection
 # arrays are read (seconds at 10M rows), so the page has content at once and a spinner for the rest
-unavailable = _shared.unavailable_axes(path, info.fingerprint, run_id)
+unavailable = _shared.unavailable_axes(path, _shared.data_key(info), run_id)
 
 
 def _remove_rule(key: str, value) -> None:
@@ -121,15 +121,15 @@ def results_panel() -> None:
     st.subheader("Budget vs cluster coverage")
     st.altair_chart(charts.coverage_chart(ctx.coverage_curve(res.order, cfg.seed), sm["budget"]), width="stretch")
 
-    xy = _shared.map_xy(path, info.fingerprint, run_id)
+    xy = _shared.map_xy(path, _shared.data_key(info), run_id)
     if xy is not None:
         st.subheader("The subset on the map")
         x, y = xy
         sel = _views.selected_mask(len(x), res.selected)
         sampled = charts.sample_points(pd.DataFrame(index=pd.RangeIndex(len(x))), 10_000, always=sel).index.to_numpy()
-        pts = _shared.sample_ids(path, info.fingerprint, sampled).assign(
+        pts = _shared.sample_ids(path, _shared.data_key(info), sampled).assign(
             map_x=x[sampled], map_y=y[sampled], selection=np.where(sel[sampled], "selected", "not selected"))
-        st.altair_chart(charts.map_chart(_shared.map_bins(path, info.fingerprint, run_id), pts, "selection",
+        st.altair_chart(charts.map_chart(_shared.map_bins(path, _shared.data_key(info), run_id), pts, "selection",
                                          categorical=True, tooltip=["id"], height=420), width="stretch")
 
     st.subheader("Export")

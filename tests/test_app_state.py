@@ -341,3 +341,22 @@ def test_duplicate_groups_show_the_cosine_to_the_kept_sample(read_only_app_data)
     assert not at.exception
     shown = [t.value for t in at.text if t.value.startswith("dropped: cosine ")]
     assert shown and all(float(t.split()[2]) > 0.95 for t in shown)  # eps 0.05: every drop above 1 - eps
+
+
+def test_a_run_extended_from_the_cli_shows_in_the_open_app(demo_db, tmp_path, monkeypatch):
+    """`analyze --steps quality` while the app is open re-records the same run id with more
+    columns: the server's caches of that run (keyed by when it was recorded) read it again, so the
+    Quality page shows the new step instead of failing on the cached tables."""
+    d = _data_dir(tmp_path, monkeypatch, demo_db)
+    db = d / "demo.duckdb"
+    run_id = analysis.analyze(db, analysis.AnalysisConfig(), steps=["prototypes", "density"])
+    at = _app("pages/long_tail.py")  # caches the run's frame (no quality columns yet)
+    at.switch_page("pages/quality.py").run()
+    assert not at.exception and any("quality" in w.value for w in at.warning)
+    assert analysis.analyze(db, analysis.AnalysisConfig(), steps=["quality"]) == run_id  # the same run, extended
+    at = _app("pages/long_tail.py")
+    at.switch_page("pages/quality.py").run()
+    assert not at.exception, at.exception
+    assert not any("lacks the step" in w.value for w in at.warning)
+    # the three axes drawn (the cached frame of the run before it had them said "Not computed")
+    assert not any("Not computed" in i.value for i in at.info) and len(at.get("vega_lite_chart")) == 3
