@@ -130,7 +130,7 @@ def main():
     from curation import selection as sel
 
     with tempfile.TemporaryDirectory() as tmp:
-        kept = replace(inp, order_store=Path(tmp))
+        kept = inp.keeping_orders_in(tmp)
 
         def median_over_knobs():
             took = []

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import threading
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -385,22 +384,23 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
 
 
 # --- orders kept between processes ---------------------------------------------------------------
-# At 10M rows a config's order costs about 10 s to compute and 70 MB to keep: a new app session, a
-# restarted server or the next `select` of the same config reads it instead (0.2 s). Pools from
+# At 10M rows a config's order takes seconds to compute and about 55 MB to keep: a new app session,
+# a restarted server or the next `select` of the same config reads it instead. Pools from
 # ORDER_STORE_MIN_ROWS only (below, computing is faster than a file); the ORDER_STORE_MAX_FILES most
 # recently used orders of a dataset are kept.
 ORDER_STORE_MIN_ROWS = 200_000
 ORDER_STORE_MAX_FILES = 8
-# the modules whose code decides an order: a changed one (a new release) never reads an older order
-_ORDER_CODE = ("selection.py", "selection_order.py", "selection_inputs.py", "selection_config.py", "filters.py",
-               "density.py", "compiled.py")
 
 
 @lru_cache(maxsize=1)
 def _code_version() -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for name in _ORDER_CODE:
-        h.update(name.encode() + (Path(__file__).parent / name).read_bytes())
+    """A hash of the package's code and version: any other code (a new release, an edit) never
+    reads an order an older one computed (the order depends on more modules than selection's)."""
+    from curation import __version__
+
+    h = hashlib.blake2b(__version__.encode(), digest_size=16)
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()
 
 
@@ -410,7 +410,11 @@ def order_file(inp: SelectionInputs, cfg: SelectionConfig) -> Path | None:
     recorded, reward scores, id sets), every knob but the budget, and the selection code itself."""
     if inp.order_store is None or inp.n < ORDER_STORE_MIN_ROWS:
         return None
-    name = hashlib.blake2b(f"{_code_version()}\n{inp.key}\n{cfg.order_key()}".encode(), digest_size=16).hexdigest()
+    try:
+        code = _code_version()
+    except OSError:  # an install without the .py files: nothing to tell versions apart by
+        return None
+    name = hashlib.blake2b(f"{code}\n{inp.key}\n{cfg.order_key()}".encode(), digest_size=16).hexdigest()
     return Path(inp.order_store) / f"order-{name}.npz"
 
 
@@ -423,7 +427,8 @@ def _stored_order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCa
     got = _read_order(path, inp.n)
     if got is not None:
         return got
-    value = _order(inp, cfg, cache)
+    # read-only: the same arrays are in the session's cache, in every result and in the writer's hands
+    value = tuple(_frozen(v) if isinstance(v, np.ndarray) else v for v in _order(inp, cfg, cache))
     # written by a thread (about 0.2 s at 10M rows, which a knob change would otherwise wait for);
     # the arrays are never changed after this, and the process waits for the thread before it exits
     writer = threading.Thread(target=_write_order, args=(path, value), name="curation-order-store")
@@ -458,14 +463,15 @@ def _read_order(path: Path, n: int):
                 and (len(order) == 0 or 0 <= order.min() <= order.max() < n)
                 and len(pool_sizes) == len(eligible) == len(head["labels"])):
             raise ValueError("shapes do not match the pool")
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        log.info("ignoring the stored order %s (%s); computing it", path, e)
+    except Exception as e:  # a damaged or foreign file in any way: the order is computed again
+        log.info("ignoring the stored order %s (%s: %s); computing it", path, type(e).__name__, e)
         return None
     try:
         os.utime(path)  # most recently used: the last to be removed
     except OSError:
         pass
-    return order, code, which, stratum, list(head["labels"]), pool_sizes, eligible, list(head["matching_nothing"])
+    return (_frozen(order), _frozen(code), _frozen(which.astype(np.int16)), _frozen(stratum), list(head["labels"]),
+            _frozen(pool_sizes), _frozen(eligible), list(head["matching_nothing"]))
 
 
 def _write_order(path: Path, value) -> None:
@@ -473,21 +479,25 @@ def _write_order(path: Path, value) -> None:
     n = len(code)
     head = {"n": n, "labels": [str(x) for x in labels], "matching_nothing": [int(i) for i in matching_nothing],
             "stratum_dtype": str(stratum.dtype)}
+    # the smallest types that hold the values (cast back on reading): 10M rows take about 55 MB
     small = np.int32 if n < 2**31 else np.int64
+    which_t = np.int8 if len(which) == 0 or int(which.max()) < 127 else np.int16
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, head=np.array(json.dumps(head)), order=order.astype(small), code=code, which=which,
-                     stratum=stratum.astype(small), pool_sizes=pool_sizes, eligible=eligible)
+            np.savez(f, head=np.array(json.dumps(head)), order=order.astype(small), code=code,
+                     which=which.astype(which_t), stratum=stratum.astype(np.min_scalar_type(max(len(labels) - 1, 0))),
+                     pool_sizes=pool_sizes, eligible=eligible)
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.remove_stale_temps(path)  # a process killed while writing this order
         atomic.atomic_write(path, write, what="a stored selection order")
         kept = sorted(path.parent.glob("order-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[ORDER_STORE_MAX_FILES:]:
             old.unlink(missing_ok=True)
-    except (OSError, CurationError) as e:  # a read-only data folder, a full disk: the order stays in memory
-        log.info("selection order not stored in %s (%s)", path.parent, e)
+    except Exception as e:  # a read-only data folder, a full disk: the order stays in memory (a cache)
+        log.info("selection order not stored in %s (%s: %s)", path.parent, type(e).__name__, e)
 
 
 # pools from this size take the counting path (curation.selection_order) for the default queues:

@@ -120,8 +120,9 @@ class SelectionInputs:
         reward scores, id sets) in cache keys.
     order_store : Path or None
         Where the priority orders of this dataset's selections are kept between processes
-        (``<dataset>.cache/selection/``, :func:`order_store_folder`); None keeps
-        them in memory only (inputs not read from a dataset, or with other metadata).
+        (``<dataset>.cache/selection/``, :func:`order_store_folder`), set by :func:`load_inputs`
+        and :meth:`keeping_orders_in` only: any other copy (``dataclasses.replace`` with other
+        scores or metadata under the same ``key``) keeps its orders in memory.
     band_code : ndarray of int8, derived: 0 core, 1 tail, 2 outlier
     far_rank : ndarray of int64, derived: rank by distance to the prototype, farthest first
     """
@@ -143,7 +144,7 @@ class SelectionInputs:
     id_sets: dict = field(default_factory=dict)
     key: str = ""
     ids_loader: Any = None
-    order_store: Any = None
+    order_store: Any = field(init=False, default=None)
     band_code: np.ndarray = field(init=False, repr=False)
     far_rank: np.ndarray = field(init=False, repr=False)
 
@@ -219,7 +220,16 @@ class SelectionInputs:
         from dataclasses import replace
 
         # its key names an object of this process only: never looked up on disk
-        return replace(self, meta=meta, key=f"{self.key}+meta{id(meta)}", order_store=None)
+        return replace(self, meta=meta, key=f"{self.key}+meta{id(meta)}")
+
+    def keeping_orders_in(self, folder) -> "SelectionInputs":
+        """A copy whose selection orders are kept in ``folder`` (the dataset's order store when read
+        by :func:`load_inputs`)."""
+        from dataclasses import replace
+
+        out = replace(self)
+        object.__setattr__(out, "order_store", None if folder is None else Path(folder))
+        return out
 
 
 
@@ -286,7 +296,7 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
     scored = runs.list_runs(store, "reward-score")
     reward_key = scored[-1].run_id if scored else None
     id_sets = sets.rows(store)
-    return SelectionInputs(ids=None, ids_loader=partial(_read_ids, store.path), prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
+    inp = SelectionInputs(ids=None, ids_loader=partial(_read_ids, store.path), prototype=df["prototype"].to_numpy(), band=df["band"].to_numpy(str),
                            proto_dist=df["proto_dist"].to_numpy(np.float64),
                            fps_rank=df["fps_rank"].to_numpy(), tail_score=df["tail_score"].to_numpy(),
                            meta=meta, scores=scores, knn_nbr=None, knn_sim=None, case=case,
@@ -296,8 +306,9 @@ def load_inputs(store, run_id: str | None = None) -> SelectionInputs:
                                         if {"dup_group", "is_dup"} <= set(df.columns) and cfg.get("dedup_eps")
                                         else None),
                            unavailable=unavailable, id_sets=id_sets,
-                           order_store=order_store_folder(store.path),
                            # the run's time too: further steps of a run (quality after density) or a
                            # --force rerun re-record the same run id with other tables
                            key=f"{store.fingerprint}:{run_id}@{rec.created}:{reward_key}:{','.join(sorted(id_sets))}")
+    object.__setattr__(inp, "order_store", order_store_folder(store.path))
+    return inp
 

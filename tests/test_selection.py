@@ -436,11 +436,16 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     assert fresh.order_store == analyzed_db.with_name(analyzed_db.name + ".cache") / "selection"
     assert selection.order_file(fresh, SelectionConfig()) is None
     assert fresh.with_meta(fresh.meta).order_store is None
+    # a copy with other scores under the same key never reads the dataset's orders
+    assert replace(fresh, scores={}).order_store is None
 
     monkeypatch.setattr(selection, "ORDER_STORE_MIN_ROWS", 0)
     folder = tmp_path / "orders"
-    a = replace(fresh, order_store=folder)
-    cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced", outliers="keep_last")
+    a = fresh.keeping_orders_in(folder)
+    # a filter and a gate: their reasons and indices round-trip
+    site = str(fresh.meta["site"].iloc[0])
+    cfg = SelectionConfig(budget=300, confounders=("site",), mode="balanced", outliers="keep_last",
+                          filters=(Filter("site", "!=", site),), gates=(Gate("fidelity", top_q=0.9),))
     first = select(a, cfg)
     selection.flush_order_store()  # written by a thread
     path = selection.order_file(a, cfg)
@@ -450,14 +455,28 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     real = selection._order
     monkeypatch.setattr(selection, "_order", lambda *x: computed.append(1) or real(*x))
     with store.open_store(analyzed_db) as s:
-        b = replace(load_inputs(s), order_store=folder)  # another process: nothing in memory
+        b = load_inputs(s).keeping_orders_in(folder)  # another process: nothing in memory
     again = select(b, cfg, cache=SelectionCache())
     assert computed == [] and again.order.dtype == np.int64
+    reasons = set(first.reason[first.which == 0])
+    assert {selection.DROP_FILTER, selection.DROP_GATE} <= reasons
     _same_result(first, again)
+    nothing = replace(cfg, filters=(Filter("site", "==", "no such site"),))  # an empty order, and its notice
+    x = select(a, nothing)
+    selection.flush_order_store()
+    y = select(b, nothing, cache=SelectionCache())
+    _same_result(x, y)
+    assert len(computed) == 1 and len(y.order) == 0 and y.summary["filters_matching_nothing"] == [0]
+    computed.clear()
+    for f in folder.iterdir():
+        if f != path:
+            f.unlink()
     _same_result(select(b, replace(cfg, budget=900)), select(a, replace(cfg, budget=900), cache=SelectionCache()))
     assert computed == [] and len(list(folder.iterdir())) == 1  # the budget is not in the key
 
     monkeypatch.setattr(selection, "ORDER_STORE_MAX_FILES", 2)
+    import os
+    os.utime(path, (path.stat().st_mtime - 100,) * 2)  # the least recently used, on any clock resolution
     for mode in ("proportional", "tempered"):
         select(b, replace(cfg, mode=mode))
         selection.flush_order_store()
@@ -469,14 +488,14 @@ def test_an_order_is_kept_for_the_next_process_and_read_back_exactly(analyzed_db
     out = select(b, other)
     selection.flush_order_store()
     assert len(computed) == 3
-    _same_result(out, select(replace(b, order_store=None), other))
+    _same_result(out, select(b.keeping_orders_in(None), other))
     _same_result(out, select(b, other))  # rewritten whole: read back
     assert len(computed) == 4  # (the check above computed it in memory once)
 
     # an order store that cannot be written (a read-only data folder): computed, nothing raised
     blocked = tmp_path / "file"
     blocked.write_text("")
-    _same_result(select(replace(b, order_store=blocked / "selection"), cfg), first)
+    _same_result(select(b.keeping_orders_in(blocked / "selection"), cfg), first)
     selection.flush_order_store()
 
 
