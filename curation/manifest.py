@@ -224,11 +224,14 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
                         and root is not None else p for p in base[S.IMAGE]] if S.IMAGE in base else None),
         "caption": base[S.CAPTION] if S.CAPTION in base else None,
         "rank": result.rank(n),
-        "reason": result.reason.astype(str),
-        "detail": result.details(inp, cfg).astype(str),
+        # text columns as object arrays whose rows share one str per value (a reason, a band, an
+        # explanation): `.astype(str)` made a fixed-width copy (the details' widest, 4 bytes a
+        # character) and then a new str per row; the values and the written bytes are the same
+        "reason": result.reason,
+        "detail": _as_text(result.details(inp, cfg)),
         "stratum": np.asarray(result.stratum_labels, dtype=object)[result.stratum],
         "prototype": inp.prototype.astype(np.int64),
-        "band": inp.band.astype(str),
+        "band": _band_text(inp),
         "fps_rank": inp.fps_rank.astype(np.int64),
         "proto_dist": inp.proto_dist.astype(np.float64),
         "tail_score": inp.tail_score.astype(np.float64),
@@ -243,6 +246,21 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
     dropped_rows = np.setdiff1d(np.arange(n), result.selected)
     dropped = frame.iloc[dropped_rows].drop(columns=["rank"]).reset_index(drop=True)
     return kept, dropped
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """``values`` (an object array) with every element a str, the objects kept where they are."""
+    if all(isinstance(v, str) for v in values):
+        return values
+    return values.astype(str).astype(object)
+
+
+def _band_text(inp) -> np.ndarray:
+    """The bands as an object array of one str per band (from the inputs' band codes: 0 core,
+    1 tail, anything else 2, checked to be "outlier")."""
+    if (inp.band[inp.band_code == 2] != "outlier").any():
+        return inp.band.astype(str).astype(object)
+    return np.asarray(["core", "tail", "outlier"], dtype=object)[inp.band_code]
 
 
 def check_image_files(df, allow_missing: bool = False) -> list[str]:

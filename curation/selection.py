@@ -384,7 +384,7 @@ def _order(inp: SelectionInputs, cfg: SelectionConfig, cache: SelectionCache | N
 
 
 # --- orders kept between processes ---------------------------------------------------------------
-# At 10M rows a config's order takes seconds to compute and about 55 MB to keep: a new app session,
+# At 10M rows a config's order takes seconds to compute and about 60 MB to keep: a new app session,
 # a restarted server or the next `select` of the same config reads it instead. Pools from
 # ORDER_STORE_MIN_ROWS only (below, computing is faster than a file); the ORDER_STORE_MAX_FILES most
 # recently used orders of a dataset are kept.
@@ -479,7 +479,7 @@ def _write_order(path: Path, value) -> None:
     n = len(code)
     head = {"n": n, "labels": [str(x) for x in labels], "matching_nothing": [int(i) for i in matching_nothing],
             "stratum_dtype": str(stratum.dtype)}
-    # the smallest types that hold the values (cast back on reading): 10M rows take about 55 MB
+    # the smallest types that hold the values (cast back on reading): 10M rows take about 60 MB
     small = np.int32 if n < 2**31 else np.int64
     which_t = np.int8 if len(which) == 0 or int(which.max()) < 127 else np.int16
 
