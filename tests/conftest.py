@@ -23,6 +23,22 @@ MEDPIX = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "medpix"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_is_delivered():
+    """The Ctrl-C tests need Ctrl-C: a suite started in the background (`make test &`, `nohup`)
+    inherits an ignored SIGINT, which the code rightly leaves ignored (and passes on to the
+    commands it starts), so those tests would see no interrupt. Python's default handler is put
+    back for the run."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        yield
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _component_scan_once():
     """Streamlit's AppTest scans every installed distribution for v2 component manifests in each
     new AppTest (about 0.4 s here, 100+ times a run); the installed packages do not change during a
