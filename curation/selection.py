@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from curation import atomic
-
 from curation.errors import CurationError
 from curation.filters import _filter_mask, check_filter, factorize_column, strata
 from curation.selection_config import (CONFIG_VERSION, MISSING, MODES, OPERATORS, OUTLIER_POLICIES, QUALITY_AXES,
@@ -407,7 +406,7 @@ def _code_version() -> str:
 def order_file(inp: SelectionInputs, cfg: SelectionConfig) -> Path | None:
     """The file that keeps the order of ``cfg`` on ``inp`` (None: not kept on disk). Named by a
     hash of the data (:attr:`SelectionInputs.key`: fingerprint, analysis run and when it was
-    recorded, reward scores, id sets), every knob but the budget, and the selection code itself."""
+    recorded, reward scores, id sets), every knob but the budget, and the package's code and version."""
     if inp.order_store is None or inp.n < ORDER_STORE_MIN_ROWS:
         return None
     try:

@@ -17,6 +17,7 @@ from curation.density import duplicate_groups
 from curation.quality import NOT_SHARED
 from curation.selection_config import QUALITY_AXES
 
+
 def order_store_folder(db) -> Path:
     """Where a dataset keeps its selections' priority orders between processes:
     ``<dataset>.cache/selection/`` (a cache: deleting it costs only the time to compute them again)."""
