@@ -228,7 +228,7 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
         # explanation): `.astype(str)` made a fixed-width copy (the details' widest, 4 bytes a
         # character) and then a new str per row; the values and the written bytes are the same
         "reason": result.reason,
-        "detail": _as_text(result.details(inp, cfg)),
+        "detail": result.details(inp, cfg),  # an object array of str
         "stratum": np.asarray(result.stratum_labels, dtype=object)[result.stratum],
         "prototype": inp.prototype.astype(np.int64),
         "band": _band_text(inp),
@@ -246,13 +246,6 @@ def build_frames(store, inp, result, cfg, run_id: str, columns=()):
     dropped_rows = np.setdiff1d(np.arange(n), result.selected)
     dropped = frame.iloc[dropped_rows].drop(columns=["rank"]).reset_index(drop=True)
     return kept, dropped
-
-
-def _as_text(values: np.ndarray) -> np.ndarray:
-    """``values`` (an object array) with every element a str, the objects kept where they are."""
-    if all(isinstance(v, str) for v in values):
-        return values
-    return values.astype(str).astype(object)
 
 
 def _band_text(inp) -> np.ndarray:

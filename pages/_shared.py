@@ -195,12 +195,16 @@ def data_key(info) -> str:
     """What the server's caches of a dataset's run are keyed by: the dataset's fingerprint and when
     the shown run was recorded (a run extended by a step, or rerun, keeps its id and gets other
     tables: ``analyze --steps quality`` from the CLI while the app is open)."""
-    return f"{info.fingerprint}@{(info.run or {}).get('created', '')}"
+    return f"{info.fingerprint}@{_recorded(info)}"
 
 
 def run_key(info) -> str:
     """The shown run's id and when it was recorded (for caches keyed by the run alone)."""
-    return f"{info.run_id}@{(info.run or {}).get('created', '')}"
+    return f"{info.run_id}@{_recorded(info)}"
+
+
+def _recorded(info) -> str:
+    return (info.run or {}).get("created", "")
 
 
 def session_cache() -> selection.SelectionCache:
